@@ -1,0 +1,173 @@
+"""The dataset manifest: one row per photo (path, class, split, sha256, size, group)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MANIFEST_NAME = "manifest.csv"
+COLUMNS = ("path", "class", "split", "sha256", "width", "height", "group")
+REQUIRED_COLUMNS = ("path", "class", "split", "sha256", "width", "height")
+
+
+class ManifestError(ValueError):
+    """A manifest file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One photo of the dataset."""
+
+    path: Path
+    label: str
+    split: str
+    sha256: str
+    width: int
+    height: int
+    group: str = ""
+
+
+def _relative_if_possible(path: Path, folder: Path) -> str:
+    path = Path(path)
+    if path.is_absolute():
+        try:
+            return path.resolve().relative_to(folder.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+    return path.as_posix()
+
+
+def write_manifest(rows: list[ManifestRow], path: Path) -> None:
+    """Write rows as a CSV manifest; paths under the manifest's folder are stored relative."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = path.parent
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow(
+                [
+                    _relative_if_possible(row.path, folder),
+                    row.label,
+                    row.split,
+                    row.sha256,
+                    row.width,
+                    row.height,
+                    row.group,
+                ]
+            )
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path) -> list[ManifestRow]:
+    """Read a CSV manifest; relative paths are resolved against the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    folder = path.parent.resolve()
+    rows: list[ManifestRow] = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise ManifestError(
+                f"manifest {path} lacks column(s) {', '.join(missing)}; "
+                f"expected columns: {','.join(COLUMNS)} (found: {','.join(header) or 'none'})"
+            )
+        reader.fieldnames = header
+        for lineno, rec in enumerate(reader, start=2):
+            try:
+                split = (rec["split"] or "").strip()
+                if split and split not in SPLITS:
+                    raise ValueError(f"split must be one of {SPLITS} or empty, got {split!r}")
+                p = Path(rec["path"])
+                if not p.is_absolute():
+                    p = folder / p
+                rows.append(
+                    ManifestRow(
+                        path=p,
+                        label=rec["class"],
+                        split=split,
+                        sha256=(rec["sha256"] or "").strip(),
+                        width=int(rec["width"] or 0),
+                        height=int(rec["height"] or 0),
+                        group=(rec.get("group") or "").strip(),
+                    )
+                )
+            except (TypeError, ValueError) as exc:
+                raise ManifestError(f"{path}, line {lineno}: {exc}") from exc
+    return rows
+
+
+def manifest_hash(rows: Iterable[ManifestRow]) -> str:
+    """The dataset identity: sha256 over sorted 'class,split,sha256' lines (paths ignored)."""
+    lines = sorted(f"{r.label},{r.split},{r.sha256}" for r in rows)
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _existing(rows: list[ManifestRow]) -> list[ManifestRow]:
+    kept = []
+    for row in rows:
+        if row.path.is_file():
+            kept.append(row)
+        else:
+            logger.warning("skipping %s: listed in the manifest but not found", row.path)
+    return kept
+
+
+def load_labelled_folder(root: Path) -> list[ManifestRow]:
+    """Every readable photo under a folder of labelled photos, with split '' and no groups."""
+    from fisheye.data.sources import scan_source
+
+    result = scan_source(Path(root), progress=False)
+    for path, reason in result.unreadable:
+        logger.warning("skipping unreadable %s: %s", path, reason)
+    return [replace(r, split="", group="") for r in result.rows]
+
+
+def load_dataset_rows(
+    root: Path,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.0,
+    seed: int = 42,
+) -> list[ManifestRow]:
+    """Rows with splits assigned from a manifest, a folder holding one, or a photo tree."""
+    from fisheye.data.grouping import group_near_duplicates
+    from fisheye.data.sources import scan_source
+    from fisheye.data.splits import grouped_split
+
+    root = Path(root)
+    if root.is_file():
+        rows = _existing(read_manifest(root))
+    elif (root / MANIFEST_NAME).is_file():
+        rows = _existing(read_manifest(root / MANIFEST_NAME))
+    else:
+        result = scan_source(root, progress=False)
+        for path, reason in result.unreadable:
+            logger.warning("skipping unreadable %s: %s", path, reason)
+        rows = result.rows
+        if result.layout == "presplit":
+            return rows
+        rows = group_near_duplicates(rows, progress=False)
+        return grouped_split(rows, val_fraction, test_fraction, seed)
+    if rows and any(not r.split for r in rows):
+        logger.info("manifest has rows without a split; assigning a grouped split")
+        if any(not r.group for r in rows):
+            rows = group_near_duplicates(rows, progress=False)
+        rows = grouped_split(rows, val_fraction, test_fraction, seed)
+    return rows

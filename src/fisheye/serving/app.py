@@ -1,0 +1,78 @@
+"""The FastAPI app factory: `create_app(settings)` builds a fully wired service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from fisheye import __version__
+from fisheye.serving import health, routes
+from fisheye.serving.errors import install_error_handlers
+from fisheye.serving.limits import BodyLimitMiddleware
+from fisheye.serving.metrics import MetricsMiddleware
+from fisheye.serving.settings import ServeSettings
+from fisheye.serving.state import ServingState
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the photo bytes
+
+
+async def _load(state: ServingState) -> None:
+    try:
+        await asyncio.to_thread(state.load)
+    except Exception as exc:  # keep serving /healthz and report the failure on /readyz
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("could not load the model from %s: %s", state.settings.model, state.load_error)
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    """Build the service; the model loads in the background once the app starts."""
+    settings = settings or ServeSettings()
+    state = ServingState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(_load(state))
+        try:
+            yield
+        finally:
+            if not loader.done():
+                await asyncio.wait([loader], timeout=60)
+            await asyncio.to_thread(state.close)
+
+    app = FastAPI(
+        title="FishEye",
+        summary="Recognise fish and seafood species from photos.",
+        version=__version__,
+        lifespan=lifespan,
+    )
+    app.state.serving = state
+    install_error_handlers(app)
+    app.include_router(routes.build_router(settings))
+    app.include_router(health.router)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    limits = {
+        "/v1/predict": settings.max_upload_bytes + MULTIPART_OVERHEAD,
+        "/v1/predict/batch": settings.max_request_bytes,
+    }
+    app.add_middleware(BodyLimitMiddleware, limits=limits, default=MULTIPART_OVERHEAD)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, known_paths=frozenset(limits))
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory fisheye.serving.app:app_from_env` (FISHEYE_* settings)."""
+    return create_app(ServeSettings())

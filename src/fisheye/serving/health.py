@@ -1,0 +1,46 @@
+"""Operational routes: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fisheye.serving.schemas import HealthOut
+from fisheye.serving.state import ServingState, get_state
+
+router = APIRouter(tags=["operations"])
+State = Annotated[ServingState, Depends(get_state)]
+
+
+@router.get("/healthz", response_model=HealthOut, response_model_exclude_none=True)
+async def healthz() -> dict[str, str]:
+    """Liveness: 200 while the process is serving HTTP."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut, "description": "The model is not loaded yet."}},
+)
+async def readyz(state: State) -> JSONResponse:
+    """Readiness: 200 once the model is loaded and warmed, else 503."""
+    if state.ready:
+        return JSONResponse({"status": "ready"})
+    detail = f"model failed to load: {state.load_error}" if state.load_error else "model is loading"
+    return JSONResponse(
+        {"status": "not_ready", "detail": detail}, status_code=503, headers={"Retry-After": "1"}
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
+)
+async def metrics(state: State) -> Response:
+    """Prometheus metrics in the text exposition format."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,118 @@
+"""Prometheus metrics on a per-app registry, and the ASGI middleware that records requests."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+START_KEY = "fisheye.start"  # scope key: when the request arrived (perf_counter seconds)
+
+
+class Metrics:
+    """The service's metrics; one instance (and registry) per app so tests stay isolated."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "fisheye_http_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "fisheye_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status code.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "fisheye_http_requests_in_flight", "HTTP requests being handled now.", registry=r
+        )
+        self.predictions = Counter(
+            "fisheye_predictions",
+            "Predictions returned, by predicted class.",
+            ["label"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "fisheye_batch_size", "Photos per model call.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "fisheye_batch_inference_seconds",
+            "Time of one model call on a batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("fisheye_queue_depth", "Photos waiting for the model.", registry=r)
+        self.rejected = Counter(
+            "fisheye_rejected_photos",
+            "Photos refused before reaching the model, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "fisheye_model_info",
+            "The loaded model (value 1), with its name, version and architecture as labels.",
+            ["name", "version", "architecture"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "fisheye_model_ready", "1 once the model is loaded and warmed, else 0.", registry=r
+        )
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """Record one model call (called from the batcher thread)."""
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+
+def _route_label(scope: Scope, known_paths: frozenset[str]) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str) and path:
+        return path
+    raw = scope.get("path", "")
+    if raw in known_paths:  # answered before routing, e.g. a 413 from the body limit
+        return raw
+    return "static" if raw.startswith("/static/") else "unmatched"
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template (not raw path) and status."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, known_paths: frozenset[str] = frozenset()
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.known_paths = known_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+        scope[START_KEY] = start
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.in_flight.dec()
+            labels = (_route_label(scope, self.known_paths), scope.get("method", ""), str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

@@ -1,0 +1,75 @@
+"""Response models: they document the API in OpenAPI and check what the server returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class TopK(BaseModel):
+    """One class and its probability."""
+
+    label: str
+    probability: float = Field(ge=0, le=1)
+
+
+class ModelRef(BaseModel):
+    """Which model answered."""
+
+    name: str
+    version: str
+
+
+class PredictionOut(BaseModel):
+    """The answer for one photo."""
+
+    id: str = Field(description="A uuid4 for this prediction, for logs and feedback.")
+    label: str = Field(description="The most likely species.")
+    confidence: float = Field(ge=0, le=1, description="Probability of `label`.")
+    top_k: list[TopK] = Field(description="The most likely classes, best first.")
+    model: ModelRef
+    latency_ms: float = Field(description="Server time from request to answer, in ms.")
+
+
+class BatchItem(BaseModel):
+    """One file's result in a batch: a prediction, or why the file could not be used."""
+
+    index: int = Field(description="Position of the file in the request, from 0.")
+    filename: str | None = None
+    id: str | None = None
+    label: str | None = None
+    confidence: float | None = None
+    top_k: list[TopK] | None = None
+    error: str | None = Field(None, description="Set when this file failed, e.g. invalid_image.")
+    detail: str | None = None
+    status: int = Field(200, description="The status this file would get from /v1/predict.")
+
+
+class BatchOut(BaseModel):
+    """The answer for a batch: one item per file, in request order."""
+
+    model: ModelRef
+    latency_ms: float
+    count: int
+    results: list[BatchItem]
+
+
+class ModelOut(BaseModel):
+    """The loaded model's description."""
+
+    name: str
+    version: str
+    architecture: str
+    classes: list[str]
+    metrics: dict[str, Any]
+    preprocessing: dict[str, Any]
+    created: str | None
+    data: dict[str, Any]
+
+
+class HealthOut(BaseModel):
+    """Liveness / readiness answer."""
+
+    status: str
+    detail: str | None = None

@@ -1,0 +1,106 @@
+"""Hydra entry point: instantiate data, model, trainer; fit; test; write the model bundle."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from fisheye.bundle import save_bundle
+from fisheye.data.datamodule import FishDataModule
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_all(section: DictConfig | None) -> list[Any]:
+    if not section:
+        return []
+    return [
+        instantiate(c) for c in section.values() if isinstance(c, DictConfig) and "_target_" in c
+    ]
+
+
+def _scalar_metrics(results: list[dict[str, Any]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for res in results:
+        out.update({k: float(v) for k, v in res.items()})
+    return out
+
+
+def _spawned(trainer: L.Trainer) -> bool:
+    return getattr(trainer.strategy, "_start_method", None) in ("spawn", "fork", "forkserver")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train as `cfg` says and write a bundle; returns the metrics and the bundle path."""
+    L.seed_everything(cfg.seed, workers=True)
+    dm: FishDataModule = instantiate(cfg.data)
+    dm.setup("fit")
+    # _convert_="all": plain containers in hparams, so checkpoints load with weights_only=True.
+    model = instantiate(
+        cfg.model, num_classes=len(dm.classes), class_names=dm.classes, _convert_="all"
+    )
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.interrupted:
+        log.warning("training was interrupted; resume with ckpt_path=<run>/checkpoints/last.ckpt")
+
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    if best:
+        log.info("best checkpoint: %s", best)
+        # weights_only=False: our own Lightning checkpoint, written by this run.
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict(state)
+    metrics = _scalar_metrics(trainer.validate(model, datamodule=dm, verbose=False))
+    if cfg.get("test") and dm.splits.get("test"):
+        metrics.update(_scalar_metrics(trainer.test(model, datamodule=dm, verbose=False)))
+
+    if trainer.global_rank != 0:
+        return {"metrics": metrics}
+    bundle_dir = save_bundle(
+        Path(cfg.bundle.dir),
+        model.net,
+        classes=dm.classes,
+        preprocessing=dm.spec,
+        architecture=model.hparams.arch,
+        architecture_config=model.architecture_config,
+        metrics={k.replace("/", "_"): round(v, 6) for k, v in metrics.items()},
+        data={
+            "root": str(dm.root),
+            "manifest_hash": dm.manifest_hash,
+            "counts": {k: len(v) for k, v in dm.splits.items()},
+        },
+        name=cfg.bundle.name,
+        extra={
+            "training": {
+                "command": " ".join(["fisheye train", *sys.argv[1:]]),
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                # Spawned DDP workers do not report their loop state back to this process.
+                "epochs_trained": None if _spawned(trainer) else trainer.current_epoch,
+                "best_checkpoint": best,
+            }
+        },
+    )
+    log.info("model bundle written to %s", bundle_dir)
+    return {"metrics": metrics, "bundle": str(bundle_dir)}
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def hydra_entry(cfg: DictConfig) -> float | None:
+    """`fisheye train`: returns the optimised metric for Hydra sweepers."""
+    result = run(cfg)
+    return result["metrics"].get(cfg.get("optimized_metric", "val/acc"))

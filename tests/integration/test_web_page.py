@@ -1,0 +1,102 @@
+"""The web page in a real headless Chromium (Debian's /usr/bin/chromium via Playwright)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_serving_support import (
+    CLASSES,
+    Server,
+    make_tiny_bundle,
+    require_default_model,
+    run_server,
+    val_photos,
+)
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT_COPY = Path("/tmp/fisheye-page.png")  # a copy for people reviewing the page
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as pw:
+        try:
+            b = pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=60_000
+            )
+        except Exception as exc:  # any launch failure means no browser here, not a bug
+            pytest.skip(f"headless Chromium cannot start: {exc}")
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("page-tiny")
+    with run_server(make_tiny_bundle(tmp / "bundle"), tmp) as srv:
+        yield srv
+
+
+def _upload(page, url: str, files: list[Path]) -> None:
+    page.goto(url)
+    page.wait_for_selector("#model-info:has-text('version')", timeout=30_000)
+    page.set_input_files("#file-input", [str(f) for f in files])
+
+
+def test_page_uploads_and_reports_errors(browser, tiny_server: Server, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone-sized screen
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    photo = val_photos(per_class=1)[0][1]
+    _upload(page, tiny_server.url, [photo, tmp_path / "notes.jpg"])
+    page.wait_for_selector("#status:has-text('1 of 2')", timeout=30_000)
+    labels = page.locator(".card.done .result-label").all_inner_texts()
+    assert len(labels) == 1 and labels[0] in CLASSES
+    assert page.locator(".card.done .bar").count() == 5
+    assert "tiny-test" in page.locator("#model-info").inner_text()
+    assert " ms" in page.locator(".card.done .meta").inner_text()
+    error = page.locator(".card.failed .error")
+    assert "not a photo FishEye can read" in error.inner_text()
+    # Keyboard: the file picker is reachable with Tab.
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "file-input"
+    assert page.locator("a[href='/docs']").count() == 1
+    page.screenshot(path=str(tmp_path / "page-tiny.png"), full_page=True)
+    if not SCREENSHOT_COPY.exists():  # the default-model test overwrites it when it runs
+        shutil.copyfile(tmp_path / "page-tiny.png", SCREENSHOT_COPY)
+    page.close()
+
+
+def test_real_photo_shows_right_species(browser, tmp_path_factory: pytest.TempPathFactory) -> None:
+    model = require_default_model()
+    species, photo = val_photos(per_class=1)[len(CLASSES) // 2]
+    tmp = tmp_path_factory.mktemp("page-default")
+    with run_server(model, tmp) as srv:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        _upload(page, srv.url, [photo])
+        label = page.locator(".card.done .result-label")
+        label.wait_for(timeout=30_000)
+        shot = tmp / "page-default.png"
+        page.screenshot(path=str(shot), full_page=True)
+        shutil.copyfile(shot, SCREENSHOT_COPY)
+        assert label.inner_text() == species
+        page.close()

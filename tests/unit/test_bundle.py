@@ -1,0 +1,146 @@
+"""Model bundles: round trip, integrity checks, and no unpickling on load."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from inference_helpers import CLASSES, INPUT_SIZE, make_bundle
+
+from fisheye.bundle import BUNDLE_JSON, WEIGHTS_FILE, BundleError, load_bundle, save_bundle
+from fisheye.data.transforms import Preprocessing
+from fisheye.inference.predictor import Predictor
+from fisheye.models.backbones import build_model
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path) -> Path:
+    return make_bundle(tmp_path / "bundle")
+
+
+def _edit_meta(bundle_dir: Path, **changes) -> None:
+    meta = json.loads((bundle_dir / BUNDLE_JSON).read_text())
+    meta.update(changes)
+    (bundle_dir / BUNDLE_JSON).write_text(json.dumps(meta))
+
+
+def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    config = {"num_classes": 3, "input_size": INPUT_SIZE, "dropout": 0.0}
+    model = build_model("small_cnn", **config).eval()
+    save_bundle(
+        tmp_path / "b",
+        model,
+        classes=list(CLASSES),
+        preprocessing=Preprocessing(input_size=INPUT_SIZE),
+        architecture="small_cnn",
+        architecture_config=config,
+    )
+    bundle = load_bundle(tmp_path / "b")
+    assert bundle.classes == list(CLASSES)
+    assert bundle.preprocessing == Preprocessing(input_size=INPUT_SIZE)
+    assert bundle.architecture == "small_cnn"
+    x = torch.randn(4, 3, INPUT_SIZE, INPUT_SIZE)
+    with torch.inference_mode():
+        assert torch.equal(model(x), bundle.build_model()(x))
+
+
+def test_bundle_holds_only_safetensors_and_json(bundle_dir: Path) -> None:
+    assert sorted(p.name for p in bundle_dir.iterdir()) == [BUNDLE_JSON, WEIGHTS_FILE]
+
+
+def test_tampered_weights_are_refused(bundle_dir: Path) -> None:
+    weights = bundle_dir / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="integrity"):
+        load_bundle(bundle_dir)
+    with pytest.raises(BundleError):
+        Predictor.from_dir(bundle_dir)
+
+
+def test_tampered_hash_in_bundle_json_is_refused(bundle_dir: Path) -> None:
+    meta = json.loads((bundle_dir / BUNDLE_JSON).read_text())
+    entry = meta["files"][WEIGHTS_FILE]
+    entry["sha256"] = ("0" if entry["sha256"][0] != "0" else "1") + entry["sha256"][1:]
+    (bundle_dir / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="integrity"):
+        load_bundle(bundle_dir)
+
+
+def test_missing_weights_file(bundle_dir: Path) -> None:
+    (bundle_dir / WEIGHTS_FILE).unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(bundle_dir)
+
+
+def test_missing_bundle_json(bundle_dir: Path) -> None:
+    (bundle_dir / BUNDLE_JSON).unlink()
+    with pytest.raises(BundleError, match="not a FishEye model bundle"):
+        load_bundle(bundle_dir)
+
+
+def test_not_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(BundleError):
+        load_bundle(tmp_path / "does-not-exist")
+
+
+def test_invalid_json(bundle_dir: Path) -> None:
+    (bundle_dir / BUNDLE_JSON).write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_wrong_format_version(bundle_dir: Path, version) -> None:
+    _edit_meta(bundle_dir, format_version=version)
+    with pytest.raises(BundleError, match="format_version"):
+        load_bundle(bundle_dir)
+
+
+def test_missing_required_key(bundle_dir: Path) -> None:
+    meta = json.loads((bundle_dir / BUNDLE_JSON).read_text())
+    del meta["classes"]
+    (bundle_dir / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="classes"):
+        load_bundle(bundle_dir)
+
+
+def test_load_never_unpickles(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pickle lying next to the bundle must be ignored, and no unpickling API may be called.
+    (bundle_dir / "model.pt").write_bytes(pickle.dumps({"evil": 1}))
+    (bundle_dir / "model.pkl").write_bytes(pickle.dumps({"evil": 2}))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("bundle loading must not unpickle")
+
+    for target, name in [
+        (torch, "load"),
+        (pickle, "load"),
+        (pickle, "loads"),
+        (pickle, "Unpickler"),
+    ]:
+        monkeypatch.setattr(target, name, forbidden)
+
+    opened: list[Path] = []
+    real_open = builtins.open
+
+    def tracking_open(file, *args, **kwargs):
+        if isinstance(file, str | Path):
+            opened.append(Path(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", tracking_open)
+    monkeypatch.setattr(io, "open", tracking_open)
+
+    bundle = load_bundle(bundle_dir)
+    bundle.build_model()
+    inside = {p.name for p in opened if p.resolve().parent == bundle_dir.resolve()}
+    assert inside, "the tracker saw no file being opened"
+    assert inside <= {BUNDLE_JSON, WEIGHTS_FILE}

@@ -1,0 +1,189 @@
+"""Unit tests for the serving package: settings, micro-batcher, errors and app wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from inference_helpers import encode, make_bundle, photo
+from pydantic import ValidationError
+
+from fisheye.serving import ServeSettings, create_app
+from fisheye.serving.batcher import BatcherStoppedError, MicroBatcher, QueueFullError
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FISHEYE_MODEL", str(tmp_path))
+    monkeypatch.setenv("FISHEYE_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("FISHEYE_MAX_UPLOAD_MB", "1.5")
+    monkeypatch.setenv("FISHEYE_THREADS", "1")
+    s = ServeSettings()
+    assert s.model == tmp_path and s.max_batch_size == 4 and s.threads == 1
+    assert s.max_upload_bytes == int(1.5 * 1024 * 1024)
+    assert s.max_files == 32 and s.host == "127.0.0.1" and s.port == 8000
+
+
+def test_settings_reject_inconsistent_limits() -> None:
+    with pytest.raises(ValidationError, match="max_queue"):
+        ServeSettings(max_files=10, max_queue=5)
+    with pytest.raises(ValidationError):
+        ServeSettings(max_batch_size=0)
+
+
+def _double(batch: torch.Tensor) -> np.ndarray:
+    return (batch.flatten(1)[:, :2] * 2).numpy()
+
+
+@pytest.fixture
+def batcher() -> Iterator[MicroBatcher]:
+    sizes: list[int] = []
+    b = MicroBatcher(
+        _double,
+        max_batch_size=8,
+        max_wait_ms=20,
+        max_queue=64,
+        on_batch=lambda n, s: sizes.append(n),
+    )
+    b.sizes = sizes  # type: ignore[attr-defined]
+    b.start([torch.zeros(1, 1, 1, 2)])
+    yield b
+    b.stop()
+
+
+def test_batcher_answers_each_request_in_order_and_batches_them(batcher: MicroBatcher) -> None:
+    async def main() -> list[np.ndarray]:
+        jobs = [batcher.submit(torch.full((1, 1, 1, 2), float(i))) for i in range(20)]
+        return await asyncio.gather(*jobs)
+
+    results = asyncio.run(main())
+    assert [float(r[0, 0]) for r in results] == [2.0 * i for i in range(20)]
+    sizes = batcher.sizes  # type: ignore[attr-defined]  # warm-up calls are not counted
+    assert sum(sizes) == 20 and max(sizes) > 1 and max(sizes) <= 8
+
+
+def test_batcher_keeps_multi_photo_jobs_whole(batcher: MicroBatcher) -> None:
+    async def main() -> list[np.ndarray]:
+        return await asyncio.gather(
+            batcher.submit(torch.ones(5, 1, 1, 2)), batcher.submit(torch.ones(6, 1, 1, 2))
+        )
+
+    a, b = asyncio.run(main())
+    assert a.shape == (5, 2) and b.shape == (6, 2)
+
+
+def test_batcher_queue_is_bounded() -> None:
+    gate = threading.Event()
+
+    def slow(batch: torch.Tensor) -> np.ndarray:
+        gate.wait(5)
+        return np.zeros((batch.shape[0], 2))
+
+    b = MicroBatcher(slow, max_batch_size=1, max_wait_ms=0, max_queue=2)
+    b.start()
+
+    async def main() -> list:
+        first = asyncio.ensure_future(b.submit(torch.zeros(1, 1, 1, 1)))
+        await asyncio.sleep(0.1)  # the worker is now blocked on the first photo
+        queued = [asyncio.ensure_future(b.submit(torch.zeros(1, 1, 1, 1))) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError):
+            await b.submit(torch.zeros(1, 1, 1, 1))
+        assert b.queued == 2
+        gate.set()
+        return await asyncio.gather(first, *queued)
+
+    assert len(asyncio.run(main())) == 3
+    b.stop()
+    with pytest.raises(BatcherStoppedError):
+        asyncio.run(b.submit(torch.zeros(1, 1, 1, 1)))
+
+
+def test_batcher_survives_a_failing_batch() -> None:
+    calls = {"n": 0}
+
+    def flaky(batch: torch.Tensor) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return np.zeros((batch.shape[0], 2))
+
+    b = MicroBatcher(flaky, max_batch_size=4, max_wait_ms=0)
+    b.start()
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(b.submit(torch.zeros(1, 1, 1, 1)))
+    assert asyncio.run(b.submit(torch.zeros(1, 1, 1, 1))).shape == (1, 2)
+    b.stop()
+
+
+def test_batcher_warmup_failure_is_raised_by_start() -> None:
+    def broken(batch: torch.Tensor) -> np.ndarray:
+        raise ValueError("bad weights")
+
+    b = MicroBatcher(broken)
+    with pytest.raises(ValueError, match="bad weights"):
+        b.start([torch.zeros(1, 1, 1, 1)])
+    assert not b.running
+
+
+def _wait_ready(client: TestClient, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").json()
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("serving") / "bundle")
+
+
+def test_app_predicts_and_matches_the_predictor(tiny_bundle: Path) -> None:
+    from fisheye.inference.predictor import Predictor
+
+    img = photo(3)
+    expected = Predictor.from_dir(tiny_bundle).predict_images([img])[0].to_dict()
+    with TestClient(create_app(ServeSettings(model=tiny_bundle))) as client:
+        _wait_ready(client)
+        res = client.post("/v1/predict", files={"file": ("a.png", encode(img, "PNG"))})
+    assert res.status_code == 200
+    body = res.json()
+    assert body["label"] == expected["label"]
+    assert body["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
+    assert body["model"]["name"] == "test-bundle"
+
+
+def test_app_reports_a_broken_model_on_readyz(tmp_path: Path) -> None:
+    with TestClient(create_app(ServeSettings(model=tmp_path / "missing"))) as client:
+        deadline = time.monotonic() + 10
+        while "failed" not in client.get("/readyz").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
+        assert client.get("/healthz").status_code == 200
+        res = client.post("/v1/predict", files={"file": ("a.jpg", encode(photo(1)))})
+        assert res.status_code == 503 and res.json()["error"] == "model_not_ready"
+
+
+def test_app_answers_503_with_retry_after_when_the_queue_is_full(tiny_bundle: Path) -> None:
+    app = create_app(ServeSettings(model=tiny_bundle))
+    with TestClient(app) as client:
+        _wait_ready(client)
+
+        async def full(inputs: torch.Tensor) -> np.ndarray:
+            raise QueueFullError("256 photos are already waiting (limit 256)")
+
+        app.state.serving.batcher.submit = full
+        res = client.post("/v1/predict", files={"file": ("a.jpg", encode(photo(1)))})
+        assert res.status_code == 503
+        assert res.headers["retry-after"] == "1" and res.json()["error"] == "overloaded"
+        assert (
+            'fisheye_rejected_photos_total{reason="queue_full"} 1.0' in client.get("/metrics").text
+        )
