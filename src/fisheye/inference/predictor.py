@@ -34,6 +34,32 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class InferenceOutput:
+    """What one model call gives for a batch: class probabilities and penultimate features."""
+
+    probabilities: np.ndarray  # (N, classes) float32
+    features: np.ndarray  # (N, num_features) float32, used by drift and OOD monitoring
+
+
+class TorchBackend:
+    """Eager fp32 PyTorch: the reference backend every other backend is checked against."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+
+    @torch.inference_mode()
+    def run(self, batch: torch.Tensor) -> InferenceOutput:
+        """Probabilities and features for a preprocessed (N, 3, H, W) batch."""
+        features = self.model.forward_features(batch)
+        logits = self.model.head(features)
+        return InferenceOutput(
+            torch.softmax(logits.float(), dim=1).numpy(), features.float().numpy()
+        )
+
+
+@dataclass(frozen=True)
 class FileResult:
     """A prediction for one file, or the reason it could not be read."""
 
@@ -52,6 +78,7 @@ class Predictor:
         self.top_k = min(top_k, len(self.classes))
         self.max_pixels = max_pixels
         self.model = bundle.build_model()
+        self.backend = TorchBackend(self.model)
 
     @classmethod
     def from_dir(cls, bundle_dir: Path | None = None, **kwargs) -> Predictor:
@@ -66,12 +93,21 @@ class Predictor:
         """The model input for one decoded photo."""
         return preprocess(img, self.preprocessing)
 
-    @torch.inference_mode()
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def infer(self, batch: torch.Tensor) -> InferenceOutput:
+        """Probabilities and features for a preprocessed batch (one model call)."""
+        return self.backend.run(batch)
+
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """Softmax probabilities for a preprocessed batch, shape (N, classes)."""
-        return torch.softmax(self.model(batch).float(), dim=1).numpy()
+        return self.infer(batch).probabilities
 
-    def _prediction(self, probs: np.ndarray, top_k: int) -> Prediction:
+    def prediction_from_probabilities(self, probs: np.ndarray, top_k: int | None = None):
+        """The Prediction (label, confidence, top-k) for one row of probabilities."""
+        top_k = min(top_k or self.top_k, len(self.classes))
         order = np.argsort(-probs)[:top_k]
         top = [(self.classes[i], float(probs[i])) for i in order]
         return Prediction(top[0][0], top[0][1], top, probs)
@@ -82,7 +118,7 @@ class Predictor:
             return []
         k = min(top_k or self.top_k, len(self.classes))
         probs = self.probabilities(torch.stack([self.to_tensor(im) for im in images]))
-        return [self._prediction(p, k) for p in probs]
+        return [self.prediction_from_probabilities(p, k) for p in probs]
 
     def predict_files(
         self,

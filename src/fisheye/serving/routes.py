@@ -99,7 +99,7 @@ async def _infer(state: ServingState, inputs: torch.Tensor) -> np.ndarray:
 def _prediction_fields(state: ServingState, probs: np.ndarray) -> dict[str, Any]:
     assert state.predictor is not None
     # The Predictor owns the probabilities -> top-k logic, so the CLI and API agree.
-    pred = state.predictor._prediction(probs, state.predictor.top_k)
+    pred = state.predictor.prediction_from_probabilities(probs)
     state.metrics.predictions.labels(pred.label).inc()
     return {"id": str(uuid.uuid4()), **pred.to_dict()}
 
