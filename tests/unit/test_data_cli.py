@@ -64,3 +64,32 @@ def test_download_without_network_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert "KAGGLE_KEY" in result.output
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_import_resplit_replaces_a_leaky_presplit(tmp_path, synthetic_dataset):
+    """--resplit gives a pre-split tree a grouped split: no group on two sides."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from fisheye.cli import app
+    from fisheye.data.manifest import read_manifest
+    from fisheye.data.sources import groups_across_splits
+
+    tree = tmp_path / "presplit"
+    for path in sorted(synthetic_dataset.rglob("*.png")) + sorted(synthetic_dataset.rglob("*.jpg")):
+        # Alternate copies between train and val: every source group leaks across the split.
+        split = "train" if int(path.stem.rsplit("_v", 1)[1]) % 2 == 0 else "val"
+        dest = tree / split / path.parent.name / path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest)
+    runner = CliRunner()
+    kept = runner.invoke(app, ["data", "import", str(tree), "--out", str(tmp_path / "kept")])
+    assert kept.exit_code == 0, kept.output
+    assert groups_across_splits(read_manifest(tmp_path / "kept" / "manifest.csv")) > 0
+    out = tmp_path / "resplit"
+    result = runner.invoke(app, ["data", "import", str(tree), "--out", str(out), "--resplit"])
+    assert result.exit_code == 0, result.output
+    rows = read_manifest(out / "manifest.csv")
+    assert groups_across_splits(rows) == 0
+    assert {r.split for r in rows} == {"train", "val"}

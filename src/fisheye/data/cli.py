@@ -84,6 +84,9 @@ def import_cmd(
     val_fraction: Annotated[float, typer.Option(help="Share of each class for val.")] = 0.15,
     test_fraction: Annotated[float, typer.Option(help="Share of each class for test.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the grouped split.")] = 42,
+    resplit: Annotated[
+        bool, typer.Option("--resplit", help="Replace a pre-split tree's split with a grouped one.")
+    ] = False,
 ) -> None:
     """Index a photo tree into OUT/manifest.csv with near-duplicate groups and splits."""
     try:
@@ -94,6 +97,7 @@ def import_cmd(
             val_fraction=val_fraction,
             test_fraction=test_fraction,
             seed=seed,
+            resplit=resplit,
         )
     except ValueError as exc:
         err_console.print(f"[red]Error:[/] {exc}")

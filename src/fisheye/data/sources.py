@@ -268,9 +268,13 @@ def import_dataset(
     val_fraction: float = 0.15,
     test_fraction: float = 0.0,
     seed: int = 42,
+    resplit: bool = False,
     progress: bool = True,
 ) -> ImportReport:
-    """Scan a photo tree, group near-duplicates, split, and write `out/manifest.csv`."""
+    """Scan a photo tree, group near-duplicates, split, and write `out/manifest.csv`.
+
+    A pre-split tree keeps its split unless `resplit`, which replaces it with the grouped one.
+    """
     from fisheye.data.grouping import group_near_duplicates
     from fisheye.data.splits import grouped_split
 
@@ -282,14 +286,14 @@ def import_dataset(
     if not scan.rows:
         raise ValueError(f"no readable photos found in {src}")
     rows = group_near_duplicates(scan.rows, progress=progress)
-    if scan.layout != "presplit":
+    if scan.layout != "presplit" or resplit:
         rows = grouped_split(rows, val_fraction, test_fraction, seed)
     else:
         crossing = _groups_across_splits(rows)
         if crossing:
             logger.warning(
                 "%d near-duplicate groups span more than one split of the pre-split tree "
-                "(its splits are kept as they are)",
+                "(its splits are kept as they are; --resplit replaces them with a grouped split)",
                 crossing,
             )
     out.mkdir(parents=True, exist_ok=True)
