@@ -152,3 +152,23 @@ def test_simulated_ddp_on_cpu(tmp_path, synthetic_dataset):
     meta = load_bundle(Path(result["bundle"])).meta
     assert meta["training"]["config"]["trainer"]["strategy"] == "ddp_spawn"
     assert set(meta["classes"]) == {p.name for p in synthetic_dataset.iterdir() if p.is_dir()}
+
+
+def test_partial_finetune_trains_only_the_top_of_the_backbone():
+    from torch import nn
+
+    from fisheye.models.classifier import FishClassifier
+
+    module = FishClassifier("small_cnn", 3, pretrained=False, input_size=32)
+    params = list(module.net.backbone.parameters())
+    module.set_trainable_backbone(0.5)
+    flags = [p.requires_grad for p in params]
+    assert flags == sorted(flags), "trainable parameters must be the top of the network"
+    assert 0 < sum(flags) < len(flags)
+    bns = [m for m in module.net.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert not bns[0].training and bns[-1].training
+    x = torch.randn(4, 3, 32, 32)
+    module.net(x).sum().backward()
+    assert params[0].grad is None and params[-1].grad is not None
+    module.set_trainable_backbone(0.0)
+    assert not any(p.requires_grad for p in params)

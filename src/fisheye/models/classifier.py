@@ -30,6 +30,7 @@ class FishClassifier(L.LightningModule):
         weight_decay: float = 1e-4,
         label_smoothing: float = 0.1,
         freeze_backbone_epochs: int = 0,
+        finetune_fraction: float = 1.0,
         warmup_fraction: float = 0.05,
         preprocessing: dict[str, Any] | None = None,
     ):
@@ -67,11 +68,24 @@ class FishClassifier(L.LightningModule):
         return self.net(x)
 
     def on_train_epoch_start(self) -> None:
-        frozen = self.backbone_frozen()
-        for p in self.net.backbone.parameters():
-            p.requires_grad_(not frozen)
-        # A frozen backbone also keeps its BatchNorm statistics fixed.
-        self.net.backbone.train(not frozen)
+        self.set_trainable_backbone(
+            0.0 if self.backbone_frozen() else self.hparams.finetune_fraction
+        )
+
+    def set_trainable_backbone(self, fraction: float) -> None:
+        """Train only the top `fraction` of the backbone's parameter tensors (0: frozen).
+
+        Layers below the first trainable one get no autograd graph at all, so fine-tuning
+        the top of a network costs little more than training the head. Frozen BatchNorm
+        layers keep their running statistics.
+        """
+        params = list(self.net.backbone.parameters())
+        first = len(params) - math.ceil(len(params) * fraction)
+        for i, p in enumerate(params):
+            p.requires_grad_(i >= first)
+        for module in self.net.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train(any(p.requires_grad for p in module.parameters()))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
