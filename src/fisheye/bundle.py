@@ -147,6 +147,10 @@ def save_bundle(
             **(extra or {}),
         }
         (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        # mkdtemp and safetensors create owner-only files; a bundle is meant to be shared.
+        os.chmod(tmp, 0o755)
+        for path in tmp.iterdir():
+            os.chmod(path, 0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
