@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,14 @@ from fisheye.data.sources import write_synthetic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prediction_log_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Servers started by tests log predictions to a temp file, never the user's state dir."""
+    if "FISHEYE_PREDICTION_DB" not in os.environ:
+        db = tmp_path_factory.mktemp("prediction-log") / "predictions.sqlite"
+        os.environ["FISHEYE_PREDICTION_DB"] = str(db)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fisheye.data.cli import data_app
+from fisheye.monitoring.cli import drift_app, monitor_app
 
 if TYPE_CHECKING:
     from fisheye.inference.predictor import FileResult, Predictor
@@ -31,6 +32,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(drift_app, name="drift")
+app.add_typer(monitor_app, name="monitor")
 
 
 @app.callback()
@@ -116,6 +119,25 @@ ModelOption = Annotated[
 ]
 
 
+class BackendChoice(StrEnum):
+    """Which way to run the model (auto: fastest exported form within 0.5 points of fp32)."""
+
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+BackendOption = Annotated[
+    BackendChoice,
+    typer.Option(
+        "--backend",
+        "-b",
+        help="auto (fastest exported backend within 0.5 points of fp32), torch, onnx, onnx-int8.",
+    ),
+]
+
+
 @app.command()
 def predict(
     paths: Annotated[
@@ -130,6 +152,7 @@ def predict(
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Photos per model call.")
     ] = 16,
+    backend: BackendOption = BackendChoice.auto,
 ) -> None:
     """Predict the species in photos. Exit code 1 if any file could not be read."""
     from fisheye.inference.files import InputPathError, collect_image_paths
@@ -141,7 +164,7 @@ def predict(
         raise _fail(err, str(exc)) from None
     if not files:
         raise _fail(err, f"no photos found in {', '.join(map(str, paths))}")
-    predictor = _load_predictor(err, model, top_k=top_k)
+    predictor = _load_predictor(err, model, top_k=top_k, backend=backend.value)
 
     results: list[FileResult] = []
     with _progress(err, "predicting") as progress:
@@ -213,6 +236,7 @@ def evaluate(
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Photos per model call.")
     ] = 32,
+    backend: BackendOption = BackendChoice.auto,
 ) -> None:
     """Evaluate a model bundle on labelled photos; write metrics, confusion matrix, errors."""
     from fisheye import evaluate as ev
@@ -222,7 +246,7 @@ def evaluate(
         loaded = ev.load_eval_data(data, split)
     except (ev.EvaluationError, ValueError, OSError) as exc:
         raise _fail(err, f"cannot read the data at {data}: {exc}") from None
-    predictor = _load_predictor(err, model)
+    predictor = _load_predictor(err, model, backend=backend.value)
     target = out_dir if out_dir is not None else ev.default_out_dir()
     try:
         ev.check_classes(loaded.rows, predictor.classes)
@@ -233,7 +257,7 @@ def evaluate(
                 loaded.rows,
                 target,
                 batch_size=batch_size,
-                info=loaded.info(),
+                info={**loaded.info(), "backend": predictor.backend_name},
                 unreadable=loaded.unreadable,
                 on_done=partial(progress.advance, task),
             )
@@ -289,6 +313,10 @@ def serve(
             "--port", "-p", min=0, max=65535, help="Port [default: $FISHEYE_PORT or 8000]."
         ),
     ] = None,
+    backend: Annotated[
+        BackendChoice | None,
+        typer.Option("--backend", "-b", help="Model backend [default: $FISHEYE_BACKEND or auto]."),
+    ] = None,
 ) -> None:
     """Serve the model over HTTP: the web page at /, the API under /v1, docs at /docs."""
     import uvicorn
@@ -298,7 +326,12 @@ def serve(
     from fisheye.serving import ServeSettings, create_app
 
     _, err = _consoles()
-    options = {"model": model, "host": host, "port": port}
+    options = {
+        "model": model,
+        "host": host,
+        "port": port,
+        "backend": backend.value if backend else None,
+    }
     overrides = {k: v for k, v in options.items() if v is not None}
     try:
         settings = ServeSettings(**overrides)
@@ -307,9 +340,17 @@ def serve(
             err, f"invalid server settings (FISHEYE_* variables or options):\n{exc}"
         ) from None
     try:
-        read_meta(settings.model)  # fail fast on a wrong path; weights load in the server
+        meta = read_meta(settings.model)  # fail fast on a wrong path; weights load in the server
     except BundleError as exc:
         raise _fail(err, f"cannot serve the model bundle: {exc}") from None
+    from fisheye.inference.backends import ONNX_BACKENDS, exported_entries
+
+    if settings.backend in ONNX_BACKENDS and settings.backend not in exported_entries(meta):
+        raise _fail(
+            err,
+            f"the bundle {settings.model} has no {settings.backend} export; run `fisheye export "
+            f"--model {settings.model} --format {settings.backend}` or use --backend auto",
+        )
     err.print(
         f"FishEye serving {settings.model} at http://{settings.host}:{settings.port} "
         f"(API docs at /docs)",
@@ -322,4 +363,167 @@ def serve(
         log_level=settings.log_level.lower(),
         log_config=None,
         timeout_graceful_shutdown=10,
+    )
+
+
+class ExportFormat(StrEnum):
+    """What `fisheye export` writes into the bundle."""
+
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+    torchscript = "torchscript"
+
+
+@app.command("export")
+def export_cmd(
+    export_format: Annotated[
+        ExportFormat, typer.Option("--format", "-f", help="onnx, onnx-int8 or torchscript.")
+    ],
+    model: ModelOption = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration", help="Training photos to calibrate int8 (default: shared train)."
+        ),
+    ] = None,
+    calibration_size: Annotated[
+        int, typer.Option("--calibration-size", min=1, help="Calibration photos to use.")
+    ] = 256,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", help="Labelled photos to measure accuracy (default: val)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Measure accuracy on a subset.")
+    ] = None,
+    method: Annotated[
+        str, typer.Option("--method", help="int8 calibration: minmax, percentile, entropy.")
+    ] = "minmax",
+) -> None:
+    """Export the model into its bundle (checked, measured and recorded in bundle.json)."""
+    from fisheye.bundle import BundleError, default_bundle_dir
+    from fisheye.evaluate import EvaluationError
+    from fisheye.inference.export import ExportError, export
+
+    out, err = _consoles()
+    bundle_dir = model if model is not None else default_bundle_dir()
+    try:
+        entry = export(
+            bundle_dir,
+            export_format.value,
+            calibration=calibration,
+            calibration_size=calibration_size,
+            data=data,
+            limit=limit,
+            method=method,
+        )
+    except (BundleError, ExportError, EvaluationError, OSError) as exc:
+        raise _fail(err, f"export failed: {exc}") from None
+    summary = {k: entry[k] for k in ("accuracy", "reference_accuracy", "latency_ms") if k in entry}
+    out.print(Text(f"exported {export_format.value} into {bundle_dir} {summary}"), soft_wrap=True)
+
+
+@app.command()
+def bench(
+    model: ModelOption = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", help="Labelled photos for accuracy (default: shared val)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per batch.")] = 10,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Accuracy on a subset of DATA.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Intra-op threads.")
+    ] = None,
+    backends: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="Only these (repeatable): torch, torch-compile, torch-pruned, onnx, onnx-int8.",
+        ),
+    ] = None,
+) -> None:
+    """Measure latency (batch 1/8/32), images/s, size and accuracy of every backend."""
+    from fisheye.bundle import BundleError
+    from fisheye.evaluate import EvaluationError
+    from fisheye.inference.bench import run_bench
+
+    out, err = _consoles()
+    try:
+        result = run_bench(
+            model,
+            data=data,
+            limit=limit,
+            repeats=repeats,
+            threads=threads,
+            backends=backends,
+            on_backend=lambda name: err.print(f"measuring {name}..."),
+        )
+    except (BundleError, EvaluationError, ValueError, OSError) as exc:
+        raise _fail(err, f"bench failed: {exc}") from None
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    out.print(_bench_table(result))
+    pre = result["preprocessing"]
+    out.print(
+        Text(
+            f"preprocessing of one {pre['jpeg']} JPEG: PIL decode+resize+normalise "
+            f"{pre['predictor_total_ms']:.2f} ms, torchvision.io {pre['torchvision_total_ms']:.2f}"
+            f" ms; load average {result['machine']['load_avg_1m']}"
+        ),
+        soft_wrap=True,
+    )
+
+
+def _bench_table(result: dict[str, Any]) -> Table:
+    table = Table()
+    for col in ("backend", "b1 ms", "b8 ms", "b32 ms", "images/s", "MB", "accuracy"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    for name, r in result["backends"].items():
+        if "error" in r:
+            table.add_row(Text(name), Text(f"error: {r['error']}", style="red"))
+            continue
+        lat = r["latency_ms"]
+        acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.2%}"
+        table.add_row(
+            Text(name),
+            *(f"{lat[k]:.1f}" if k in lat else "-" for k in ("1", "8", "32")),
+            f"{r['images_per_s']:.1f}",
+            f"{r['size_mb']:.1f}",
+            acc,
+        )
+    return table
+
+
+@app.command("profile")
+def profile_cmd(
+    model: ModelOption = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the Chrome trace files.")
+    ] = Path("runs/profile"),
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Photos to decode (default: shared val).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Photos.")] = 8,
+) -> None:
+    """Profile an inference batch and a training step; write Chrome traces, print top ops."""
+    from fisheye.bundle import BundleError
+    from fisheye.inference.profile import run_profile
+
+    out, err = _consoles()
+    try:
+        report = run_profile(model, out_dir, data=data, batch_size=batch_size)
+    except (BundleError, OSError) as exc:
+        raise _fail(err, f"profile failed: {exc}") from None
+    out.print(Text("inference (decode, resize, normalise, model), top ops by self CPU time"))
+    out.print(Text(report.inference_table), soft_wrap=True)
+    out.print(Text("training step (forward, backward, SGD), top ops by self CPU time"))
+    out.print(Text(report.train_table), soft_wrap=True)
+    out.print(
+        Text(f"Chrome traces: {report.inference_trace}, {report.train_trace} (chrome://tracing)")
     )

@@ -96,7 +96,42 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         },
     )
     log.info("model bundle written to %s", bundle_dir)
+    _fit_drift_reference(cfg, bundle_dir, dm)
     return {"metrics": metrics, "bundle": str(bundle_dir)}
+
+
+def _fit_drift_reference(cfg: DictConfig, bundle_dir: Path, dm: FishDataModule) -> None:
+    """Store the drift reference and OOD threshold in the bundle (`drift.enabled=false`: skip).
+
+    Best effort: a bundle without it still serves (without OOD scores), and
+    `fisheye drift fit` can add it later, so a failure here only logs a warning.
+    """
+    drift_cfg = cfg.get("drift") or {}
+    if not drift_cfg.get("enabled", True):
+        return
+    try:
+        from fisheye.inference.predictor import Predictor
+        from fisheye.monitoring.reference import fit_bundle
+
+        predictor = Predictor.from_dir(bundle_dir)
+        fit_bundle(
+            predictor,
+            [(r.path, r.label) for r in dm.splits["train"]],
+            [(r.path, r.label) for r in dm.splits.get("val", [])] or None,
+            fit_size=int(drift_cfg.get("sample", 1500)),
+            reference_size=int(drift_cfg.get("reference_size", 500)),
+            false_alarm_rate=float(drift_cfg.get("false_alarm_rate", 0.05)),
+            seed=int(cfg.seed),
+            data=str(dm.root),
+        )
+    except Exception as exc:  # never lose a trained model over its monitoring reference
+        log.warning(
+            "could not fit the drift reference (%s: %s); add it later with "
+            "`fisheye drift fit --model %s --data <photos>`",
+            type(exc).__name__,
+            exc,
+            bundle_dir,
+        )
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

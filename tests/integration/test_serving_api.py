@@ -103,7 +103,8 @@ def _check_prediction(body: dict, server_model: dict) -> None:
 @pytest.fixture(scope="module")
 def model_ref(client: httpx.Client) -> dict:
     info = client.get("/v1/model").json()
-    return {"name": info["name"], "version": info["version"]}
+    assert info["backend"] in ("torch", "onnx", "onnx-int8")
+    return {"name": info["name"], "version": info["version"], "backend": info["backend"]}
 
 
 def test_health_ready_and_model(client: httpx.Client) -> None:

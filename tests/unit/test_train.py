@@ -127,13 +127,17 @@ def test_killed_cli_run_resumes(tmp_path, synthetic_dataset):
         proc.kill()
         proc.wait()
     assert last.is_file()
+    # Continue two epochs past wherever the kill landed: a resume, not a fresh start.
+    killed_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    target = killed_at + 2
     resumed = subprocess.run(
         [
             *common[:4],
             f"hydra.run.dir={tmp_path}/run2",
             "trainer.enable_progress_bar=false",
-            "trainer.max_epochs=3",
+            f"trainer.max_epochs={target}",
             f"ckpt_path={last}",
+            "drift.enabled=false",
         ],
         capture_output=True,
         text=True,
@@ -141,7 +145,8 @@ def test_killed_cli_run_resumes(tmp_path, synthetic_dataset):
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     meta = json.loads((tmp_path / "run2" / "bundle" / "bundle.json").read_text())
-    assert meta["training"]["epochs_trained"] == 3
+    assert meta["training"]["epochs_trained"] == target
+    assert meta["training"]["command"].endswith(f"ckpt_path={last} drift.enabled=false")
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from fisheye.serving import health, routes
 from fisheye.serving.errors import install_error_handlers
 from fisheye.serving.limits import BodyLimitMiddleware
 from fisheye.serving.metrics import MetricsMiddleware
+from fisheye.serving.monitoring_routes import build_monitoring_router
 from fisheye.serving.settings import ServeSettings
 from fisheye.serving.state import ServingState
 
@@ -57,6 +58,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.serving = state
     install_error_handlers(app)
     app.include_router(routes.build_router(settings))
+    app.include_router(build_monitoring_router())
     app.include_router(health.router)
 
     @app.get("/", include_in_schema=False)

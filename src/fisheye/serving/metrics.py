@@ -66,6 +66,40 @@ class Metrics:
         self.ready = Gauge(
             "fisheye_model_ready", "1 once the model is loaded and warmed, else 0.", registry=r
         )
+        # Monitoring (fisheye.monitoring.service).
+        self.drift_p_value = Gauge(
+            "fisheye_drift_p_value",
+            "p-value of the latest MMD drift test on the recent-photo window (NaN before one).",
+            registry=r,
+        )
+        self.drift_p_value.set(float("nan"))
+        self.drift_score = Gauge(
+            "fisheye_drift_score", "MMD score of the latest drift test.", registry=r
+        )
+        self.drift_score.set(float("nan"))
+        self.drift_tests = Counter("fisheye_drift_tests", "Background drift tests run.", registry=r)
+        self.ood_predictions = Counter(
+            "fisheye_ood_predictions",
+            "Predictions on photos that do not look like the training photos.",
+            registry=r,
+        )
+        self.feedback = Counter(
+            "fisheye_feedback",
+            "Feedback labels received, by whether the prediction was correct.",
+            ["correct"],
+            registry=r,
+        )
+        self.feedback_accuracy = Gauge(
+            "fisheye_feedback_accuracy",
+            "Accuracy of logged predictions that received feedback (NaN before any).",
+            registry=r,
+        )
+        self.feedback_accuracy.set(float("nan"))
+        self.log_lost_rows = Counter(
+            "fisheye_prediction_log_lost_rows",
+            "Prediction-log rows dropped (disk full, database locked or read-only, queue full).",
+            registry=r,
+        )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one model call (called from the batcher thread)."""

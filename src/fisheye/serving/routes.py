@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fisheye.data.images import ImageDecodeError, ImageTooLargeError
 from fisheye.inference.predictor import Predictor
+from fisheye.monitoring.service import Observation, split_row
 from fisheye.serving.batcher import BatcherStoppedError, QueueFullError
 from fisheye.serving.errors import APIError, ErrorBody
 from fisheye.serving.metrics import START_KEY
@@ -42,7 +43,11 @@ def _elapsed_ms(request: Request) -> float:
 
 
 def _model_ref(predictor: Predictor) -> ModelRef:
-    return ModelRef(name=predictor.bundle.name, version=predictor.bundle.version)
+    return ModelRef(
+        name=predictor.bundle.name,
+        version=predictor.bundle.version,
+        backend=predictor.backend_name,
+    )
 
 
 async def _read_upload(upload: UploadFile, settings: ServeSettings) -> bytes:
@@ -96,12 +101,41 @@ async def _infer(state: ServingState, inputs: torch.Tensor) -> np.ndarray:
         raise APIError(503, "shutting_down", str(exc), {"Retry-After": "1"}) from None
 
 
-def _prediction_fields(state: ServingState, probs: np.ndarray) -> dict[str, Any]:
+def _prediction_fields(
+    state: ServingState,
+    row: np.ndarray,
+    data: bytes | None = None,
+    seen: list[Observation] | None = None,
+) -> dict[str, Any]:
     assert state.predictor is not None
+    probs, ood_score, features = split_row(row)
     # The Predictor owns the probabilities -> top-k logic, so the CLI and API agree.
-    pred = state.predictor.prediction_from_probabilities(probs)
+    pred = state.predictor.prediction_from_probabilities(probs, ood_score=ood_score)
     state.metrics.predictions.labels(pred.label).inc()
-    return {"id": str(uuid.uuid4()), **pred.to_dict()}
+    fields = {"id": str(uuid.uuid4()), **pred.to_dict()}
+    if seen is not None:
+        seen.append(
+            Observation(
+                fields["id"],
+                pred.label,
+                pred.confidence,
+                pred.ood_score,
+                pred.in_distribution,
+                features,
+                data,
+            )
+        )
+    return fields
+
+
+def _observe(state: ServingState, seen: list[Observation], latency_ms: float) -> None:
+    """Hand answered photos to monitoring (window, OOD metric, prediction log); never raises."""
+    if state.monitoring is None or not seen:
+        return
+    try:
+        state.monitoring.observe(seen, latency_ms)
+    except Exception:  # monitoring must never fail a prediction
+        log.exception("monitoring failed to record %d prediction(s)", len(seen))
 
 
 def build_router(settings: ServeSettings) -> APIRouter:
@@ -128,11 +162,14 @@ def build_router(settings: ServeSettings) -> APIRouter:
             state.metrics.rejected.labels(exc.error).inc()
             raise
         probs = await _infer(state, inputs)
-        return {
-            **_prediction_fields(state, probs[0]),
+        seen: list[Observation] = []
+        answer = {
+            **_prediction_fields(state, probs[0], data, seen),
             "model": _model_ref(state.predictor),
             "latency_ms": _elapsed_ms(request),
         }
+        _observe(state, seen, answer["latency_ms"])
+        return answer
 
     @router.post(
         "/predict/batch",
@@ -158,11 +195,16 @@ def build_router(settings: ServeSettings) -> APIRouter:
         assert state.predictor is not None
         predictor = state.predictor
 
-        async def prepare(upload: UploadFile) -> torch.Tensor:
+        raw: dict[int, bytes] = {}
+
+        async def prepare(index: int, upload: UploadFile) -> torch.Tensor:
             data = await _read_upload(upload, state.settings)
+            raw[index] = data
             return await run_in_threadpool(_prepare, predictor, data)
 
-        prepared = await asyncio.gather(*(prepare(f) for f in files), return_exceptions=True)
+        prepared = await asyncio.gather(
+            *(prepare(i, f) for i, f in enumerate(files)), return_exceptions=True
+        )
         items: list[dict[str, Any]] = []
         good: list[tuple[int, torch.Tensor]] = []
         for i, (upload, result) in enumerate(zip(files, prepared, strict=True)):
@@ -175,13 +217,16 @@ def build_router(settings: ServeSettings) -> APIRouter:
             else:
                 good.append((i, result))
             items.append(item)
+        seen: list[Observation] = []
         if good:
             probs = await _infer(state, torch.cat([t for _, t in good]))
             for (i, _), p in zip(good, probs, strict=True):
-                items[i].update(_prediction_fields(state, p))
+                items[i].update(_prediction_fields(state, p, raw.get(i), seen))
+        latency_ms = _elapsed_ms(request)
+        _observe(state, seen, latency_ms)
         return {
             "model": _model_ref(predictor),
-            "latency_ms": _elapsed_ms(request),
+            "latency_ms": latency_ms,
             "count": len(items),
             "results": [BatchItem(**it) for it in items],
         }
@@ -198,6 +243,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
             "name": bundle.name,
             "version": bundle.version,
             "architecture": bundle.architecture,
+            "backend": state.predictor.backend_name,
             "classes": list(state.predictor.classes),
             "metrics": meta.get("metrics", {}),
             "preprocessing": meta.get("preprocessing", {}),

@@ -19,6 +19,7 @@ class ModelRef(BaseModel):
 
     name: str
     version: str
+    backend: str = Field(description="What runs the model: torch, onnx or onnx-int8.")
 
 
 class PredictionOut(BaseModel):
@@ -28,6 +29,16 @@ class PredictionOut(BaseModel):
     label: str = Field(description="The most likely species.")
     confidence: float = Field(ge=0, le=1, description="Probability of `label`.")
     top_k: list[TopK] = Field(description="The most likely classes, best first.")
+    ood_score: float | None = Field(
+        None,
+        description="Out-of-distribution score (distance to the training photos' features); "
+        "null when the model has no drift reference or monitoring is off.",
+    )
+    in_distribution: bool | None = Field(
+        None,
+        description="False when the photo does not look like the training photos: the "
+        "prediction is then unreliable.",
+    )
     model: ModelRef
     latency_ms: float = Field(description="Server time from request to answer, in ms.")
 
@@ -41,6 +52,8 @@ class BatchItem(BaseModel):
     label: str | None = None
     confidence: float | None = None
     top_k: list[TopK] | None = None
+    ood_score: float | None = None
+    in_distribution: bool | None = None
     error: str | None = Field(None, description="Set when this file failed, e.g. invalid_image.")
     detail: str | None = None
     status: int = Field(200, description="The status this file would get from /v1/predict.")
@@ -61,6 +74,7 @@ class ModelOut(BaseModel):
     name: str
     version: str
     architecture: str
+    backend: str = Field(description="What runs the model: torch, onnx or onnx-int8.")
     classes: list[str]
     metrics: dict[str, Any]
     preprocessing: dict[str, Any]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -11,6 +13,12 @@ from fisheye.bundle import default_bundle_dir
 from fisheye.data.images import DEFAULT_MAX_PIXELS
 
 MB = 1024 * 1024
+
+
+def default_prediction_db() -> Path:
+    """$XDG_STATE_HOME/fisheye/predictions.sqlite (~/.local/state when unset)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "fisheye" / "predictions.sqlite"
 
 
 class ServeSettings(BaseSettings):
@@ -32,12 +40,55 @@ class ServeSettings(BaseSettings):
     max_queue: int = Field(
         256, ge=1, description="Most photos waiting for the model; beyond it requests get 503."
     )
-    threads: int = Field(2, ge=1, description="PyTorch intra-op threads for the model.")
+    threads: int = Field(
+        2, ge=1, description="Intra-op threads for the model (PyTorch or ONNX Runtime)."
+    )
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="Model backend; auto: the fastest exported one within 0.5 points of fp32.",
+    )
     top_k: int = Field(5, ge=1, description="Classes listed in each answer.")
     max_pixels: int = Field(
         DEFAULT_MAX_PIXELS, ge=1, description="Largest decoded photo (decompression-bomb guard)."
     )
     log_level: str = Field("info", description="uvicorn / logging level.")
+    # Monitoring (docs/monitoring.md).
+    monitoring: bool = Field(
+        True, description="OOD scores, the drift window and the prediction log (false: all off)."
+    )
+    ood_false_alarm_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Re-calibrate the OOD threshold to this false-alarm rate on the bundle's "
+        "val scores (default: the rate the bundle was fitted with, 5%).",
+    )
+    drift_window: int = Field(200, ge=2, description="Photos (features only) in the drift window.")
+    drift_every_requests: int = Field(
+        100, ge=1, description="Run the background drift test after this many new photos..."
+    )
+    drift_interval_s: float = Field(60.0, gt=0, description="...or after this many seconds.")
+    drift_min_samples: int = Field(
+        30, ge=2, description="Photos the window needs before the first drift test."
+    )
+    drift_permutations: int = Field(
+        1000, ge=100, description="Permutations of the MMD test (p-value resolution)."
+    )
+    prediction_log: bool = Field(True, description="Log every prediction to SQLite.")
+    prediction_db: Path = Field(
+        default_factory=default_prediction_db,
+        description="SQLite prediction log (default: $XDG_STATE_HOME/fisheye/predictions.sqlite).",
+    )
+    log_retention_days: float = Field(
+        30.0, gt=0, description="Delete logged predictions older than this."
+    )
+    log_max_rows: int = Field(1_000_000, ge=1, description="Keep at most this many predictions.")
+    store_images: bool = Field(
+        False, description="Opt-in: keep uploaded photos (e.g. for relabelling) by sha256."
+    )
+    image_dir: Path | None = Field(
+        None, description="Where stored photos go (default: <prediction_db>.images/)."
+    )
 
     @model_validator(mode="after")
     def _check_limits(self) -> ServeSettings:

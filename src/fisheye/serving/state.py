@@ -10,6 +10,7 @@ import torch
 from fastapi import Request
 
 from fisheye.inference.predictor import Predictor
+from fisheye.monitoring.service import ServingMonitor
 from fisheye.serving.batcher import MicroBatcher
 from fisheye.serving.errors import APIError
 from fisheye.serving.metrics import Metrics
@@ -28,23 +29,39 @@ class ServingState:
     batcher: MicroBatcher | None = None
     ready: bool = False
     load_error: str | None = None
+    monitoring: ServingMonitor | None = None
 
     def load(self) -> None:
         """Load the bundle, start the batcher and warm the model (blocking; run in a thread)."""
         s = self.settings
         torch.set_num_threads(s.threads)
         start = time.perf_counter()
-        predictor = Predictor.from_dir(s.model, top_k=s.top_k, max_pixels=s.max_pixels)
+        predictor = Predictor.from_dir(
+            s.model,
+            top_k=s.top_k,
+            max_pixels=s.max_pixels,
+            backend=s.backend,
+            threads=s.threads,
+        )
+        # ONNX Runtime has its own pool of `threads`; torch then only normalises photos in the
+        # request threads, where a second multi-threaded pool would fight it for the cores.
+        torch_threads = s.threads if predictor.backend_name == "torch" else 1
+        torch.set_num_threads(torch_threads)
         batcher = MicroBatcher(
             predictor.probabilities,
             max_batch_size=s.max_batch_size,
             max_wait_ms=s.max_batch_wait_ms,
             max_queue=s.max_queue,
-            threads=s.threads,
+            threads=torch_threads,
             on_batch=self.metrics.observe_batch,
             on_queue=self.metrics.queue_depth.set,
         )
         self.predictor = predictor
+        if s.monitoring:
+            # The model call then also returns OOD scores and features (one call per batch).
+            self.monitoring = ServingMonitor(s, self.metrics, predictor)
+            batcher.run_batch = self.monitoring.run_batch
+            self.monitoring.start()
         self.metrics.model_info.labels(
             predictor.bundle.name, predictor.bundle.version, predictor.bundle.architecture
         ).set(1)
@@ -56,11 +73,12 @@ class ServingState:
         self.ready = True
         self.metrics.ready.set(1)
         log.info(
-            "model %s %s (%s, %d classes) ready in %.1f s",
+            "model %s %s (%s, %d classes, backend %s) ready in %.1f s",
             predictor.bundle.name,
             predictor.bundle.version,
             predictor.bundle.architecture,
             len(predictor.classes),
+            predictor.backend_name,
             time.perf_counter() - start,
         )
 
@@ -70,6 +88,8 @@ class ServingState:
         self.metrics.ready.set(0)
         if self.batcher is not None:
             self.batcher.stop()
+        if self.monitoring is not None:
+            self.monitoring.stop()
 
 
 def get_state(request: Request) -> ServingState:

@@ -56,6 +56,10 @@ function render(card, data) {
     li.setAttribute("aria-label", `${item.label}: ${pct} percent`);
     bars.appendChild(li);
   }
+  // Out-of-distribution photo: warn plainly, but still show the prediction.
+  const ood = data.in_distribution === false;
+  card.querySelector(".ood-warning").hidden = !ood;
+  card.classList.toggle("ood", ood);
   card.querySelector(".meta").textContent =
     `${data.model.name} ${data.model.version} · ${data.latency_ms.toFixed(0)} ms`;
   card.classList.add("done");

@@ -1,0 +1,397 @@
+"""Export a bundle's model to ONNX, int8 ONNX (static QDQ) or TorchScript, inside the bundle.
+
+Each exported file is checked against eager PyTorch, measured (accuracy on labelled photos,
+batch-1 latency, both next to fp32's on the same photos and threads) and recorded in
+bundle.json with its sha256, so `Predictor(backend="auto")` can pick the fastest form that
+keeps the accuracy and refuses a file that was changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fisheye.bundle import Bundle, add_file, load_bundle
+from fisheye.data.transforms import normalize
+from fisheye.inference.backends import (
+    ONNX,
+    ONNX_INPUT,
+    ONNX_INT8,
+    ONNX_OUTPUTS,
+    OnnxBackend,
+    TorchBackend,
+    default_threads,
+)
+from fisheye.inference.measure import (
+    DEFAULT_TRAIN,
+    DEFAULT_VAL,
+    LabelledSet,
+    accuracy,
+    example_batch,
+    load_labelled_set,
+    load_uint8,
+    median_ms,
+    spread,
+)
+
+log = logging.getLogger(__name__)
+
+FORMATS = (ONNX, ONNX_INT8, "torchscript")
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+DEFAULT_OPSET = 18
+# fp32 ONNX must match eager within these (probabilities and features).
+PROB_ATOL = 1e-4
+FEATURE_ATOL = 1e-3
+FEATURE_RTOL = 1e-3
+
+
+@contextlib.contextmanager
+def _quiet_third_party() -> Iterator[None]:
+    """Silence the exporters' and quantizer's INFO chatter (some log on the root logger)."""
+    root = logging.getLogger()
+    names = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export")
+    saved = [(lg, lg.level) for lg in (root, *map(logging.getLogger, names))]
+    for lg, _ in saved:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+class ExportError(RuntimeError):
+    """An export failed or its output does not match eager PyTorch."""
+
+
+class LogitsAndFeatures(torch.nn.Module):
+    """The exported graph: (N, 3, H, W) -> (logits, penultimate features)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        return self.model.head(features), features
+
+
+def _onnx_export(model: torch.nn.Module, example: torch.Tensor, out: Path, opset: int) -> str:
+    """Write an ONNX file with a dynamic batch axis; returns which exporter was used."""
+    wrapper = LogitsAndFeatures(model)
+    names = {"input_names": [ONNX_INPUT], "output_names": list(ONNX_OUTPUTS)}
+    try:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(out),
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes={"x": {0: batch}},
+                verbose=False,
+                **names,
+            )
+        return "torch.onnx.export(dynamo=True)"
+    except Exception as exc:  # the exporters fail with many exception types
+        log.warning("the dynamo ONNX exporter failed (%s); trying the TorchScript-based one", exc)
+    axes = {n: {0: "batch"} for n in (ONNX_INPUT, *ONNX_OUTPUTS)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(out),
+            opset_version=opset,
+            dynamo=False,
+            dynamic_axes=axes,
+            **names,
+        )
+    return "torch.onnx.export(dynamo=False)"
+
+
+def check_outputs(reference: TorchBackend, candidate: Any, batch: torch.Tensor) -> dict[str, float]:
+    """Max absolute differences of probabilities and features between two backends."""
+    ref, got = reference.run(batch), candidate.run(batch)
+    if got.probabilities.shape != ref.probabilities.shape:
+        raise ExportError(
+            f"output shape {got.probabilities.shape} differs from eager's {ref.probabilities.shape}"
+        )
+    return {
+        "max_abs_diff_probabilities": float(np.abs(got.probabilities - ref.probabilities).max()),
+        "max_abs_diff_features": float(np.abs(got.features - ref.features).max()),
+        "top1_agreement": float(
+            (got.probabilities.argmax(1) == ref.probabilities.argmax(1)).mean()
+        ),
+    }
+
+
+def _eval_set(bundle: Bundle, data: Path | None, limit: int | None) -> LabelledSet | None:
+    if data is None:
+        if not DEFAULT_VAL.is_dir():
+            log.warning(
+                "no labelled photos to measure accuracy on (pass --data); the export is recorded "
+                "without accuracy, so `auto` will not choose it"
+            )
+            return None
+        data = DEFAULT_VAL
+    log.info("measuring accuracy on %s%s", data, f" (subset of {limit})" if limit else "")
+    return load_labelled_set(data, bundle.classes, bundle.preprocessing, limit=limit)
+
+
+def _measure(
+    bundle: Bundle,
+    reference: TorchBackend,
+    candidate: Any,
+    evalset: LabelledSet | None,
+    threads: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """Accuracy and batch-1 latency of the candidate next to eager fp32's."""
+    spec = bundle.preprocessing
+    one = example_batch(evalset, spec, 1)
+    torch.set_num_threads(threads)
+    info: dict[str, Any] = {
+        "latency_ms": round(median_ms(lambda: candidate.run(one), repeats=repeats), 3),
+        "reference_latency_ms": round(median_ms(lambda: reference.run(one), repeats=repeats), 3),
+        "threads": threads,
+    }
+    if evalset is not None and len(evalset):
+        info["accuracy"] = accuracy(candidate, evalset, spec)
+        info["reference_accuracy"] = accuracy(reference, evalset, spec)
+        info["eval"] = {"data": evalset.source, "n_images": len(evalset)}
+    return info
+
+
+def export_onnx(
+    bundle_dir: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    data: Path | None = None,
+    limit: int | None = None,
+    threads: int | None = None,
+    repeats: int = 20,
+) -> dict[str, Any]:
+    """Export fp32 ONNX into the bundle, check it against eager, measure and record it."""
+    if opset < 17:
+        raise ExportError(f"opset {opset} is too old; FishEye exports opset 17 or newer")
+    bundle = load_bundle(bundle_dir)
+    model = bundle.build_model()
+    reference = TorchBackend(model)
+    threads = threads or default_threads()
+    evalset = _eval_set(bundle, data, limit)
+    spec = bundle.preprocessing
+    with tempfile.TemporaryDirectory(dir=bundle.path, prefix=".export-") as tmp:
+        tmp_file = Path(tmp) / ONNX_FILE
+        with _quiet_third_party():
+            exporter = _onnx_export(model, example_batch(evalset, spec, 2), tmp_file, opset)
+        candidate = OnnxBackend(tmp_file, ONNX, threads=threads)
+        diffs = check_outputs(reference, candidate, example_batch(evalset, spec, 8))
+        if (
+            diffs["max_abs_diff_probabilities"] > PROB_ATOL
+            or diffs["max_abs_diff_features"] > FEATURE_ATOL
+        ):
+            raise ExportError(f"the ONNX outputs differ from eager beyond tolerance: {diffs}")
+        info = _measure(bundle, reference, candidate, evalset, threads, repeats)
+        shutil.move(str(tmp_file), bundle.path / ONNX_FILE)
+    entry = {
+        "kind": "onnx",
+        "backend": ONNX,
+        "opset": opset,
+        "exporter": exporter,
+        "check": diffs,
+        **info,
+    }
+    add_file(bundle.path, ONNX_FILE, **entry)
+    log.info("wrote %s: %s", bundle.path / ONNX_FILE, _summary(entry))
+    return entry
+
+
+class _PhotoReader:
+    """onnxruntime CalibrationDataReader over preprocessed photos, in small batches."""
+
+    def __init__(self, batches: list[np.ndarray]):
+        self._it = iter([{ONNX_INPUT: b} for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def calibration_batches(
+    bundle: Bundle, calibration: Path, size: int, batch_size: int = 16
+) -> tuple[list[np.ndarray], int]:
+    """Up to `size` photos from a folder, through the bundle's preprocessing, as batches."""
+    from fisheye.inference.files import collect_image_paths
+
+    paths = spread(sorted(collect_image_paths([Path(calibration)])), size)
+    images, _ = load_uint8(paths, bundle.preprocessing)
+    if not images:
+        raise ExportError(f"no readable calibration photos in {calibration}")
+    batches = [
+        normalize(torch.stack(images[i : i + batch_size]), bundle.preprocessing).numpy()
+        for i in range(0, len(images), batch_size)
+    ]
+    return batches, len(images)
+
+
+def _ensure_onnx(bundle_dir: Path, **kwargs: Any) -> Bundle:
+    """The loaded bundle, exporting fp32 ONNX first when it has none."""
+    bundle = load_bundle(bundle_dir)
+    if ONNX_FILE not in bundle.meta["files"]:
+        log.info("the bundle has no fp32 ONNX yet; exporting it first")
+        export_onnx(bundle_dir, **kwargs)
+        bundle = load_bundle(bundle_dir)
+    return bundle
+
+
+def export_onnx_int8(
+    bundle_dir: Path,
+    *,
+    calibration: Path | None = None,
+    calibration_size: int = 256,
+    method: str = "minmax",
+    data: Path | None = None,
+    limit: int | None = None,
+    threads: int | None = None,
+    repeats: int = 20,
+) -> dict[str, Any]:
+    """Static int8 QDQ quantization of the bundle's ONNX, calibrated on photos; recorded."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    if method not in methods:
+        raise ExportError(f"unknown calibration method {method!r}; choose one of {list(methods)}")
+    if calibration is None:
+        if not DEFAULT_TRAIN.is_dir():
+            raise ExportError(
+                "int8 quantization needs calibration photos: pass --calibration DIR "
+                "(a folder of training photos)"
+            )
+        calibration = DEFAULT_TRAIN
+    bundle = _ensure_onnx(bundle_dir, data=data, limit=limit, threads=threads)
+    threads = threads or default_threads()
+    reference = TorchBackend(bundle.build_model())
+    batches, n_calib = calibration_batches(bundle, calibration, calibration_size)
+    log.info("calibrating int8 on %d photos from %s (%s)", n_calib, calibration, method)
+    evalset = _eval_set(bundle, data, limit)
+    with tempfile.TemporaryDirectory(dir=bundle.path, prefix=".export-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        out = Path(tmp) / INT8_FILE
+        with _quiet_third_party(), warnings.catch_warnings():
+            quant_pre_process(str(bundle.path / ONNX_FILE), str(pre))
+            warnings.simplefilter("ignore")
+            quantize_static(
+                str(pre),
+                str(out),
+                _PhotoReader(batches),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+                extra_options={"CalibTensorRangeSymmetric": False},
+            )
+        candidate = OnnxBackend(out, ONNX_INT8, threads=threads)
+        diffs = check_outputs(reference, candidate, example_batch(evalset, bundle.preprocessing, 8))
+        info = _measure(bundle, reference, candidate, evalset, threads, repeats)
+        shutil.move(str(out), bundle.path / INT8_FILE)
+    entry = {
+        "kind": "onnx-int8",
+        "backend": ONNX_INT8,
+        "source": {"file": ONNX_FILE, "sha256": bundle.meta["files"][ONNX_FILE]["sha256"]},
+        "quantization": {
+            "method": "onnxruntime.quantization.quantize_static",
+            "format": "QDQ",
+            "per_channel": True,
+            "activations": "uint8",
+            "weights": "int8",
+        },
+        "calibration": {"data": str(calibration), "n_images": n_calib, "method": method},
+        "check": diffs,
+        **info,
+    }
+    add_file(bundle.path, INT8_FILE, **entry)
+    log.info("wrote %s: %s", bundle.path / INT8_FILE, _summary(entry))
+    return entry
+
+
+def export_torchscript(bundle_dir: Path) -> dict[str, Any]:
+    """Trace the model to TorchScript (for libtorch users; the Predictor does not load it)."""
+    bundle = load_bundle(bundle_dir)
+    model = bundle.build_model()
+    reference = TorchBackend(model)
+    spec = bundle.preprocessing
+    example = example_batch(None, spec, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(LogitsAndFeatures(model), example, check_trace=False)
+    check = example_batch(None, spec, 4)
+    with torch.inference_mode():
+        logits, features = traced(check)
+    ref = reference.run(check)
+    diff = float(np.abs(torch.softmax(logits, 1).numpy() - ref.probabilities).max())
+    if diff > PROB_ATOL:
+        raise ExportError(f"the TorchScript outputs differ from eager by {diff:.2e}")
+    with tempfile.TemporaryDirectory(dir=bundle.path, prefix=".export-") as tmp:
+        out = Path(tmp) / TORCHSCRIPT_FILE
+        traced.save(str(out))
+        shutil.move(str(out), bundle.path / TORCHSCRIPT_FILE)
+    entry = {
+        "kind": "torchscript",
+        "outputs": list(ONNX_OUTPUTS),
+        "check": {"max_abs_diff_probabilities": diff},
+    }
+    add_file(bundle.path, TORCHSCRIPT_FILE, **entry)
+    log.info("wrote %s", bundle.path / TORCHSCRIPT_FILE)
+    return entry
+
+
+def export(bundle_dir: Path, fmt: str, **kwargs: Any) -> dict[str, Any]:
+    """Export one format ("onnx", "onnx-int8" or "torchscript") into the bundle."""
+    if fmt == ONNX:
+        for key in ("calibration", "calibration_size", "method"):
+            kwargs.pop(key, None)
+        return export_onnx(bundle_dir, **kwargs)
+    if fmt == ONNX_INT8:
+        return export_onnx_int8(bundle_dir, **kwargs)
+    if fmt == "torchscript":
+        return export_torchscript(bundle_dir)
+    raise ExportError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
+
+
+def _summary(entry: dict[str, Any]) -> str:
+    parts = []
+    if entry.get("accuracy") is not None:
+        parts.append(
+            f"accuracy {entry['accuracy']:.2%} (fp32 {entry['reference_accuracy']:.2%}, "
+            f"{entry['eval']['n_images']} photos)"
+        )
+    if entry.get("latency_ms") is not None:
+        parts.append(
+            f"batch-1 {entry['latency_ms']:.1f} ms (fp32 {entry['reference_latency_ms']:.1f} ms)"
+        )
+    return ", ".join(parts) or "recorded"

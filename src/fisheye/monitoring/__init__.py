@@ -1,0 +1,1 @@
+"""Monitoring: drift and out-of-distribution detection, the prediction log, reports."""

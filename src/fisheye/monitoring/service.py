@@ -1,0 +1,182 @@
+"""Monitoring inside the server: OOD scores per photo, the drift window and the prediction log.
+
+The batcher's model call returns one record per photo (probabilities, OOD score, features)
+so monitoring never runs the model twice. Everything after the answer (window, metrics,
+log) is a few appends; the drift test and the SQLite writes run in their own threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fisheye.monitoring.drift import DriftResult
+from fisheye.monitoring.prediction_log import PredictionLog, PredictionRow
+from fisheye.monitoring.reference import Monitor, load_monitor
+from fisheye.monitoring.window import DriftWindow
+
+if TYPE_CHECKING:
+    from fisheye.inference.predictor import Predictor
+    from fisheye.serving.metrics import Metrics
+    from fisheye.serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+def split_row(row: Any) -> tuple[np.ndarray, float | None, np.ndarray | None]:
+    """(probabilities, OOD score, features) of one batcher result row (either layout)."""
+    if getattr(row, "dtype", None) is not None and row.dtype.names:
+        ood = float(row["ood"])
+        return row["p"], (None if np.isnan(ood) else ood), row["f"]
+    return row, None, None
+
+
+@dataclass
+class Observation:
+    """One answered photo, for the window, the metrics and the log."""
+
+    id: str
+    label: str
+    confidence: float
+    ood_score: float | None
+    in_distribution: bool | None
+    features: np.ndarray | None
+    data: bytes | None
+
+
+class ServingMonitor:
+    """Owns the drift window and the prediction log of one app."""
+
+    def __init__(self, settings: ServeSettings, metrics: Metrics, predictor: Predictor) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.predictor = predictor
+        self.monitor: Monitor | None = load_monitor(
+            predictor.bundle,
+            false_alarm_rate=settings.ood_false_alarm_rate,
+            n_permutations=settings.drift_permutations,
+        )
+        # The predictor's OOD verdicts use the same (possibly re-calibrated) threshold.
+        predictor.monitor = self.monitor
+        if self.monitor is None:
+            log.warning(
+                "the bundle %s has no drift reference: answers carry no OOD score and no drift "
+                "is tracked (create it with `fisheye drift fit`)",
+                predictor.bundle.path,
+            )
+        self.window: DriftWindow | None = None
+        if self.monitor is not None:
+            self.window = DriftWindow(
+                self.monitor.drift,
+                size=settings.drift_window,
+                every_requests=settings.drift_every_requests,
+                interval_s=settings.drift_interval_s,
+                min_samples=settings.drift_min_samples,
+                on_result=self._on_drift,
+            )
+        self.log: PredictionLog | None = None
+        if settings.prediction_log:
+            image_dir = None
+            if settings.store_images:
+                image_dir = settings.image_dir or Path(f"{settings.prediction_db}.images")
+            self.log = PredictionLog(
+                settings.prediction_db,
+                retention_days=settings.log_retention_days,
+                max_rows=settings.log_max_rows,
+                image_dir=image_dir,
+                on_lost=metrics.log_lost_rows.inc,
+            )
+
+    def start(self) -> None:
+        """Start the background drift test and the log writer."""
+        if self.window is not None:
+            self.window.start()
+        if self.log is not None:
+            self.log.start()
+
+    def stop(self) -> None:
+        """Stop the background threads (the log writes what is queued first)."""
+        if self.window is not None:
+            self.window.stop()
+        if self.log is not None:
+            self.log.stop()
+
+    def run_batch(self, batch: torch.Tensor) -> np.ndarray:
+        """The batcher's model call: one record per photo with probabilities, OOD, features."""
+        out = self.predictor.infer(batch)
+        n, c = out.probabilities.shape
+        d = out.features.shape[1]
+        rows = np.zeros(
+            n, dtype=[("p", np.float32, (c,)), ("ood", np.float64), ("f", np.float32, (d,))]
+        )
+        rows["p"] = out.probabilities
+        rows["f"] = out.features
+        rows["ood"] = self.monitor.ood.score(out.features) if self.monitor is not None else np.nan
+        return rows
+
+    def observe(self, items: list[Observation], latency_ms: float) -> None:
+        """After answering: feed the drift window, count OOD photos, queue the log rows."""
+        feats = [it.features for it in items if it.features is not None]
+        if self.window is not None and feats:
+            flags = np.array(
+                [it.in_distribution is not False for it in items if it.features is not None]
+            )
+            self.window.observe(np.stack(feats), flags)
+        n_ood = sum(it.in_distribution is False for it in items)
+        if n_ood:
+            self.metrics.ood_predictions.inc(n_ood)
+        if self.log is None:
+            return
+        now = time.time()
+        bundle = self.predictor.bundle
+        for it in items:
+            row = PredictionRow(
+                id=it.id,
+                ts=now,
+                model_version=bundle.version,
+                backend=self.predictor.backend_name,
+                label=it.label,
+                confidence=it.confidence,
+                ood_score=it.ood_score
+                if it.ood_score is None or np.isfinite(it.ood_score)
+                else 1e308,
+                in_distribution=it.in_distribution,
+                latency_ms=latency_ms,
+                sha256=hashlib.sha256(it.data).hexdigest() if it.data is not None else "",
+            )
+            self.log.record(row, it.data if self.settings.store_images else None)
+
+    def _on_drift(self, result: DriftResult) -> None:
+        self.metrics.drift_p_value.set(result.p_value)
+        self.metrics.drift_score.set(result.score)
+        self.metrics.drift_tests.inc()
+        if self.log is not None:
+            self.log.record_drift(result.to_dict())
+
+    def drift_status(self) -> dict[str, Any]:
+        """The latest drift result with its window, for GET /v1/monitoring/drift."""
+        if self.window is None:
+            return {"enabled": False, "detail": "the model bundle has no drift reference"}
+        latest = self.window.latest
+        return {
+            "enabled": True,
+            "window": {
+                "size": len(self.window),
+                "capacity": self.window.size,
+                "every_requests": self.window.every_requests,
+                "interval_s": self.window.interval_s,
+                "min_samples": self.window.min_samples,
+                "tested": self.window.latest_window,
+            },
+            "tests": self.window.tests,
+            "latest": None
+            if latest is None
+            else {**latest.to_dict(), "p_value_text": latest.p_text()},
+        }

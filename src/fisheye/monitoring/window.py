@@ -1,0 +1,133 @@
+"""The server's drift window: features of the last N accepted photos, tested in the background."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fisheye.monitoring.drift import DriftDetector, DriftResult
+
+log = logging.getLogger(__name__)
+
+
+class DriftWindow:
+    """A ring buffer of features (never photos) and a thread that runs the MMD test on it.
+
+    `observe` is cheap and safe to call from any thread. The test runs in its own thread
+    every `every_requests` photos or every `interval_s` seconds (whichever comes first),
+    once the window holds at least `min_samples` photos.
+    """
+
+    def __init__(
+        self,
+        detector: DriftDetector,
+        *,
+        size: int = 200,
+        every_requests: int = 100,
+        interval_s: float = 60.0,
+        min_samples: int = 30,
+        on_result: Callable[[DriftResult], None] | None = None,
+    ) -> None:
+        self.detector = detector
+        self.size = size
+        self.every_requests = every_requests
+        self.interval_s = interval_s
+        self.min_samples = min(min_samples, size)
+        self.on_result = on_result
+        self._features: deque[np.ndarray] = deque(maxlen=size)
+        self._ood: deque[bool] = deque(maxlen=size)
+        self._times: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._since_test = 0
+        self._last_test = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self.latest: DriftResult | None = None
+        self.latest_window: dict[str, Any] | None = None
+        self.tests = 0
+
+    def __len__(self) -> int:
+        return len(self._features)
+
+    def observe(self, features: np.ndarray, in_distribution: np.ndarray | None = None) -> None:
+        """Add accepted photos' features (n, D) to the window."""
+        now = time.time()
+        with self._lock:
+            for i, row in enumerate(np.asarray(features, dtype=np.float32)):
+                self._features.append(row)
+                ood = in_distribution is not None and not bool(in_distribution[i])
+                self._ood.append(ood)
+                self._times.append(now)
+            self._since_test += len(features)
+            due = self._since_test >= self.every_requests
+        if due:
+            self._wake.set()
+
+    def start(self) -> None:
+        """Start the background test thread."""
+        self._thread = threading.Thread(target=self._run, name="fisheye-drift", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            remaining = self.interval_s - (time.monotonic() - self._last_test)
+            self._wake.wait(max(remaining, 0.05))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            with self._lock:
+                due = self._since_test >= self.every_requests or (
+                    self._since_test > 0 and time.monotonic() - self._last_test >= self.interval_s
+                )
+            if not due:
+                if time.monotonic() - self._last_test >= self.interval_s:
+                    self._last_test = time.monotonic()
+                continue
+            try:
+                self.run_test()
+            except Exception:  # the monitor must never take the server down
+                log.exception("background drift test failed")
+
+    def run_test(self) -> DriftResult | None:
+        """Test the current window now (returns None while it is too small)."""
+        with self._lock:
+            if len(self._features) < self.min_samples:
+                return None
+            feats = np.stack(self._features)
+            ood = np.array(self._ood)
+            window = {
+                "size": len(feats),
+                "capacity": self.size,
+                "from": self._times[0],
+                "to": self._times[-1],
+            }
+            self._since_test = 0
+            self._last_test = time.monotonic()
+        result = self.detector.test(feats, seed=self.tests, ood_fraction=float(ood.mean()))
+        self.tests += 1
+        self.latest, self.latest_window = result, window
+        log.info(
+            "drift test on the last %d photos: MMD %.4f, %s%s",
+            result.n,
+            result.score,
+            result.p_text(),
+            " DRIFT" if result.drift else "",
+        )
+        if self.on_result is not None:
+            self.on_result(result)
+        return result

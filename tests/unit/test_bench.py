@@ -1,0 +1,74 @@
+"""`fisheye bench` and `fisheye profile` run on a tiny model (figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from export_helpers import tiny_bundle
+from typer.testing import CliRunner
+
+from fisheye.cli import app
+from fisheye.inference.bench import bench_preprocessing, pruned_model
+from fisheye.inference.export import export_onnx
+
+runner = CliRunner()
+ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+
+
+def test_bench_json_shape(tmp_path: Path, synthetic_dataset: Path) -> None:
+    bundle_dir = tiny_bundle(tmp_path / "b")
+    export_onnx(bundle_dir, data=synthetic_dataset, repeats=1)
+    args = ["bench", "--model", str(bundle_dir), "--data", str(synthetic_dataset), "--json"]
+    args += ["--repeats", "1", "--limit", "12"]
+    for b in ("torch", "torch-pruned", "onnx", "onnx-int8"):  # onnx-int8 is not exported
+        args += ["--backend", b]
+    result = runner.invoke(app, args, env=ENV)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert set(out["backends"]) == {"torch", "torch-pruned", "onnx"}
+    for r in out["backends"].values():
+        assert set(r["latency_ms"]) == {"1", "8", "32"}
+        assert r["images_per_s"] > 0 and r["size_mb"] > 0
+        assert 0 <= r["accuracy"] <= 1
+    assert out["backends"]["torch-pruned"]["sparsity"] >= 0.29
+    assert out["preprocessing"]["predictor_total_ms"] > 0
+    assert out["data"]["n_images"] == 12
+
+
+def test_bench_table_output(tmp_path: Path, synthetic_dataset: Path) -> None:
+    bundle_dir = tiny_bundle(tmp_path / "b")
+    args = ["bench", "--model", str(bundle_dir), "--data", str(synthetic_dataset)]
+    result = runner.invoke(app, [*args, "--repeats", "1", "--backend", "torch"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert "torch" in result.stdout and "images/s" in result.stdout
+
+
+def test_pruned_model_zeroes_30_percent(tmp_path: Path) -> None:
+    from fisheye.bundle import load_bundle
+
+    model = load_bundle(tiny_bundle(tmp_path / "b")).build_model()
+    pruned = pruned_model(model)
+    conv = pruned.backbone.features[0].weight
+    assert abs(float((conv == 0).float().mean()) - 0.3) < 0.02
+    assert float((model.backbone.features[0].weight == 0).float().mean()) < 0.01  # a copy
+
+
+def test_preprocessing_bench_measures_both_decoders() -> None:
+    from fisheye.data.transforms import Preprocessing
+    from fisheye.inference.bench import _jpeg_256
+
+    out = bench_preprocessing(Preprocessing(input_size=224), _jpeg_256(None), repeats=2)
+    assert out["jpeg"].startswith("256x256")
+    for key in ("pil_decode_ms", "torchvision_decode_ms", "torchvision_resize_uint8_ms"):
+        assert out[key] > 0
+
+
+def test_profile_writes_traces(tmp_path: Path, synthetic_dataset: Path) -> None:
+    bundle_dir = tiny_bundle(tmp_path / "b")
+    args = ["profile", "--model", str(bundle_dir), "--out", str(tmp_path / "prof")]
+    result = runner.invoke(app, [*args, "--data", str(synthetic_dataset), "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "prof" / "inference.trace.json").stat().st_size > 0
+    assert (tmp_path / "prof" / "train.trace.json").stat().st_size > 0
+    assert "Self CPU" in result.stdout

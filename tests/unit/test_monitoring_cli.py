@@ -1,0 +1,94 @@
+"""`fisheye drift fit`, `fisheye drift --json`, `predict --format json` OOD fields, reports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from inference_helpers import make_bundle
+from typer.testing import CliRunner
+
+from fisheye.bundle import load_bundle
+from fisheye.cli import app
+from fisheye.inference.predictor import Predictor
+from fisheye.monitoring.reference import DRIFT_FILE, load_monitor
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
+    bundle = make_bundle(tmp_path_factory.mktemp("drift-cli") / "bundle")
+    res = runner.invoke(
+        app, ["drift", "fit", "--model", str(bundle), "--data", str(synthetic_dataset)]
+    )
+    assert res.exit_code == 0, res.output
+    return bundle
+
+
+def test_drift_fit_stores_a_hashed_reference(fitted: Path) -> None:
+    meta = json.loads((fitted / "bundle.json").read_text())
+    entry = meta["files"][DRIFT_FILE]
+    assert entry["kind"] == "drift_reference" and entry["bandwidth"] > 0
+    assert entry["ood"]["false_alarm_rate"] == 0.05
+    assert (fitted / DRIFT_FILE).stat().st_size < 5_000_000
+    monitor = load_monitor(load_bundle(fitted))  # verifies the hash
+    assert monitor is not None and monitor.drift.reference.shape[1] > 0
+
+
+def test_drift_json_prints_only_the_five_fields(fitted: Path, synthetic_dataset: Path) -> None:
+    res = runner.invoke(
+        app,
+        ["drift", "--model", str(fitted), "--data", str(synthetic_dataset), "--json", "-n", "20"],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert set(out) == {"n", "score", "p_value", "drift", "ood_fraction"}
+    assert out["n"] == 20 and isinstance(out["drift"], bool) and 0 < out["p_value"] <= 1
+    assert out["drift"] is False  # the photos the reference was fitted on
+
+
+def test_drift_table_and_errors(fitted: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["drift", "--model", str(fitted), "--data", str(synthetic_dataset)])
+    assert res.exit_code == 0 and "MMD score" in res.stdout and "no drift" in res.stdout
+    bare = make_bundle(tmp_path / "bare")
+    res = runner.invoke(app, ["drift", "--model", str(bare), "--data", str(synthetic_dataset)])
+    assert res.exit_code == 2 and "drift fit" in res.output
+    res = runner.invoke(app, ["drift", "--model", str(fitted), "--data", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_predict_json_adds_ood_fields(fitted: Path, synthetic_dataset: Path) -> None:
+    photo = sorted(synthetic_dataset.rglob("*.jpg"))[0]
+    res = runner.invoke(app, ["predict", str(photo), "--model", str(fitted), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout)[0]
+    assert isinstance(rec["ood_score"], float) and isinstance(rec["in_distribution"], bool)
+    threshold = Predictor.from_dir(fitted).monitor.ood.threshold
+    assert rec["in_distribution"] == (rec["ood_score"] <= threshold + 1e-3)
+
+
+def test_predict_without_reference_has_no_ood_fields(tmp_path: Path, synthetic_dataset) -> None:
+    bundle = make_bundle(tmp_path / "b")
+    photo = sorted(synthetic_dataset.rglob("*.jpg"))[0]
+    res = runner.invoke(app, ["predict", str(photo), "--model", str(bundle), "--format", "json"])
+    assert res.exit_code == 0 and "ood_score" not in json.loads(res.stdout)[0]
+
+
+def test_tampered_reference_fails_the_bundle_check(
+    fitted: Path, tmp_path: Path, synthetic_dataset: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(fitted, copy)
+    with open(copy / DRIFT_FILE, "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\0\0\0\1")
+    res = runner.invoke(app, ["drift", "--model", str(copy), "--data", str(synthetic_dataset)])
+    assert res.exit_code == 2 and "integrity" in res.output
+
+
+def test_monitor_report_cli(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["monitor", "report", "--db", str(tmp_path / "x.sqlite"), "-o", "o"])
+    assert res.exit_code == 2 and "no prediction log" in res.output

@@ -1,0 +1,162 @@
+"""The SQLite prediction log: WAL, retention, feedback, summary, failures that lose rows only."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from fisheye.monitoring.prediction_log import (
+    FeedbackError,
+    PredictionLog,
+    PredictionRow,
+    apply_retention,
+    connect,
+)
+from fisheye.monitoring.report import parse_window, write_report
+
+
+def _row(i: int, label: str = "Trout", ts: float | None = None, ood: bool = False) -> PredictionRow:
+    return PredictionRow(
+        id=f"id-{i}",
+        ts=time.time() if ts is None else ts,
+        model_version="v1",
+        backend="torch",
+        label=label,
+        confidence=0.9,
+        ood_score=99.0 if ood else 1.0,
+        in_distribution=not ood,
+        latency_ms=10.0 + i,
+        sha256="ab" * 32,
+    )
+
+
+@pytest.fixture
+def plog(tmp_path: Path):
+    lost: list[int] = []
+    log = PredictionLog(tmp_path / "log.sqlite", on_lost=lost.append)
+    log.lost_calls = lost  # type: ignore[attr-defined]
+    log.start()
+    yield log
+    log.stop()
+
+
+def test_rows_are_written_in_wal_mode_and_summarised(plog: PredictionLog) -> None:
+    for i in range(10):
+        plog.record(_row(i, "Trout" if i < 6 else "Shrimp", ood=i == 9))
+    plog.record_drift(
+        {"computed_at": time.time(), "n": 50, "score": 0.2, "p_value": 0.001, "drift": True}
+    )
+    assert plog.flush()
+    with sqlite3.connect(plog.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 10
+    fb = plog.add_feedback("id-0", "Trout")
+    assert fb["correct"] and fb["accuracy"] == 1.0
+    fb = plog.add_feedback("id-7", "Trout")  # predicted Shrimp
+    assert not fb["correct"] and fb["accuracy"] == 0.5 and fb["feedback_count"] == 2
+    with pytest.raises(FeedbackError):
+        plog.add_feedback("nope", "Trout")
+    s = plog.summary(3600)
+    assert s["predictions"] == 10 and s["counts"] == {"Shrimp": 4, "Trout": 6}
+    assert s["ood_rate"] == pytest.approx(0.1) and s["feedback"]["accuracy"] == 0.5
+    assert s["latency_ms"]["p50"] == pytest.approx(14.5)
+    assert s["drift"]["tests"] == 1 and s["drift"]["latest"]["drift"] is True
+
+
+def test_retention_by_age_and_rows(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "r.sqlite")
+    old = time.time() - 40 * 86400
+    rows = [_row(i, ts=old if i < 3 else time.time() - i) for i in range(10)]
+    with conn:
+        conn.executemany(
+            "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [tuple(vars(r).values()) for r in rows],
+        )
+    assert apply_retention(conn, retention_days=30, max_rows=5) == 5
+    left = [r[0] for r in conn.execute("SELECT id FROM predictions ORDER BY ts DESC")]
+    assert left == [f"id-{i}" for i in range(3, 8)]  # the newest five, none of the old
+
+
+def test_a_locked_database_loses_rows_but_never_blocks(plog: PredictionLog) -> None:
+    plog.record(_row(0))
+    assert plog.flush()
+    blocker = sqlite3.connect(plog.path, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        start = time.perf_counter()
+        for i in range(1, 21):
+            plog.record(_row(i))
+        assert time.perf_counter() - start < 0.1  # record() only queues
+        plog.flush(timeout=5)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert plog.lost == 20 and sum(plog.lost_calls) == 20  # type: ignore[attr-defined]
+    plog.record(_row(30))  # the log recovers once the lock is gone
+    assert plog.flush()
+    assert plog.lost == 20
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_a_read_only_database_loses_rows(tmp_path: Path) -> None:
+    db = tmp_path / "ro.sqlite"
+    connect(db).close()
+    db.chmod(0o444)
+    log = PredictionLog(db)
+    log.start()
+    log.record(_row(0))
+    log.flush()
+    log.stop()
+    assert log.lost == 1
+
+
+def test_an_unopenable_database_loses_rows(tmp_path: Path) -> None:
+    (tmp_path / "dir.sqlite").mkdir()  # a folder where the file should be: cannot open
+    log = PredictionLog(tmp_path / "dir.sqlite")
+    log.start()
+    log.record(_row(0))
+    log.flush()
+    log.stop()
+    assert log.lost == 1
+
+
+def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "q.sqlite", max_queue=3)  # writer not started
+    for i in range(5):
+        log.record(_row(i))
+    assert log.lost == 2
+
+
+def test_opt_in_image_storage(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "i.sqlite", image_dir=tmp_path / "images")
+    log.start()
+    log.record(_row(0), image=b"jpeg bytes")
+    log.flush()
+    log.stop()
+    stored = list((tmp_path / "images").rglob("*"))
+    assert any(p.is_file() and p.read_bytes() == b"jpeg bytes" for p in stored)
+
+
+def test_report_writes_html_and_plots(plog: PredictionLog, tmp_path: Path) -> None:
+    for i in range(20):
+        plog.record(_row(i, ["Trout", "Shrimp"][i % 2], ts=time.time() - 100 * i, ood=i % 5 == 0))
+    plog.record_drift(
+        {"computed_at": time.time(), "n": 50, "score": 0.01, "p_value": 0.5, "drift": False}
+    )
+    plog.flush()
+    plog.add_feedback("id-2", "Trout")
+    page = write_report(plog.path, tmp_path / "report")
+    names = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"class_mix.png", "confidence.png", "ood_rate.png", "drift_p_values.png"} <= names
+    assert "feedback_accuracy.png" in names
+    assert "FishEye monitoring report" in page.read_text()
+
+
+def test_parse_window() -> None:
+    assert parse_window("24h") == 86400 and parse_window("30m") == 1800 and parse_window("90") == 90
+    with pytest.raises(ValueError):
+        parse_window("soon")
