@@ -36,6 +36,7 @@ def photos(root: Path, n: int, seed: int = 0) -> list[Path]:
 def decode_augment_rate(files: list[Path], size: int) -> float:
     """Images/s for decode + training augmentation on one core."""
     tf = train_transform(Preprocessing(input_size=size), Augmentation())
+    tf(decode_image(files[0]))  # warm-up: the first call pays for lazy initialisation
     start = time.perf_counter()
     for f in files:
         tf(decode_image(f))
