@@ -72,14 +72,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--corruption-batches", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx", "onnx-int8"],
+        help="Backend extracting the features (auto: the one `fisheye serve` uses); the "
+        "bundle's reference for that backend is used.",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    kwargs = {"backend": "torch"}
-    predictor = Predictor.from_dir(args.model, **kwargs)
+    predictor = Predictor.from_dir(args.model, backend=args.backend)
     monitor = predictor.monitor
     if monitor is None:
         raise SystemExit(f"{args.model} has no drift reference; run `fisheye drift fit` first")
+    if not monitor.matches_backend:
+        log.warning("no %s drift reference: figures use the %s one", args.backend, monitor.backend)
     start = time.perf_counter()
     val_paths = collect_image_paths([args.val])
     ood_paths = collect_image_paths([args.ood])
@@ -120,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": str(args.model),
         "model_version": predictor.bundle.version,
+        "backend": predictor.backend_name,
+        "reference_backend": monitor.backend,
         "n_val": len(val),
         "n_ood": len(ood),
         "batch_size": size,

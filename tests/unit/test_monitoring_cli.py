@@ -92,3 +92,37 @@ def test_tampered_reference_fails_the_bundle_check(
 def test_monitor_report_cli(tmp_path: Path) -> None:
     res = runner.invoke(app, ["monitor", "report", "--db", str(tmp_path / "x.sqlite"), "-o", "o"])
     assert res.exit_code == 2 and "no prediction log" in res.output
+
+
+def test_drift_fit_stores_one_reference_per_feature_space(
+    exported_tiny_bundle: Path, tmp_path: Path, synthetic_dataset: Path
+) -> None:
+    """int8 features differ from fp32: each backend is tested against its own reference."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported_tiny_bundle, copy)
+    res = runner.invoke(
+        app, ["drift", "fit", "--model", str(copy), "--data", str(synthetic_dataset)]
+    )
+    assert res.exit_code == 0, res.output
+    files = json.loads((copy / "bundle.json").read_text())["files"]
+    refs = {e["features_backend"]: n for n, e in files.items() if e["kind"] == "drift_reference"}
+    assert refs == {"torch": DRIFT_FILE, "onnx-int8": "drift_reference.onnx-int8.safetensors"}
+    bundle = load_bundle(copy)
+    for backend, expected in (("torch", "torch"), ("onnx", "torch"), ("onnx-int8", "onnx-int8")):
+        monitor = load_monitor(bundle, backend=backend)
+        assert monitor is not None and monitor.backend == expected and monitor.matches_backend
+    assert Predictor.from_dir(copy, backend="onnx-int8").monitor.backend == "onnx-int8"
+    res = runner.invoke(
+        app,
+        ["drift", "--model", str(copy), "--data", str(synthetic_dataset), "-b", "onnx-int8"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "onnx-int8 (reference: onnx-int8)" in res.stdout and "no drift" in res.stdout
+
+
+def test_a_reference_of_another_backend_is_used_with_a_warning(
+    fitted: Path, synthetic_dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monitor = load_monitor(load_bundle(fitted), backend="onnx-int8")  # only torch's exists
+    assert monitor is not None and monitor.backend == "torch" and not monitor.matches_backend
+    assert "no drift reference for the onnx-int8 backend" in caplog.text

@@ -120,3 +120,36 @@ def test_ood_scorer_calibration_and_auroc() -> None:
     assert np.isinf(scorer.score(bad)[0]) and np.isfinite(scorer.score(bad)[1])
     with pytest.raises(ValueError, match="false-alarm"):
         scorer.calibrate(val, 1.5)
+
+
+def test_drift_window_rate_limits_its_background_test() -> None:
+    """However many photos arrive, the background test runs at most once per min_interval_s."""
+    import os
+    import threading
+    import time
+
+    from fisheye.monitoring.window import DriftWindow
+
+    rng = np.random.default_rng(0)
+    detector = DriftDetector(rng.normal(size=(40, 8)), n_permutations=100)
+    niceness: list[int] = []
+    results = []
+
+    def on_result(result: DriftResult) -> None:
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        results.append(result)
+
+    window = DriftWindow(
+        detector, size=20, every_requests=5, min_samples=5, min_interval_s=0.5, on_result=on_result
+    )
+    window.start()
+    try:
+        deadline = time.monotonic() + 0.8
+        while time.monotonic() < deadline:
+            window.observe(rng.normal(size=(5, 8)))
+            time.sleep(0.01)
+        time.sleep(0.1)
+    finally:
+        window.stop()
+    assert 1 <= len(results) <= 2  # ~80 due tests requested, at most 2 run in 0.9 s
+    assert all(n >= min(19, os.getpriority(os.PRIO_PROCESS, 0) + 1) for n in niceness)

@@ -120,10 +120,10 @@ class Predictor:
 
     @functools.cached_property
     def monitor(self) -> Monitor | None:
-        """The bundle's drift reference and OOD scorer, or None when it has none."""
+        """The bundle's drift reference and OOD scorer for this backend, or None without one."""
         from fisheye.monitoring.reference import load_monitor
 
-        return load_monitor(self.bundle)
+        return load_monitor(self.bundle, backend=self.backend_name)
 
     def prediction_from_probabilities(
         self, probs: np.ndarray, top_k: int | None = None, ood_score: float | None = None

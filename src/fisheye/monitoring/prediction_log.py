@@ -111,6 +111,7 @@ class PredictionLog:
         image_dir: Path | None = None,
         on_lost: Callable[[int], None] | None = None,
         retention_every_s: float = 60.0,
+        linger_s: float = 0.05,
     ) -> None:
         self.path = Path(path)
         self.retention_days = retention_days
@@ -118,6 +119,7 @@ class PredictionLog:
         self.image_dir = image_dir
         self.on_lost = on_lost
         self.retention_every_s = retention_every_s
+        self.linger_s = linger_s
         self.lost = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
@@ -186,9 +188,19 @@ class PredictionLog:
         stop = False
         while not stop:
             items = [self._queue.get()]
-            while len(items) < 500:
+            # Linger briefly so a busy server commits many rows per transaction instead of
+            # one per request (each commit costs far more than the rows in it).
+            deadline = time.monotonic() + self.linger_s
+            while (
+                len(items) < 500 and items[-1] is not None and not isinstance(items[-1], _Barrier)
+            ):
+                remaining = deadline - time.monotonic()
                 try:
-                    items.append(self._queue.get_nowait())
+                    items.append(
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
             rows, drifts, barriers = [], [], []

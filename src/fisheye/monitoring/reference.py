@@ -9,6 +9,7 @@ file recorded (with its sha256) in bundle.json.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 DRIFT_FILE = "drift_reference.safetensors"
 DRIFT_KIND = "drift_reference"
+# Backends whose features are the fp32 model's own (the ONNX fp32 export matches torch to
+# ~1e-5): they share one reference. Quantised backends (int8) get their own: their features
+# differ by ~19% (relative L2), enough to flag in-distribution photos as drift.
+FP32_BACKENDS = ("torch", "onnx")
 DEFAULT_REFERENCE_SIZE = 500
 DEFAULT_FIT_SIZE = 1500
 
@@ -117,6 +122,15 @@ class Monitor:
     drift: DriftDetector
     ood: OODScorer
     info: dict[str, Any] = field(default_factory=dict)
+    backend: str = "torch"  # the backend whose features the reference was fitted on
+    serving_backend: str | None = None  # the backend it is used with (None: not known)
+
+    @property
+    def matches_backend(self) -> bool:
+        """Whether the reference was fitted on features of the backend that uses it."""
+        return self.serving_backend is None or reference_family(
+            self.serving_backend
+        ) == reference_family(self.backend)
 
     def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """OOD scores and in-distribution flags for a batch of features."""
@@ -172,9 +186,36 @@ def fit_monitor(
     return Monitor(drift, ood, info)
 
 
-def save_reference(bundle_dir: Path, monitor: Monitor, *, data: str | None = None) -> Path:
+def reference_family(backend: str) -> str:
+    """Backends with the same features share a reference: torch and onnx are both fp32."""
+    return "torch" if backend in FP32_BACKENDS else backend
+
+
+def reference_file(backend: str) -> str:
+    """The drift reference's file name for a backend (the fp32 one keeps the plain name)."""
+    family = reference_family(backend)
+    return DRIFT_FILE if family == "torch" else f"drift_reference.{family}.safetensors"
+
+
+def reference_entries(meta: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Backend family -> (file name, bundle.json entry) for each drift reference in a bundle.
+
+    An entry without `features_backend` predates per-backend references; it was fitted on torch.
+    """
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, entry in meta.get("files", {}).items():
+        if entry.get("kind") == DRIFT_KIND:
+            found[reference_family(entry.get("features_backend", "torch"))] = (name, entry)
+    return found
+
+
+def save_reference(
+    bundle_dir: Path, monitor: Monitor, *, data: str | None = None, backend: str | None = None
+) -> Path:
     """Write the monitor's arrays into the bundle and record the file in bundle.json."""
     bundle_dir = Path(bundle_dir)
+    backend = reference_family(backend or monitor.backend)
+    file_name = reference_file(backend)
     ood = monitor.ood
     tensors = {
         # float16 halves the file; the MMD test is insensitive at this precision.
@@ -186,14 +227,17 @@ def save_reference(bundle_dir: Path, monitor: Monitor, *, data: str | None = Non
             np.asarray(ood.calibration_scores, dtype=np.float32)
         ).contiguous(),
     }
-    path = bundle_dir / DRIFT_FILE
-    tmp = bundle_dir / f".{DRIFT_FILE}.tmp"
+    path = bundle_dir / file_name
+    tmp = bundle_dir / f".{file_name}.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)  # safetensors writes owner-only files; bundles are shared
     tmp.replace(path)
     add_file(
         bundle_dir,
-        DRIFT_FILE,
+        file_name,
         kind=DRIFT_KIND,
+        # Not `backend`: that key marks an exported model form (inference.backends).
+        features_backend=backend,
         bandwidth=monitor.drift.bandwidth,
         n_permutations=monitor.drift.n_permutations,
         alpha=monitor.drift.alpha,
@@ -212,15 +256,38 @@ def save_reference(bundle_dir: Path, monitor: Monitor, *, data: str | None = Non
 def load_monitor(
     bundle: Bundle,
     *,
+    backend: str | None = None,
     false_alarm_rate: float | None = None,
     n_permutations: int | None = None,
     alpha: float | None = None,
 ) -> Monitor | None:
-    """The bundle's monitor, or None when it has no drift reference (hash already verified)."""
-    entry = bundle.meta.get("files", {}).get(DRIFT_FILE)
-    if entry is None:
+    """The bundle's monitor for `backend`'s features, or None when it has no drift reference.
+
+    Picks the reference fitted on the same backend (torch and onnx share the fp32 one). When
+    there is none for `backend`, it falls back to another one with a warning and the monitor
+    says so (`matches_backend` is False): expect false drift and OOD alarms then.
+    """
+    entries = reference_entries(bundle.meta)
+    if not entries:
         return None
-    t = load_file(str(bundle.path / DRIFT_FILE))
+    wanted = reference_family(backend) if backend else "torch"
+    if wanted in entries:
+        family = wanted
+    else:
+        family = "torch" if "torch" in entries else sorted(entries)[0]
+        log.warning(
+            "the bundle %s has no drift reference for the %s backend (it has: %s); using the "
+            "%s one, whose features differ: drift and OOD verdicts will be unreliable. Fit one "
+            "with `fisheye drift fit --model %s --backend %s --data <training photos>`",
+            bundle.path,
+            backend,
+            ", ".join(sorted(entries)),
+            family,
+            bundle.path,
+            backend,
+        )
+    file_name, entry = entries[family]
+    t = load_file(str(bundle.path / file_name))
     o = entry["ood"]
     ood = OODScorer(
         class_means=t["class_means"].numpy(),
@@ -239,7 +306,7 @@ def load_monitor(
         n_permutations=n_permutations or int(entry.get("n_permutations", DEFAULT_PERMUTATIONS)),
         alpha=alpha or float(entry.get("alpha", DEFAULT_ALPHA)),
     )
-    return Monitor(drift, ood, dict(entry.get("fitted", {})))
+    return Monitor(drift, ood, dict(entry.get("fitted", {})), family, backend)
 
 
 def resolve_val_dir(data: Path, val: Path | None) -> tuple[Path, Path | None]:
@@ -266,7 +333,10 @@ def fit_bundle(
     data: str | None = None,
     on_done: Callable[[int], None] | None = None,
 ) -> Monitor:
-    """Extract features, fit, and save the drift reference into the predictor's bundle."""
+    """Extract features, fit, and save the drift reference into the predictor's bundle.
+
+    The reference is fitted on the predictor's backend and stored for it (`reference_file`).
+    """
     train = extract_features(predictor, sample(train_items, fit_size, seed), on_done=on_done)
     val = extract_features(predictor, list(val_items), on_done=on_done) if val_items else None
     dim = train.features.shape[1] if train.features.size else 0
@@ -280,5 +350,7 @@ def fit_bundle(
         n_components=n_components,
         seed=seed,
     )
+    monitor.backend = reference_family(predictor.backend_name)
+    monitor.serving_backend = predictor.backend_name
     save_reference(predictor.bundle.path, monitor, data=data)
     return monitor

@@ -60,6 +60,7 @@ class ServingMonitor:
         self.predictor = predictor
         self.monitor: Monitor | None = load_monitor(
             predictor.bundle,
+            backend=predictor.backend_name,
             false_alarm_rate=settings.ood_false_alarm_rate,
             n_permutations=settings.drift_permutations,
         )
@@ -79,6 +80,7 @@ class ServingMonitor:
                 every_requests=settings.drift_every_requests,
                 interval_s=settings.drift_interval_s,
                 min_samples=settings.drift_min_samples,
+                min_interval_s=settings.drift_min_interval_s,
                 on_result=self._on_drift,
             )
         self.log: PredictionLog | None = None
@@ -165,14 +167,20 @@ class ServingMonitor:
         if self.window is None:
             return {"enabled": False, "detail": "the model bundle has no drift reference"}
         latest = self.window.latest
+        assert self.monitor is not None
         return {
             "enabled": True,
+            # The reference must come from the serving backend's features (int8 differs).
+            "reference_backend": self.monitor.backend,
+            "serving_backend": self.predictor.backend_name,
+            "reference_matches_backend": self.monitor.matches_backend,
             "window": {
                 "size": len(self.window),
                 "capacity": self.window.size,
                 "every_requests": self.window.every_requests,
                 "interval_s": self.window.interval_s,
                 "min_samples": self.window.min_samples,
+                "min_interval_s": self.window.min_interval_s,
                 "tested": self.window.latest_window,
             },
             "tests": self.window.tests,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from fisheye.monitoring.drift import DriftDetector, DriftResult
 
@@ -32,6 +35,8 @@ class DriftWindow:
         every_requests: int = 100,
         interval_s: float = 60.0,
         min_samples: int = 30,
+        min_interval_s: float = 0.0,
+        nice: int = 10,
         on_result: Callable[[DriftResult], None] | None = None,
     ) -> None:
         self.detector = detector
@@ -39,6 +44,8 @@ class DriftWindow:
         self.every_requests = every_requests
         self.interval_s = interval_s
         self.min_samples = min(min_samples, size)
+        self.min_interval_s = min_interval_s
+        self.nice = nice
         self.on_result = on_result
         self._features: deque[np.ndarray] = deque(maxlen=size)
         self._ood: deque[bool] = deque(maxlen=size)
@@ -48,6 +55,7 @@ class DriftWindow:
         self._stop = threading.Event()
         self._since_test = 0
         self._last_test = time.monotonic()
+        self._last_run: float | None = None  # when the last test ran (the rate limit)
         self._thread: threading.Thread | None = None
         self.latest: DriftResult | None = None
         self.latest_window: dict[str, Any] | None = None
@@ -83,13 +91,30 @@ class DriftWindow:
             self._thread.join(timeout)
             self._thread = None
 
+    def _lower_priority(self) -> None:
+        # One intra-op thread (per-thread setting) and a higher nice value for this thread
+        # only (Linux: a thread id is a valid PRIO_PROCESS target): the test is background
+        # work and must not take cores from the model under load.
+        torch.set_num_threads(1)
+        if self.nice > 0 and hasattr(os, "setpriority"):
+            with contextlib.suppress(OSError, AttributeError):
+                tid = threading.get_native_id()
+                current = os.getpriority(os.PRIO_PROCESS, tid)
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, current + self.nice))
+
     def _run(self) -> None:
+        self._lower_priority()
         while not self._stop.is_set():
             remaining = self.interval_s - (time.monotonic() - self._last_test)
             self._wake.wait(max(remaining, 0.05))
             self._wake.clear()
             if self._stop.is_set():
                 return
+            # Rate limit: at most one test per min_interval_s, however busy the server is.
+            if self._last_run is not None:
+                wait = self.min_interval_s - (time.monotonic() - self._last_run)
+                if wait > 0 and self._stop.wait(wait):
+                    return
             with self._lock:
                 due = self._since_test >= self.every_requests or (
                     self._since_test > 0 and time.monotonic() - self._last_test >= self.interval_s
@@ -117,7 +142,7 @@ class DriftWindow:
                 "to": self._times[-1],
             }
             self._since_test = 0
-            self._last_test = time.monotonic()
+            self._last_test = self._last_run = time.monotonic()
         result = self.detector.test(feats, seed=self.tests, ood_fraction=float(ood.mean()))
         self.tests += 1
         self.latest, self.latest_window = result, window

@@ -65,9 +65,14 @@ class ServeSettings(BaseSettings):
     )
     drift_window: int = Field(200, ge=2, description="Photos (features only) in the drift window.")
     drift_every_requests: int = Field(
-        100, ge=1, description="Run the background drift test after this many new photos..."
+        200, ge=1, description="Run the background drift test after this many new photos..."
     )
     drift_interval_s: float = Field(60.0, gt=0, description="...or after this many seconds.")
+    drift_min_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="...but at most once per this many seconds, however busy (CPU cost cap).",
+    )
     drift_min_samples: int = Field(
         30, ge=2, description="Photos the window needs before the first drift test."
     )
