@@ -23,7 +23,8 @@ RUN pip install . && rm -rf src
 # The committed default model; mount a folder here to serve another bundle.
 COPY models/default ./models/default
 
-RUN useradd --create-home --uid 10001 fisheye
+# /data holds the prediction log; a named volume mounted there inherits this ownership.
+RUN useradd --create-home --uid 10001 fisheye && mkdir /data && chown fisheye /data
 USER fisheye
 
 ENV FISHEYE_MODEL=/app/models/default \
