@@ -21,7 +21,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in this thread
+# while it is open, which would break later tests that call asyncio.run().
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
     """Debian's Chromium driven by Playwright; skips with the reason when it cannot start."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
