@@ -8,7 +8,7 @@ PORT ?= 8000
 MODEL ?= models/default
 PYTEST_ARGS ?=
 
-.PHONY: install test test-unit lint format serve clean
+.PHONY: install test test-unit lint format serve docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "FishEye needs $(PYTHON) (Python 3.11)"; exit 1; }
@@ -22,12 +22,13 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-test: lint
+test: lint docs
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
@@ -36,6 +37,14 @@ test-unit: $(STAMP)
 serve: $(STAMP)
 	@echo "FishEye: http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/docs)"
 	$(BIN)/fisheye serve --model $(MODEL) --host $(HOST) --port $(PORT)
+
+# NO_MKDOCS_2_WARNING: mute mkdocs-material's end-of-life banner (it is not a build warning).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	@echo "FishEye docs: http://$(HOST):8001"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr $(HOST):8001
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fisheye.data.transforms import normalize, resize_image, to_uint8_tensor
-from fisheye.inference.files import collect_image_paths
+from fisheye.data.files import collect_image_paths
+from fisheye.data.preprocess import normalize, resize_image, to_chw_uint8
 from fisheye.inference.predictor import Predictor
+from fisheye.inference.registry import AUTO, NAMES
 from fisheye.monitoring.ood import auroc
-from fisheye.monitoring.reference import extract_features
+from fisheye.monitoring.reference import extract_features, load_predictor
 
 log = logging.getLogger("drift_eval")
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,9 +52,9 @@ def corrupted_features(
     fn = getattr(corruptions, kind)
     spec = predictor.preprocessing
     torch.manual_seed(seed)
-    x = torch.stack([to_uint8_tensor(resize_image(predictor.decode(p), spec)) for p in paths])
-    x = fn(x.float() / 255.0, severity=severity).clamp(0, 1)
-    return predictor.infer(normalize((x * 255.0).round(), spec)).features
+    pixels = np.stack([to_chw_uint8(resize_image(predictor.decode(p), spec)) for p in paths])
+    x = fn(torch.from_numpy(pixels).float() / 255.0, severity=severity).clamp(0, 1)
+    return predictor.infer(normalize((x * 255.0).round().numpy(), spec)).features
 
 
 def batches(n_total: int, n_batches: int, size: int, seed: int) -> list[np.ndarray]:
@@ -74,16 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--backend",
-        default="auto",
-        choices=["auto", "torch", "onnx", "onnx-int8"],
+        default=AUTO,
+        choices=[AUTO, *NAMES],
         help="Backend extracting the features (auto: the one `fisheye serve` uses); the "
         "bundle's reference for that backend is used.",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    predictor = Predictor.from_dir(args.model, backend=args.backend)
-    monitor = predictor.monitor
+    predictor, monitor = load_predictor(args.model, backend=args.backend)
     if monitor is None:
         raise SystemExit(f"{args.model} has no drift reference; run `fisheye drift fit` first")
     if not monitor.matches_backend:

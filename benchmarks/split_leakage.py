@@ -26,12 +26,13 @@ from rich.table import Table
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
+from fisheye.cli.common import RichProgress
 from fisheye.data.grouping import group_near_duplicates
 from fisheye.data.images import decode_image
 from fisheye.data.manifest import ManifestRow
-from fisheye.data.sources import scan_source
+from fisheye.data.pipelines import scan_source
+from fisheye.data.preprocess import Preprocessing, preprocess
 from fisheye.data.splits import grouped_split, random_split
-from fisheye.data.transforms import Preprocessing, preprocess
 from fisheye.models.backbones import build_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fish-256"
@@ -52,7 +53,9 @@ def features(rows: list[ManifestRow], batch: int = 32) -> np.ndarray:
         with torch.inference_mode():
             for start in track(range(0, len(order), batch), description="features"):
                 idx = order[start : start + batch]
-                x = torch.stack([preprocess(decode_image(rows[i].path), spec) for i in idx])
+                x = torch.from_numpy(
+                    np.stack([preprocess(decode_image(rows[i].path), spec) for i in idx])
+                )
                 chunks.append(net.forward_features(x).numpy())
         feats_sorted = np.concatenate(chunks)
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -79,9 +82,9 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
 
-    scan = scan_source(args.data, progress=True)
+    scan = scan_source(args.data, progress=RichProgress())
     rows = [replace(r, split="") for r in scan.rows]
-    rows = group_near_duplicates(rows, progress=True)
+    rows = group_near_duplicates(rows, progress=RichProgress())
     n_groups = len({r.group for r in rows})
     console.print(f"{len(rows)} photos, {n_groups} near-duplicate groups, data {args.data}")
     feats = features(rows)

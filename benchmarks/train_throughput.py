@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fisheye.data.images import decode_image, is_image_path
-from fisheye.data.transforms import Augmentation, Preprocessing, train_transform
+from fisheye.data.preprocess import Preprocessing
+from fisheye.data.transforms import Augmentation, train_transform
 from fisheye.models.backbones import BACKBONES, build_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fish-256" / "train"

@@ -1,4 +1,8 @@
-"""Shared fixtures: a small synthetic photo set and the real photos in ../shared/data."""
+"""Fixtures for unit and integration tests: photo sets and tiny model bundles.
+
+Session-scoped fixtures are built once and shared: treat them as read-only. A test that
+changes a bundle's files takes the function-scoped `writable_*` copy instead.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from fisheye.data.sources import write_synthetic
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+from fisheye.data.synthetic import write_synthetic
+from tests.helpers.bundles import copy_bundle, make_bundle
+from tests.helpers.paths import require_shared_data
+from tests.helpers.photos import class_folders
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,9 +35,29 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real photos in ../shared/data (read-only); skips when they are absent."""
-    if not (SHARED_DATA / "fish-256").is_dir():
-        pytest.skip(
-            f"real photos not found at {SHARED_DATA} (a clone outside the FishEye workspace "
-            "does not have them)"
-        )
-    return SHARED_DATA
+    return require_shared_data()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init small_cnn bundle with the nine real classes (read-only)."""
+    return make_bundle(tmp_path_factory.mktemp("tiny-bundle") / "bundle")
+
+
+@pytest.fixture
+def writable_tiny_bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A fresh copy of `tiny_bundle` that the test may change (tamper with, add files to)."""
+    return copy_bundle(tiny_bundle, tmp_path / "writable-tiny-bundle")
+
+
+@pytest.fixture(scope="session")
+def synthetic_bundle(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
+    """A tiny bundle whose classes are the synthetic set's, to measure it there (read-only)."""
+    out = tmp_path_factory.mktemp("synthetic-bundle") / "bundle"
+    return make_bundle(out, class_folders(synthetic_dataset))
+
+
+@pytest.fixture
+def writable_synthetic_bundle(synthetic_bundle: Path, tmp_path: Path) -> Path:
+    """A fresh copy of `synthetic_bundle` that the test may change (e.g. export into)."""
+    return copy_bundle(synthetic_bundle, tmp_path / "writable-synthetic-bundle")

@@ -14,14 +14,18 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-from safetensors.torch import load_file, save_file
+import numpy as np
+from safetensors.numpy import save_file
 
 from fisheye import __version__
-from fisheye.data.transforms import Preprocessing
+from fisheye.data.preprocess import Preprocessing
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
@@ -66,11 +70,10 @@ def default_bundle_dir() -> Path:
 
 @dataclass
 class Bundle:
-    """A verified, loaded bundle."""
+    """A bundle whose files all passed their hash check when it was loaded."""
 
     path: Path
     meta: dict[str, Any]
-    state_dict: dict[str, torch.Tensor]
 
     @property
     def classes(self) -> list[str]:
@@ -92,13 +95,35 @@ class Bundle:
     def version(self) -> str:
         return self.meta.get("version", "unknown")
 
-    def build_model(self) -> torch.nn.Module:
-        """Instantiate the network (random init, no downloads) and load the bundle's weights."""
+    def read_file(self, name: str) -> bytes:
+        """A listed file's bytes, read once and checked against its sha256 in bundle.json.
+
+        Reading and checking the same bytes means a file swapped after `load_bundle` is
+        still refused.
+        """
+        entry = self.meta["files"].get(name)
+        if entry is None:
+            raise BundleError(f"the bundle {self.path} does not list a file {name!r}")
+        path = self.path / name
+        if not path.is_file():
+            raise BundleError(f"bundle file {path} is missing; re-create it (`fisheye export`)")
+        data = path.read_bytes()
+        _check_hash(path, hashlib.sha256(data).hexdigest(), entry)
+        return data
+
+    def build_model(self) -> nn.Module:
+        """Instantiate the network (random init, no downloads) and load the bundle's weights.
+
+        Needs PyTorch (the `train` extra); the exported backends do not, so it is imported
+        here, on use.
+        """
+        from safetensors.torch import load
+
         from fisheye.models.backbones import build_model
 
         arch = self.meta["architecture"]
         model = build_model(arch["name"], pretrained=False, **arch["config"])
-        model.load_state_dict(self.state_dict)
+        model.load_state_dict(load(self.read_file(WEIGHTS_FILE)))
         return model.eval()
 
 
@@ -106,9 +131,29 @@ def _file_entry(path: Path, **extra: Any) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size, **extra}
 
 
+class HasStateDict(Protocol):
+    """A PyTorch module, or anything else whose `state_dict()` maps names to tensors."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    """A CPU copy of a torch tensor (or an array) as a contiguous NumPy array."""
+    if hasattr(tensor, "detach"):
+        tensor = tensor.detach().cpu().numpy()
+    return np.ascontiguousarray(tensor)
+
+
+def _torch_version() -> str | None:
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def save_bundle(
     out_dir: Path,
-    model: torch.nn.Module,
+    model: HasStateDict,
     *,
     classes: list[str],
     preprocessing: Preprocessing,
@@ -125,7 +170,7 @@ def save_bundle(
     created = datetime.now(UTC).replace(microsecond=0)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        state = {k: _to_numpy(v) for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         weights = _file_entry(tmp / WEIGHTS_FILE)
         meta: dict[str, Any] = {
@@ -141,7 +186,7 @@ def save_bundle(
                 "created": created.isoformat(),
                 "git_commit": git_commit(),
                 "fisheye_version": __version__,
-                "torch_version": torch.__version__,
+                "torch_version": _torch_version(),
             },
             "files": {WEIGHTS_FILE: {**weights, "kind": "weights"}},
             **(extra or {}),
@@ -184,6 +229,15 @@ def read_meta(bundle_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def _check_hash(path: Path, actual: str, entry: dict[str, Any]) -> None:
+    expected = str(entry.get("sha256"))
+    if actual != expected:
+        raise BundleError(
+            f"bundle file {path} fails its integrity check (sha256 {actual[:12]}..., "
+            f"expected {expected[:12]}...): it was modified or corrupted"
+        )
+
+
 def verify_files(bundle_dir: Path, meta: dict[str, Any], names: list[str] | None = None) -> None:
     """Check the sha256 of the bundle's files (all, or only `names`) against bundle.json."""
     for name, entry in meta["files"].items():
@@ -192,21 +246,15 @@ def verify_files(bundle_dir: Path, meta: dict[str, Any], names: list[str] | None
         path = Path(bundle_dir) / name
         if not path.is_file():
             raise BundleError(f"bundle file {path} is missing")
-        actual = sha256_file(path)
-        if actual != entry["sha256"]:
-            raise BundleError(
-                f"bundle file {path} fails its integrity check (sha256 {actual[:12]}..., "
-                f"expected {entry['sha256'][:12]}...): it was modified or corrupted"
-            )
+        _check_hash(path, sha256_file(path), entry)
 
 
 def load_bundle(bundle_dir: Path | None = None) -> Bundle:
-    """Load a bundle after verifying every file's hash."""
+    """Load a bundle's description after verifying every file's hash (weights load on use)."""
     bundle_dir = Path(bundle_dir) if bundle_dir is not None else default_bundle_dir()
     meta = read_meta(bundle_dir)
     verify_files(bundle_dir, meta)
-    state = load_file(str(bundle_dir / WEIGHTS_FILE))
-    return Bundle(path=bundle_dir, meta=meta, state_dict=state)
+    return Bundle(path=bundle_dir, meta=meta)
 
 
 def add_file(bundle_dir: Path, name: str, **entry: Any) -> dict[str, Any]:

@@ -9,10 +9,9 @@ import csv
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -22,6 +21,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from fisheye.data.labelled import LabelledDataError, LabelledPhoto, check_classes
 from fisheye.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -29,96 +29,15 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
 ERRORS_FILE = "errors.csv"
-ALL_SPLITS = "all"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(LabelledDataError):
     """The labelled data cannot be evaluated with this bundle (unknown classes, no photos)."""
-
-
-class LabelledPhoto(Protocol):
-    """What evaluation needs from a data row (a ManifestRow fits)."""
-
-    path: Path
-    label: str
 
 
 def default_out_dir(root: Path = Path("runs/evaluate")) -> Path:
     """A fresh timestamped output folder under runs/evaluate/."""
     return root / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-
-
-def select_split(rows: Sequence[Any], split: str) -> list[Any]:
-    """Rows of one split; `all`, or data without any split column, keeps every row."""
-    if split == ALL_SPLITS:
-        return list(rows)
-    splits = {getattr(r, "split", None) or "" for r in rows}
-    if splits <= {""}:
-        return list(rows)
-    chosen = [r for r in rows if (getattr(r, "split", None) or "") == split]
-    if not chosen:
-        available = ", ".join(sorted(s or "(none)" for s in splits))
-        raise EvaluationError(
-            f"the data has no rows in split {split!r}; available splits: {available}. "
-            f"Choose one with --split, or --split {ALL_SPLITS} for every row."
-        )
-    return chosen
-
-
-@dataclass
-class EvalData:
-    """Labelled rows to evaluate, plus the photos already found unreadable while listing."""
-
-    rows: list[Any]
-    source: Path
-    split: str | None = None
-    unreadable: list[tuple[Path, str]] = field(default_factory=list)
-
-    def info(self) -> dict[str, Any]:
-        """What metrics.json records about the data."""
-        return {"data": {"path": str(self.source.resolve()), "split": self.split}}
-
-
-def load_eval_data(data: Path, split: str = "val") -> EvalData:
-    """Rows from a class-per-folder tree or a manifest CSV; split selection when it has splits."""
-    from fisheye.data.manifest import read_manifest
-
-    data = Path(data)
-    unreadable: list[tuple[Path, str]] = []
-    if data.is_dir():
-        from fisheye.data.sources import scan_source
-
-        result = scan_source(data, progress=False)
-        rows = list(result.rows)
-        unreadable = [(Path(p), str(reason)) for p, reason in result.unreadable]
-    elif data.is_file():
-        rows = read_manifest(data)
-    else:
-        raise EvaluationError(f"no such file or folder: {data}")
-    has_splits = any(getattr(r, "split", None) for r in rows)
-    rows = select_split(rows, split)
-    if has_splits and split != ALL_SPLITS and data.is_dir():
-        # Pre-split trees (train/val/<class>): keep the unreadable photos of the chosen split.
-        unreadable = [(p, e) for p, e in unreadable if _first_part(p, data) == split]
-    return EvalData(rows, data, split if has_splits else None, unreadable)
-
-
-def _first_part(path: Path, root: Path) -> str | None:
-    try:
-        return Path(path).resolve().relative_to(root.resolve()).parts[0]
-    except (ValueError, IndexError):
-        return None
-
-
-def check_classes(rows: Sequence[LabelledPhoto], classes: Sequence[str]) -> None:
-    """Raise EvaluationError if any row's label is not one of the bundle's classes."""
-    unknown = sorted({r.label for r in rows} - set(classes))
-    if unknown:
-        raise EvaluationError(
-            f"the data has classes the model does not know: {', '.join(map(repr, unknown))}. "
-            f"The model's classes are: {', '.join(map(repr, classes))}. "
-            "Class folder names must match the bundle's classes exactly."
-        )
 
 
 def evaluate_bundle(
@@ -141,7 +60,10 @@ def evaluate_bundle(
     classes = list(predictor.classes)
     if not rows:
         raise EvaluationError("there are no readable labelled photos to evaluate")
-    check_classes(rows, classes)
+    try:
+        check_classes(rows, classes)
+    except LabelledDataError as exc:  # callers of evaluate_bundle catch EvaluationError
+        raise EvaluationError(str(exc)) from None
     index = {c: i for i, c in enumerate(classes)}
     labels = {Path(r.path): r.label for r in rows}
 

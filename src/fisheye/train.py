@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fisheye.bundle import save_bundle
 from fisheye.data.datamodule import FishDataModule
+from fisheye.monitoring.reference import FitOptions, fit_bundle, load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +107,18 @@ def _fit_drift_reference(cfg: DictConfig, bundle_dir: Path, dm: FishDataModule) 
     Best effort: a bundle without it still serves (without OOD scores), and
     `fisheye drift fit` can add it later, so a failure here only logs a warning.
     """
-    drift_cfg = cfg.get("drift") or {}
-    if not drift_cfg.get("enabled", True):
+    drift_cfg = OmegaConf.to_container(cfg.get("drift") or {}, resolve=True)
+    assert isinstance(drift_cfg, dict)
+    if not drift_cfg.pop("enabled", True):
         return
     try:
-        from fisheye.inference.predictor import Predictor
-        from fisheye.monitoring.reference import fit_bundle
-
-        predictor = Predictor.from_dir(bundle_dir)
+        options = FitOptions(**{"seed": int(cfg.seed), **drift_cfg})
+        predictor, _ = load_predictor(bundle_dir, backend="torch", monitored=False)
         fit_bundle(
             predictor,
             [(r.path, r.label) for r in dm.splits["train"]],
             [(r.path, r.label) for r in dm.splits.get("val", [])] or None,
-            fit_size=int(drift_cfg.get("sample", 1500)),
-            reference_size=int(drift_cfg.get("reference_size", 500)),
-            false_alarm_rate=float(drift_cfg.get("false_alarm_rate", 0.05)),
-            seed=int(cfg.seed),
+            options,
             data=str(dm.root),
         )
     except Exception as exc:  # never lose a trained model over its monitoring reference

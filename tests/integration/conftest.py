@@ -1,4 +1,4 @@
-"""Fixtures shared by the integration tests: a headless Chromium for the web page."""
+"""Fixtures shared by the integration tests: a monitored bundle, a headless Chromium."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.bundles import make_monitored_bundle
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialling out on this closed network.
@@ -40,3 +42,10 @@ def browser() -> Iterator:
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="session")
+def monitored_bundle(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
+    """The tiny bundle with a drift reference fitted on the synthetic photos (read-only)."""
+    out = tmp_path_factory.mktemp("monitored") / "bundle"
+    return make_monitored_bundle(out, synthetic_dataset)

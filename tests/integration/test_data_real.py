@@ -8,32 +8,21 @@ from pathlib import Path
 import pytest
 
 from fisheye.data.manifest import read_manifest
-from fisheye.data.sources import import_dataset
+from fisheye.data.pipelines import import_dataset
+from tests.helpers.paths import FISH_CLASSES
 
 pytestmark = pytest.mark.integration
 
-CLASSES = {
-    "Black Sea Sprat",
-    "Gilt-Head Bream",
-    "Hourse Mackerel",
-    "Red Mullet",
-    "Red Sea Bream",
-    "Sea Bass",
-    "Shrimp",
-    "Striped Red Mullet",
-    "Trout",
-}
-
 
 def test_import_fish256_as_presplit_tree(shared_data: Path, tmp_path: Path) -> None:
-    report = import_dataset(shared_data / "fish-256", tmp_path / "out", progress=False)
+    report = import_dataset(shared_data / "fish-256", tmp_path / "out")
     assert report.layout == "presplit"
     assert not report.copied and sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "manifest.csv"
     ]
     rows = read_manifest(tmp_path / "out" / "manifest.csv")
     assert len(rows) == 5994
-    assert {r.label for r in rows} == CLASSES
+    assert {r.label for r in rows} == set(FISH_CLASSES)
     assert Counter(r.split for r in rows) == {"train": 5099, "val": 895}
     assert not report.unreadable
 

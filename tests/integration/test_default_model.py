@@ -9,26 +9,24 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fisheye.bundle import BUNDLE_JSON, DEFAULT_BUNDLE
+from fisheye.bundle import BUNDLE_JSON
 from fisheye.cli import app
+from tests.helpers.paths import DEFAULT_MODEL, VAL
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
-VAL = DATA / "fish-256" / "val"
 ACCURACY_FLOOR = 0.97  # well below what the default model reaches; real figures live in docs
 
-if not (DEFAULT_BUNDLE / BUNDLE_JSON).is_file():
+if not (DEFAULT_MODEL / BUNDLE_JSON).is_file():
     pytest.skip(
-        f"no default model bundle at {DEFAULT_BUNDLE} (models/default/bundle.json)",
+        f"no default model bundle at {DEFAULT_MODEL} (models/default/bundle.json)",
         allow_module_level=True,
     )
 if not VAL.is_dir():
     pytest.skip(f"real photos not available at {VAL} (../shared/data)", allow_module_level=True)
 
 runner = CliRunner()
-ENV = {"COLUMNS": "200", "NO_COLOR": "1", "FISHEYE_MODEL": str(DEFAULT_BUNDLE)}
+ENV = {"COLUMNS": "200", "NO_COLOR": "1", "FISHEYE_MODEL": str(DEFAULT_MODEL)}
 
 
 def test_evaluate_val_accuracy(tmp_path: Path) -> None:

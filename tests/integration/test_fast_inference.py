@@ -2,81 +2,85 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fisheye.bundle import BUNDLE_JSON, DEFAULT_BUNDLE, BundleError, load_bundle
-from fisheye.inference.backends import ONNX_BACKENDS, exported_entries, select_backend
-from fisheye.inference.measure import accuracy, load_labelled_set
+from fisheye.bundle import BUNDLE_JSON, BundleError, load_bundle
+from fisheye.inference.measure import LabelledSet, accuracy, load_labelled_set, preprocessed
 from fisheye.inference.predictor import Predictor
+from fisheye.inference.registry import EXPORTED, exported_entries, select_backend
+from tests.helpers.bundles import copy_bundle
+from tests.helpers.paths import DEFAULT_MODEL, VAL
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-VAL = REPO.parent / "shared" / "data" / "fish-256" / "val"
 SUBSET = 300  # photos, spread over every class
 MAX_BUNDLE_MB = 40
 
-if not (DEFAULT_BUNDLE / BUNDLE_JSON).is_file():
-    pytest.skip(f"no default model bundle at {DEFAULT_BUNDLE}", allow_module_level=True)
+if not (DEFAULT_MODEL / BUNDLE_JSON).is_file():
+    pytest.skip(f"no default model bundle at {DEFAULT_MODEL}", allow_module_level=True)
 if not VAL.is_dir():
     pytest.skip(f"real photos not available at {VAL} (../shared/data)", allow_module_level=True)
 
 
 def _exported(backend: str) -> None:
-    if backend not in exported_entries(load_bundle(DEFAULT_BUNDLE).meta):
+    if backend not in exported_entries(load_bundle(DEFAULT_MODEL).meta):
         pytest.skip(f"models/default has no {backend} export yet (fisheye export --format ...)")
 
 
 @pytest.fixture(scope="module")
-def real_set():
-    bundle = load_bundle(DEFAULT_BUNDLE)
-    return load_labelled_set(VAL, bundle.classes, bundle.preprocessing, limit=SUBSET)
+def real_set() -> LabelledSet:
+    bundle = load_bundle(DEFAULT_MODEL)
+    return load_labelled_set(VAL, bundle.classes, limit=SUBSET)
 
 
-def test_onnx_matches_eager_on_real_photos(real_set) -> None:
+def _first_photos(predictor: Predictor, real_set: LabelledSet, n: int) -> np.ndarray:
+    """The model inputs of the first n photos of the set, as one batch."""
+    return np.stack(preprocessed(predictor, real_set.paths[:n]))
+
+
+def test_onnx_matches_eager_on_real_photos(real_set: LabelledSet) -> None:
     _exported("onnx")
-    eager = Predictor.from_dir(DEFAULT_BUNDLE, backend="torch")
-    fast = Predictor.from_dir(DEFAULT_BUNDLE, backend="onnx")
-    batch, _ = next(real_set.batches(eager.preprocessing, 16))
+    eager = Predictor.from_dir(DEFAULT_MODEL, backend="torch")
+    fast = Predictor.from_dir(DEFAULT_MODEL, backend="onnx")
+    batch = _first_photos(eager, real_set, 16)
     ref, got = eager.infer(batch), fast.infer(batch)
     np.testing.assert_allclose(got.probabilities, ref.probabilities, atol=1e-4)
     np.testing.assert_allclose(got.features, ref.features, atol=1e-3, rtol=1e-3)
 
 
-def test_int8_accuracy_within_one_point_of_fp32(real_set) -> None:
+def test_int8_accuracy_within_one_point_of_fp32(real_set: LabelledSet) -> None:
     _exported("onnx-int8")
-    spec = load_bundle(DEFAULT_BUNDLE).preprocessing
-    fp32 = accuracy(Predictor.from_dir(DEFAULT_BUNDLE, backend="torch").backend, real_set, spec)
-    int8 = accuracy(Predictor.from_dir(DEFAULT_BUNDLE, backend="onnx-int8").backend, real_set, spec)
+    bundle = load_bundle(DEFAULT_MODEL)
+    fp32 = accuracy(bundle, Predictor(bundle, backend="torch").backend, real_set)
+    int8 = accuracy(bundle, Predictor(bundle, backend="onnx-int8").backend, real_set)
+    assert fp32 is not None and int8 is not None
     assert int8 >= fp32 - 0.01, f"int8 {int8:.2%} vs fp32 {fp32:.2%} on {len(real_set)} photos"
 
 
-def test_int8_features_feed_monitoring(real_set) -> None:
+def test_int8_features_feed_monitoring(real_set: LabelledSet) -> None:
     _exported("onnx-int8")
-    predictor = Predictor.from_dir(DEFAULT_BUNDLE, backend="onnx-int8")
-    batch, _ = next(real_set.batches(predictor.preprocessing, 4))
-    out = predictor.infer(batch)
-    assert out.features.shape == (4, predictor.model.num_features)
+    predictor = Predictor.from_dir(DEFAULT_MODEL, backend="onnx-int8")
+    out = predictor.infer(_first_photos(predictor, real_set, 4))
+    assert out.features.shape == (4, predictor.bundle.build_model().num_features)
     assert np.isfinite(out.features).all()
 
 
 def test_default_bundle_auto_backend_and_size() -> None:
-    bundle = load_bundle(DEFAULT_BUNDLE)
-    size_mb = sum(p.stat().st_size for p in DEFAULT_BUNDLE.iterdir() if p.is_file()) / 2**20
+    bundle = load_bundle(DEFAULT_MODEL)
+    size_mb = sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir() if p.is_file()) / 2**20
     assert size_mb <= MAX_BUNDLE_MB
     predictor = Predictor(bundle)
     assert predictor.backend_name == select_backend(bundle.meta)
     if exported_entries(bundle.meta):
-        assert predictor.backend_name in ONNX_BACKENDS  # `make serve` takes the fast path
+        assert predictor.backend_name in EXPORTED  # `make serve` takes the fast path
 
 
 def test_tampered_default_onnx_is_refused(tmp_path: Path) -> None:
     _exported("onnx-int8")
-    copy = Path(shutil.copytree(DEFAULT_BUNDLE, tmp_path / "default"))
+    copy = copy_bundle(DEFAULT_MODEL, tmp_path / "default")
     name = exported_entries(load_bundle(copy).meta)["onnx-int8"][0]
     data = bytearray((copy / name).read_bytes())
     data[-100] ^= 0x01

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_monitoring_support import make_monitored_bundle, synthetic_photos
-from test_serving_support import DATA, require_default_model, run_server
+
+from tests.helpers.paths import OOD_PHOTOS, require_default_model
+from tests.helpers.photos import synthetic_photos
+from tests.helpers.server import run_server
 
 pytestmark = pytest.mark.integration
 
-OOD_PHOTOS = DATA / "web-fish-ood"
 # Outside the repository on purpose: the screenshot shows a photo from ../shared/data.
 SCREENSHOT = Path("/tmp/fisheye-ood-warning.png")
 
@@ -25,16 +26,15 @@ def _upload(page, url: str, files: list[Path]) -> None:
 
 
 def test_page_warns_on_ood_and_still_shows_the_prediction(
-    browser, tmp_path: Path, synthetic_dataset: Path
+    browser, monitored_bundle: Path, tmp_path: Path, synthetic_dataset: Path
 ) -> None:
-    bundle = make_monitored_bundle(tmp_path / "bundle", synthetic_dataset)
     # A near-1 false-alarm rate makes the tiny model call (almost) every photo OOD.
     env = {"FISHEYE_OOD_FALSE_ALARM_RATE": "0.999", "FISHEYE_PREDICTION_DB": str(tmp_path / "l")}
     photos = synthetic_photos(synthetic_dataset)[:4]
     noise = tmp_path / "noise.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise)
-    with run_server(bundle, tmp_path, **env) as server:
+    with run_server(monitored_bundle, tmp_path, **env) as server:
         page = browser.new_page()
         _upload(page, server.url, [*photos, noise])
         warnings = page.locator(".card.done .ood-warning:visible")

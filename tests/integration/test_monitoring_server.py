@@ -12,19 +12,23 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_monitoring_support import make_monitored_bundle, synthetic_photos
-from test_serving_support import ROOT, Server, free_port, run_server
+
+from tests.helpers.paths import DEPLOY
+from tests.helpers.photos import synthetic_photos
+from tests.helpers.server import Server, free_port, run_server
 
 pytestmark = pytest.mark.integration
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
-DEPLOY = ROOT / "deploy" / "prometheus"
+PROMETHEUS_DEPLOY = DEPLOY / "prometheus"
 
 
 @pytest.fixture(scope="module")
-def monitored(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Iterator:
-    tmp = tmp_path_factory.mktemp("monitored")
-    bundle = make_monitored_bundle(tmp / "bundle", synthetic_dataset)
+def monitored(
+    monitored_bundle: Path, tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path
+) -> Iterator:
+    """A server on the monitored bundle with its prediction log, and the synthetic photos."""
+    tmp = tmp_path_factory.mktemp("monitored-server")
     db = tmp / "log.sqlite"
     env = {
         "FISHEYE_PREDICTION_DB": str(db),
@@ -35,7 +39,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path)
         # Flag about half of all photos as OOD, so both verdicts show up.
         "FISHEYE_OOD_FALSE_ALARM_RATE": "0.5",
     }
-    with run_server(bundle, tmp, **env) as srv:
+    with run_server(monitored_bundle, tmp, **env) as srv:
         yield srv, db, synthetic_photos(synthetic_dataset)
 
 
@@ -137,9 +141,9 @@ def test_a_locked_log_never_fails_a_prediction(monitored) -> None:
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
 def test_promtool_accepts_the_config_and_alert_rules() -> None:
     for args in (
-        ["check", "config", str(DEPLOY / "prometheus.yml")],
-        ["check", "rules", str(DEPLOY / "alerts.yml")],
-        ["test", "rules", str(DEPLOY / "alerts_test.yml")],
+        ["check", "config", str(PROMETHEUS_DEPLOY / "prometheus.yml")],
+        ["check", "rules", str(PROMETHEUS_DEPLOY / "alerts.yml")],
+        ["test", "rules", str(PROMETHEUS_DEPLOY / "alerts_test.yml")],
     ):
         out = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
@@ -154,7 +158,7 @@ def test_a_real_prometheus_scrapes_fisheye(monitored, tmp_path: Path) -> None:
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"rule_files:\n  - {DEPLOY / 'alerts.yml'}\n"
+        f"rule_files:\n  - {PROMETHEUS_DEPLOY / 'alerts.yml'}\n"
         "scrape_configs:\n  - job_name: fisheye\n"
         f"    static_configs:\n      - targets: ['{target}']\n"
     )

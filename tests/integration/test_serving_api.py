@@ -3,31 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from test_serving_support import (
-    CLASSES,
-    Server,
-    make_tiny_bundle,
-    require_default_model,
-    run_server,
-    val_photos,
-)
+
+from tests.helpers.bundles import TINY_INPUT_SIZE, TINY_METRICS, TINY_NAME
+from tests.helpers.paths import FISH_CLASSES, require_default_model, val_photos
+from tests.helpers.photos import encode, photo, truncated_jpeg
+from tests.helpers.server import Server, run_server
 
 pytestmark = pytest.mark.integration
+NOISE_SIZE = (64, 48)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("serving-api")
-    bundle = make_tiny_bundle(tmp / "bundle")
-    with run_server(bundle, tmp, FISHEYE_MAX_UPLOAD_MB="2", FISHEYE_MAX_FILES="8") as srv:
+    with run_server(tiny_bundle, tmp, FISHEYE_MAX_UPLOAD_MB="2", FISHEYE_MAX_FILES="8") as srv:
         yield srv
 
 
@@ -37,60 +34,43 @@ def client(server: Server) -> Iterator[httpx.Client]:
         yield c
 
 
-def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def _noise(mode: str = "RGB", size: tuple[int, int] = (64, 48), seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(arr).convert(mode)
-
-
 def _jpeg(seed: int = 0) -> bytes:
-    return _encode(_noise(seed=seed), "JPEG", quality=90)
+    return encode(photo(seed, NOISE_SIZE), "JPEG", quality=90)
 
 
 def _exif_rotated() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise
-    return _encode(_noise(size=(80, 40)), "JPEG", exif=exif.tobytes())
+    return encode(photo(0, (80, 40)), "JPEG", exif=exif.tobytes())
 
 
 def _sixteen_bit() -> bytes:
     arr = np.random.default_rng(1).integers(0, 65535, size=(40, 60), dtype=np.uint16)
     img = Image.fromarray(arr)
     assert img.mode == "I;16"
-    return _encode(img, "PNG")
+    return encode(img, "PNG")
 
 
 def _bomb() -> bytes:
     # 12,000 x 12,000 = 144 M pixels of one colour: a few kB on the wire.
-    return _encode(Image.new("1", (12_000, 12_000)), "PNG")
-
-
-def _truncated() -> bytes:
-    data = _encode(_noise(size=(128, 128)), "JPEG", quality=95)
-    return data[: len(data) // 2]
+    return encode(Image.new("1", (12_000, 12_000)), "PNG")
 
 
 ODD_IMAGES = {
-    "grayscale.png": lambda: _encode(_noise("L"), "PNG"),
-    "rgba.png": lambda: _encode(_noise("RGBA"), "PNG"),
-    "palette.png": lambda: _encode(_noise("P"), "PNG"),
+    "grayscale.png": lambda: encode(photo(0, NOISE_SIZE, "L"), "PNG"),
+    "rgba.png": lambda: encode(photo(0, NOISE_SIZE, "RGBA"), "PNG"),
+    "palette.png": lambda: encode(photo(0, NOISE_SIZE, "P"), "PNG"),
     "gray16.png": _sixteen_bit,
-    "cmyk.jpg": lambda: _encode(_noise("CMYK"), "JPEG"),
+    "cmyk.jpg": lambda: encode(photo(0, NOISE_SIZE, "CMYK"), "JPEG"),
     "exif-rotated.jpg": _exif_rotated,
-    "photo.webp": lambda: _encode(_noise(), "WEBP"),
-    "tiny-1x1.png": lambda: _encode(Image.new("RGB", (1, 1), "red"), "PNG"),
+    "photo.webp": lambda: encode(photo(0, NOISE_SIZE), "WEBP"),
+    "tiny-1x1.png": lambda: encode(Image.new("RGB", (1, 1), "red"), "PNG"),
 }
 
 
 def _check_prediction(body: dict, server_model: dict) -> None:
     assert uuid.UUID(body["id"]).version == 4
-    assert body["label"] in CLASSES
+    assert body["label"] in FISH_CLASSES
     assert 0.0 <= body["confidence"] <= 1.0
     assert [t["label"] for t in body["top_k"]][0] == body["label"]
     assert len(body["top_k"]) == 5
@@ -111,10 +91,10 @@ def test_health_ready_and_model(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     info = client.get("/v1/model").json()
-    assert info["classes"] == CLASSES
-    assert info["name"] == "tiny-test" and info["architecture"] == "small_cnn"
-    assert info["preprocessing"]["input_size"] == 48
-    assert info["metrics"] == {"accuracy": 0.0}
+    assert info["classes"] == list(FISH_CLASSES)
+    assert info["name"] == TINY_NAME and info["architecture"] == "small_cnn"
+    assert info["preprocessing"]["input_size"] == TINY_INPUT_SIZE
+    assert info["metrics"] == TINY_METRICS
     assert info["created"]
 
 
@@ -147,12 +127,14 @@ def test_odd_valid_images_are_accepted(client: httpx.Client, model_ref: dict, na
 BAD_UPLOADS = {
     "empty": ({"files": {"file": ("empty.jpg", b"")}}, {422}),
     "text": ({"files": {"file": ("notes.jpg", b"this is not a photo\n" * 20)}}, {415}),
-    "truncated-jpeg": ({"files": {"file": ("half.jpg", _truncated())}}, {422}),
+    "truncated-jpeg": ({"files": {"file": ("half.jpg", truncated_jpeg(0, (128, 128)))}}, {422}),
     "decompression-bomb": ({"files": {"file": ("bomb.png", _bomb())}}, {413}),
     "missing-field": ({"files": {"photo": ("a.jpg", _jpeg())}}, {422}),
     "no-body": ({}, {422}),
-    "json-body": ({"json": {"file": "a.jpg"}}, {422}),
-    "form-field-not-file": ({"data": {"file": "not a file"}}, {422}),
+    # Only multipart bodies are read: any other Content-Type is refused before parsing.
+    "json-body": ({"json": {"file": "a.jpg"}}, {415}),
+    "form-field-not-file": ({"data": {"file": "not a file"}}, {415}),
+    "multipart-field-not-file": ({"files": {"file": (None, "not a file")}}, {422}),
     "over-limit": ({"files": {"file": ("big.jpg", b"\xff" * (3 * 1024 * 1024))}}, {413}),
 }
 
@@ -209,7 +191,7 @@ def test_batch_keeps_order_and_reports_bad_files_inline(
     assert results[2]["error"] == "unsupported_media_type" and results[2]["status"] == 415
     assert results[3]["error"] == "empty_file" and results[3]["status"] == 422
     for r, (name, data) in zip([results[i] for i in (0, 1, 4, 5)], photos, strict=True):
-        assert r["error"] is None and r["label"] in CLASSES
+        assert r["error"] is None and r["label"] in FISH_CLASSES
         single = client.post("/v1/predict", files={"file": (name, data)}).json()
         assert single["label"] == r["label"]
         assert single["confidence"] == pytest.approx(r["confidence"], abs=1e-4)
@@ -258,7 +240,7 @@ def test_metrics_exposition(client: httpx.Client) -> None:
     assert "fisheye_http_requests_in_flight" in text
     assert "fisheye_predictions_total{label=" in text
     assert "fisheye_batch_size_bucket" in text
-    assert 'fisheye_model_info{architecture="small_cnn",name="tiny-test"' in text
+    assert f'fisheye_model_info{{architecture="small_cnn",name="{TINY_NAME}"' in text
     assert "fisheye_model_ready 1.0" in text
 
 

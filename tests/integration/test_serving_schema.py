@@ -11,6 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -19,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from test_serving_support import Server, make_tiny_bundle, run_server
+
+from tests.helpers.server import Server, run_server
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +31,9 @@ log = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("serving-schema")
-    with run_server(make_tiny_bundle(tmp / "bundle"), tmp, FISHEYE_MAX_FILES="4") as srv:
+    with run_server(tiny_bundle, tmp, FISHEYE_MAX_FILES="4") as srv:
         yield srv
 
 

@@ -7,14 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_serving_support import (
-    CLASSES,
-    Server,
-    make_tiny_bundle,
-    require_default_model,
-    run_server,
-    val_photos,
-)
+
+from tests.helpers.bundles import TINY_NAME
+from tests.helpers.paths import FISH_CLASSES, require_default_model, val_photos
+from tests.helpers.server import Server, run_server
 
 pytestmark = pytest.mark.integration
 
@@ -22,9 +18,9 @@ SCREENSHOT_COPY = Path("/tmp/fisheye-page.png")  # a copy for people reviewing t
 
 
 @pytest.fixture(scope="module")
-def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def tiny_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("page-tiny")
-    with run_server(make_tiny_bundle(tmp / "bundle"), tmp) as srv:
+    with run_server(tiny_bundle, tmp) as srv:
         yield srv
 
 
@@ -41,9 +37,9 @@ def test_page_uploads_and_reports_errors(browser, tiny_server: Server, tmp_path:
     _upload(page, tiny_server.url, [photo, tmp_path / "notes.jpg"])
     page.wait_for_selector("#status:has-text('1 of 2')", timeout=30_000)
     labels = page.locator(".card.done .result-label").all_inner_texts()
-    assert len(labels) == 1 and labels[0] in CLASSES
+    assert len(labels) == 1 and labels[0] in FISH_CLASSES
     assert page.locator(".card.done .bar").count() == 5
-    assert "tiny-test" in page.locator("#model-info").inner_text()
+    assert TINY_NAME in page.locator("#model-info").inner_text()
     assert " ms" in page.locator(".card.done .meta").inner_text()
     error = page.locator(".card.failed .error")
     assert "not a photo FishEye can read" in error.inner_text()
@@ -60,7 +56,7 @@ def test_page_uploads_and_reports_errors(browser, tiny_server: Server, tmp_path:
 
 def test_real_photo_shows_right_species(browser, tmp_path_factory: pytest.TempPathFactory) -> None:
     model = require_default_model()
-    species, photo = val_photos(per_class=1)[len(CLASSES) // 2]
+    species, photo = val_photos(per_class=1)[len(FISH_CLASSES) // 2]
     tmp = tmp_path_factory.mktemp("page-default")
     with run_server(model, tmp) as srv:
         page = browser.new_page(viewport={"width": 1100, "height": 800})

@@ -1,14 +1,21 @@
-"""Unit-test fixtures shared by the export and backend tests."""
+"""Unit-test fixtures: a tiny bundle with its ONNX forms exported."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from export_helpers import exported_bundle
+
+from tests.helpers.bundles import copy_bundle, make_exported_bundle
 
 
 @pytest.fixture(scope="session")
-def exported_tiny_bundle(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
-    """A tiny small_cnn bundle with onnx and onnx-int8 exported (once per session; read-only)."""
-    return exported_bundle(tmp_path_factory.mktemp("exported") / "bundle", synthetic_dataset)
+def exported_bundle(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
+    """The synthetic-class tiny bundle with onnx and onnx-int8 exported (read-only)."""
+    return make_exported_bundle(tmp_path_factory.mktemp("exported") / "bundle", synthetic_dataset)
+
+
+@pytest.fixture
+def writable_exported_bundle(exported_bundle: Path, tmp_path: Path) -> Path:
+    """A fresh copy of `exported_bundle` that the test may change."""
+    return copy_bundle(exported_bundle, tmp_path / "writable-exported-bundle")

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from export_helpers import tiny_bundle
-from inference_helpers import photo
 from typer.testing import CliRunner
 
 from fisheye.bundle import BundleError, load_bundle
 from fisheye.cli import app
-from fisheye.inference.backends import (
-    OnnxBackend,
-    create_backend,
-    ort_session_options,
-    select_backend,
-)
 from fisheye.inference.export import INT8_FILE, ONNX_FILE
+from fisheye.inference.onnx_backend import OnnxBackend, session_options
 from fisheye.inference.predictor import Predictor
+from fisheye.inference.registry import create_backend, select_backend
+from tests.helpers.photos import photo
 
 runner = CliRunner()
 
@@ -62,30 +56,23 @@ def test_auto_selection_rule(exports: dict[str, Any], expected: str) -> None:
     assert select_backend(_meta(**exports)) == expected
 
 
-@pytest.fixture()
-def bundle_dir(exported_tiny_bundle: Path) -> Path:
-    return exported_tiny_bundle
-
-
 @pytest.mark.parametrize("backend", ["torch", "onnx", "onnx-int8"])
-def test_predictor_runs_each_backend_with_features(bundle_dir: Path, backend: str) -> None:
-    predictor = Predictor.from_dir(bundle_dir, backend=backend, threads=1)
+def test_predictor_runs_each_backend_with_features(exported_bundle: Path, backend: str) -> None:
+    predictor = Predictor.from_dir(exported_bundle, backend=backend, threads=1)
     assert predictor.backend_name == backend
-    batch = np.stack([predictor.to_tensor(photo(i)).numpy() for i in range(3)])
-    import torch
-
-    out = predictor.infer(torch.from_numpy(batch))
-    assert out.probabilities.shape == (3, 3)
-    assert out.features.shape == (3, predictor.model.num_features)
+    batch = np.stack([predictor.prepare(photo(i)) for i in range(3)])
+    out = predictor.infer(batch)
+    assert out.probabilities.shape == (3, len(predictor.classes))
+    assert out.features.shape == (3, predictor.bundle.build_model().num_features)
     assert out.features.dtype == np.float32
     preds = predictor.predict_images([photo(i) for i in range(3)])
     assert [p.label for p in preds] and all(0 <= p.confidence <= 1 for p in preds)
 
 
-def test_onnx_predictions_equal_torch(bundle_dir: Path) -> None:
+def test_onnx_predictions_equal_torch(exported_bundle: Path) -> None:
     images = [photo(i, (40, 36)) for i in range(6)]
-    torch_preds = Predictor.from_dir(bundle_dir, backend="torch").predict_images(images)
-    onnx_preds = Predictor.from_dir(bundle_dir, backend="onnx").predict_images(images)
+    torch_preds = Predictor.from_dir(exported_bundle, backend="torch").predict_images(images)
+    onnx_preds = Predictor.from_dir(exported_bundle, backend="onnx").predict_images(images)
     np.testing.assert_allclose(
         np.stack([p.probabilities for p in onnx_preds]),
         np.stack([p.probabilities for p in torch_preds]),
@@ -93,29 +80,29 @@ def test_onnx_predictions_equal_torch(bundle_dir: Path) -> None:
     )
 
 
-def test_auto_picks_a_recorded_backend(bundle_dir: Path) -> None:
-    bundle = load_bundle(bundle_dir)
+def test_auto_picks_a_recorded_backend(exported_bundle: Path) -> None:
+    bundle = load_bundle(exported_bundle)
     predictor = Predictor(bundle)
     assert predictor.backend_name == select_backend(bundle.meta)
 
 
-def test_auto_without_exports_is_torch(tmp_path: Path) -> None:
-    assert Predictor.from_dir(tiny_bundle(tmp_path / "b")).backend_name == "torch"
+def test_auto_without_exports_is_torch(tiny_bundle: Path) -> None:
+    assert Predictor.from_dir(tiny_bundle).backend_name == "torch"
 
 
-def test_requesting_a_missing_export_is_a_clear_error(tmp_path: Path) -> None:
+def test_requesting_a_missing_export_is_a_clear_error(tiny_bundle: Path) -> None:
     with pytest.raises(BundleError, match="fisheye export"):
-        Predictor.from_dir(tiny_bundle(tmp_path / "b"), backend="onnx-int8")
+        Predictor.from_dir(tiny_bundle, backend="onnx-int8")
 
 
-def test_unknown_backend_is_refused(bundle_dir: Path) -> None:
+def test_unknown_backend_is_refused(exported_bundle: Path) -> None:
     with pytest.raises(ValueError, match="unknown backend"):
-        create_backend(load_bundle(bundle_dir), "tensorrt")
+        create_backend(load_bundle(exported_bundle), "tensorrt")
 
 
 @pytest.mark.parametrize("name", [ONNX_FILE, INT8_FILE])
-def test_tampered_onnx_is_refused(bundle_dir: Path, tmp_path: Path, name: str) -> None:
-    copy = Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
+def test_tampered_onnx_is_refused(writable_exported_bundle: Path, name: str) -> None:
+    copy = writable_exported_bundle
     bundle = load_bundle(copy)  # verified while intact
     data = bytearray((copy / name).read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -129,7 +116,7 @@ def test_tampered_onnx_is_refused(bundle_dir: Path, tmp_path: Path, name: str) -
 
 
 def test_session_threads_are_explicit() -> None:
-    opts = ort_session_options(2)
+    opts = session_options(2)
     assert opts.intra_op_num_threads == 2
     assert opts.inter_op_num_threads == 1
 
@@ -151,13 +138,13 @@ def test_onnx_backend_refuses_a_graph_without_features(tmp_path: Path) -> None:
 
 
 def test_cli_predict_and_evaluate_take_backend(
-    bundle_dir: Path, synthetic_dataset: Path, tmp_path: Path
+    exported_bundle: Path, synthetic_dataset: Path, tmp_path: Path
 ) -> None:
     env = {"COLUMNS": "200", "NO_COLOR": "1"}
     some = next(p for p in sorted(synthetic_dataset.rglob("*.jpg")))
     result = runner.invoke(
         app,
-        ["predict", str(some), "--model", str(bundle_dir), "--backend", "onnx", "-f", "json"],
+        ["predict", str(some), "--model", str(exported_bundle), "--backend", "onnx", "-f", "json"],
         env=env,
     )
     assert result.exit_code == 0, result.output
@@ -168,7 +155,7 @@ def test_cli_predict_and_evaluate_take_backend(
             "--data",
             str(synthetic_dataset),
             "--model",
-            str(bundle_dir),
+            str(exported_bundle),
             "--backend",
             "onnx-int8",
             "--json",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export_helpers import tiny_bundle
 from typer.testing import CliRunner
 
 from fisheye.cli import app
@@ -16,8 +15,8 @@ runner = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
 
 
-def test_bench_json_shape(tmp_path: Path, synthetic_dataset: Path) -> None:
-    bundle_dir = tiny_bundle(tmp_path / "b")
+def test_bench_json_shape(writable_synthetic_bundle: Path, synthetic_dataset: Path) -> None:
+    bundle_dir = writable_synthetic_bundle
     export_onnx(bundle_dir, data=synthetic_dataset, repeats=1)
     args = ["bench", "--model", str(bundle_dir), "--data", str(synthetic_dataset), "--json"]
     args += ["--repeats", "1", "--limit", "12"]
@@ -36,18 +35,17 @@ def test_bench_json_shape(tmp_path: Path, synthetic_dataset: Path) -> None:
     assert out["data"]["n_images"] == 12
 
 
-def test_bench_table_output(tmp_path: Path, synthetic_dataset: Path) -> None:
-    bundle_dir = tiny_bundle(tmp_path / "b")
-    args = ["bench", "--model", str(bundle_dir), "--data", str(synthetic_dataset)]
+def test_bench_table_output(synthetic_bundle: Path, synthetic_dataset: Path) -> None:
+    args = ["bench", "--model", str(synthetic_bundle), "--data", str(synthetic_dataset)]
     result = runner.invoke(app, [*args, "--repeats", "1", "--backend", "torch"], env=ENV)
     assert result.exit_code == 0, result.output
     assert "torch" in result.stdout and "images/s" in result.stdout
 
 
-def test_pruned_model_zeroes_30_percent(tmp_path: Path) -> None:
+def test_pruned_model_zeroes_30_percent(tiny_bundle: Path) -> None:
     from fisheye.bundle import load_bundle
 
-    model = load_bundle(tiny_bundle(tmp_path / "b")).build_model()
+    model = load_bundle(tiny_bundle).build_model()
     pruned = pruned_model(model)
     conv = pruned.backbone.features[0].weight
     assert abs(float((conv == 0).float().mean()) - 0.3) < 0.02
@@ -55,7 +53,7 @@ def test_pruned_model_zeroes_30_percent(tmp_path: Path) -> None:
 
 
 def test_preprocessing_bench_measures_both_decoders() -> None:
-    from fisheye.data.transforms import Preprocessing
+    from fisheye.data.preprocess import Preprocessing
     from fisheye.inference.bench import _jpeg_256
 
     out = bench_preprocessing(Preprocessing(input_size=224), _jpeg_256(None), repeats=2)
@@ -64,9 +62,10 @@ def test_preprocessing_bench_measures_both_decoders() -> None:
         assert out[key] > 0
 
 
-def test_profile_writes_traces(tmp_path: Path, synthetic_dataset: Path) -> None:
-    bundle_dir = tiny_bundle(tmp_path / "b")
-    args = ["profile", "--model", str(bundle_dir), "--out", str(tmp_path / "prof")]
+def test_profile_writes_traces(
+    synthetic_bundle: Path, tmp_path: Path, synthetic_dataset: Path
+) -> None:
+    args = ["profile", "--model", str(synthetic_bundle), "--out", str(tmp_path / "prof")]
     result = runner.invoke(app, [*args, "--data", str(synthetic_dataset), "--batch-size", "4"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "prof" / "inference.trace.json").stat().st_size > 0

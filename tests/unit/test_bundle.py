@@ -10,17 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from inference_helpers import CLASSES, INPUT_SIZE, make_bundle
 
 from fisheye.bundle import BUNDLE_JSON, WEIGHTS_FILE, BundleError, load_bundle, save_bundle
-from fisheye.data.transforms import Preprocessing
+from fisheye.data.preprocess import Preprocessing
 from fisheye.inference.predictor import Predictor
 from fisheye.models.backbones import build_model
-
-
-@pytest.fixture
-def bundle_dir(tmp_path: Path) -> Path:
-    return make_bundle(tmp_path / "bundle")
+from tests.helpers.bundles import TINY_INPUT_SIZE as INPUT_SIZE
+from tests.helpers.paths import FISH_CLASSES as CLASSES
 
 
 def _edit_meta(bundle_dir: Path, **changes) -> None:
@@ -31,7 +27,7 @@ def _edit_meta(bundle_dir: Path, **changes) -> None:
 
 def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    config = {"num_classes": 3, "input_size": INPUT_SIZE, "dropout": 0.0}
+    config = {"num_classes": len(CLASSES), "input_size": INPUT_SIZE, "dropout": 0.0}
     model = build_model("small_cnn", **config).eval()
     save_bundle(
         tmp_path / "b",
@@ -50,40 +46,40 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
         assert torch.equal(model(x), bundle.build_model()(x))
 
 
-def test_bundle_holds_only_safetensors_and_json(bundle_dir: Path) -> None:
-    assert sorted(p.name for p in bundle_dir.iterdir()) == [BUNDLE_JSON, WEIGHTS_FILE]
+def test_bundle_holds_only_safetensors_and_json(writable_tiny_bundle: Path) -> None:
+    assert sorted(p.name for p in writable_tiny_bundle.iterdir()) == [BUNDLE_JSON, WEIGHTS_FILE]
 
 
-def test_tampered_weights_are_refused(bundle_dir: Path) -> None:
-    weights = bundle_dir / WEIGHTS_FILE
+def test_tampered_weights_are_refused(writable_tiny_bundle: Path) -> None:
+    weights = writable_tiny_bundle / WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
     weights.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="integrity"):
-        load_bundle(bundle_dir)
+        load_bundle(writable_tiny_bundle)
     with pytest.raises(BundleError):
-        Predictor.from_dir(bundle_dir)
+        Predictor.from_dir(writable_tiny_bundle)
 
 
-def test_tampered_hash_in_bundle_json_is_refused(bundle_dir: Path) -> None:
-    meta = json.loads((bundle_dir / BUNDLE_JSON).read_text())
+def test_tampered_hash_in_bundle_json_is_refused(writable_tiny_bundle: Path) -> None:
+    meta = json.loads((writable_tiny_bundle / BUNDLE_JSON).read_text())
     entry = meta["files"][WEIGHTS_FILE]
     entry["sha256"] = ("0" if entry["sha256"][0] != "0" else "1") + entry["sha256"][1:]
-    (bundle_dir / BUNDLE_JSON).write_text(json.dumps(meta))
+    (writable_tiny_bundle / BUNDLE_JSON).write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="integrity"):
-        load_bundle(bundle_dir)
+        load_bundle(writable_tiny_bundle)
 
 
-def test_missing_weights_file(bundle_dir: Path) -> None:
-    (bundle_dir / WEIGHTS_FILE).unlink()
+def test_missing_weights_file(writable_tiny_bundle: Path) -> None:
+    (writable_tiny_bundle / WEIGHTS_FILE).unlink()
     with pytest.raises(BundleError, match="missing"):
-        load_bundle(bundle_dir)
+        load_bundle(writable_tiny_bundle)
 
 
-def test_missing_bundle_json(bundle_dir: Path) -> None:
-    (bundle_dir / BUNDLE_JSON).unlink()
+def test_missing_bundle_json(writable_tiny_bundle: Path) -> None:
+    (writable_tiny_bundle / BUNDLE_JSON).unlink()
     with pytest.raises(BundleError, match="not a FishEye model bundle"):
-        load_bundle(bundle_dir)
+        load_bundle(writable_tiny_bundle)
 
 
 def test_not_a_folder(tmp_path: Path) -> None:
@@ -91,31 +87,31 @@ def test_not_a_folder(tmp_path: Path) -> None:
         load_bundle(tmp_path / "does-not-exist")
 
 
-def test_invalid_json(bundle_dir: Path) -> None:
-    (bundle_dir / BUNDLE_JSON).write_text("{not json")
+def test_invalid_json(writable_tiny_bundle: Path) -> None:
+    (writable_tiny_bundle / BUNDLE_JSON).write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
-        load_bundle(bundle_dir)
+        load_bundle(writable_tiny_bundle)
 
 
 @pytest.mark.parametrize("version", [0, 2, "1", None])
-def test_wrong_format_version(bundle_dir: Path, version) -> None:
-    _edit_meta(bundle_dir, format_version=version)
+def test_wrong_format_version(writable_tiny_bundle: Path, version) -> None:
+    _edit_meta(writable_tiny_bundle, format_version=version)
     with pytest.raises(BundleError, match="format_version"):
-        load_bundle(bundle_dir)
+        load_bundle(writable_tiny_bundle)
 
 
-def test_missing_required_key(bundle_dir: Path) -> None:
-    meta = json.loads((bundle_dir / BUNDLE_JSON).read_text())
+def test_missing_required_key(writable_tiny_bundle: Path) -> None:
+    meta = json.loads((writable_tiny_bundle / BUNDLE_JSON).read_text())
     del meta["classes"]
-    (bundle_dir / BUNDLE_JSON).write_text(json.dumps(meta))
+    (writable_tiny_bundle / BUNDLE_JSON).write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="classes"):
-        load_bundle(bundle_dir)
+        load_bundle(writable_tiny_bundle)
 
 
-def test_load_never_unpickles(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_never_unpickles(writable_tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A pickle lying next to the bundle must be ignored, and no unpickling API may be called.
-    (bundle_dir / "model.pt").write_bytes(pickle.dumps({"evil": 1}))
-    (bundle_dir / "model.pkl").write_bytes(pickle.dumps({"evil": 2}))
+    (writable_tiny_bundle / "model.pt").write_bytes(pickle.dumps({"evil": 1}))
+    (writable_tiny_bundle / "model.pkl").write_bytes(pickle.dumps({"evil": 2}))
 
     def forbidden(*args, **kwargs):
         raise AssertionError("bundle loading must not unpickle")
@@ -139,8 +135,24 @@ def test_load_never_unpickles(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(builtins, "open", tracking_open)
     monkeypatch.setattr(io, "open", tracking_open)
 
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(writable_tiny_bundle)
     bundle.build_model()
-    inside = {p.name for p in opened if p.resolve().parent == bundle_dir.resolve()}
+    inside = {p.name for p in opened if p.resolve().parent == writable_tiny_bundle.resolve()}
     assert inside, "the tracker saw no file being opened"
     assert inside <= {BUNDLE_JSON, WEIGHTS_FILE}
+
+
+def test_files_changed_after_loading_are_refused(writable_tiny_bundle: Path) -> None:
+    bundle = load_bundle(writable_tiny_bundle)  # verified while intact
+    assert bundle.read_file(WEIGHTS_FILE) == (writable_tiny_bundle / WEIGHTS_FILE).read_bytes()
+    weights = writable_tiny_bundle / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    # The weights are read and hash-checked on use, not trusted from load time.
+    with pytest.raises(BundleError, match="integrity"):
+        bundle.read_file(WEIGHTS_FILE)
+    with pytest.raises(BundleError, match="integrity"):
+        bundle.build_model()
+    with pytest.raises(BundleError, match="does not list"):
+        bundle.read_file("model.pt")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fisheye.data.cli import data_app
+from fisheye.cli.data import data_app
 from fisheye.data.manifest import read_manifest
 
 runner = CliRunner()
@@ -73,8 +73,7 @@ def test_import_resplit_replaces_a_leaky_presplit(tmp_path, synthetic_dataset):
     from typer.testing import CliRunner
 
     from fisheye.cli import app
-    from fisheye.data.manifest import read_manifest
-    from fisheye.data.sources import groups_across_splits
+    from fisheye.data.manifest import groups_across_splits, read_manifest
 
     tree = tmp_path / "presplit"
     for path in sorted(synthetic_dataset.rglob("*.png")) + sorted(synthetic_dataset.rglob("*.jpg")):

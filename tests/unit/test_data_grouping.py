@@ -14,8 +14,8 @@ from fisheye.data.grouping import (
     group_near_duplicates,
     rotation_invariant_descriptor,
 )
-from fisheye.data.manifest import load_labelled_folder
-from fisheye.data.sources import write_synthetic
+from fisheye.data.pipelines import load_labelled_folder
+from fisheye.data.synthetic import write_synthetic
 
 
 def _source_of(path: Path) -> str:
@@ -23,7 +23,7 @@ def _source_of(path: Path) -> str:
 
 
 def _check_recovered(root: Path) -> None:
-    rows = group_near_duplicates(load_labelled_folder(root), progress=False)
+    rows = group_near_duplicates(load_labelled_folder(root))
     by_group: dict[str, set[str]] = defaultdict(set)
     by_source: dict[str, set[str]] = defaultdict(set)
     for r in rows:
@@ -71,7 +71,7 @@ def test_descriptor_ignores_rotation_and_flip() -> None:
 def test_empty_and_unreadable_rows(tmp_path: Path) -> None:
     from fisheye.data.manifest import ManifestRow
 
-    assert group_near_duplicates([], progress=False) == []
+    assert group_near_duplicates([]) == []
     bad = tmp_path / "x.jpg"
     bad.write_text("not an image")
     good = tmp_path / "y.png"
@@ -80,5 +80,5 @@ def test_empty_and_unreadable_rows(tmp_path: Path) -> None:
         ManifestRow(bad, "A", "", "", 0, 0, ""),
         ManifestRow(good, "A", "", "", 64, 64, ""),
     ]
-    out = group_near_duplicates(rows, progress=False)
+    out = group_near_duplicates(rows)
     assert out[0].group and out[1].group and out[0].group != out[1].group

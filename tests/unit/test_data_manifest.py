@@ -12,13 +12,11 @@ from fisheye.data.manifest import (
     SPLITS,
     ManifestError,
     ManifestRow,
-    load_dataset_rows,
-    load_labelled_folder,
     manifest_hash,
     read_manifest,
     write_manifest,
 )
-from fisheye.data.sources import import_dataset
+from fisheye.data.pipelines import import_dataset, load_dataset_rows, load_labelled_folder
 
 
 def _rows(folder: Path) -> list[ManifestRow]:
@@ -92,7 +90,7 @@ def test_load_rows_from_class_folders_is_grouped_and_split(synthetic_dataset: Pa
 
 
 def test_load_rows_from_manifest_file_and_folder(synthetic_dataset: Path, tmp_path: Path) -> None:
-    report = import_dataset(synthetic_dataset, tmp_path / "out", progress=False)
+    report = import_dataset(synthetic_dataset, tmp_path / "out")
     from_file = load_dataset_rows(tmp_path / "out" / "manifest.csv")
     from_dir = load_dataset_rows(tmp_path / "out")
     assert from_file == from_dir
@@ -102,7 +100,7 @@ def test_load_rows_from_manifest_file_and_folder(synthetic_dataset: Path, tmp_pa
 def test_load_rows_skips_missing_files(tmp_path: Path, synthetic_dataset: Path, caplog) -> None:
     src = tmp_path / "src"
     shutil.copytree(synthetic_dataset, src)
-    import_dataset(src, tmp_path / "out", progress=False)
+    import_dataset(src, tmp_path / "out")
     victim = sorted(src.rglob("*.png"))[0]
     victim.unlink()
     rows = load_dataset_rows(tmp_path / "out")

@@ -10,16 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fisheye.data import sources
+from fisheye.data.download import KAGGLE_HANDLE, DownloadError, download_dataset
+from fisheye.data.layouts import detect_layout
 from fisheye.data.manifest import read_manifest
-from fisheye.data.sources import (
-    DownloadError,
-    detect_layout,
-    download_dataset,
-    import_dataset,
-    scan_source,
-    write_synthetic,
-)
+from fisheye.data.pipelines import import_dataset, scan_source
+from fisheye.data.synthetic import write_synthetic
 
 
 def _photos(root: Path) -> list[Path]:
@@ -70,7 +65,7 @@ def test_detect_layout_errors(tmp_path: Path) -> None:
 
 def test_kaggle_scan_ignores_masks_and_na_set(synthetic_dataset: Path, tmp_path: Path) -> None:
     kaggle = _kaggle_tree(synthetic_dataset, tmp_path / "kaggle")
-    result = scan_source(kaggle, progress=False)
+    result = scan_source(kaggle)
     assert result.layout == "kaggle"
     assert len(result.rows) == len(_photos(synthetic_dataset))
     assert not any("GT" in str(r.path) or "NA_Fish" in str(r.path) for r in result.rows)
@@ -80,7 +75,7 @@ def test_kaggle_scan_ignores_masks_and_na_set(synthetic_dataset: Path, tmp_path:
 
 
 def test_presplit_scan_keeps_splits(synthetic_dataset: Path, tmp_path: Path) -> None:
-    result = scan_source(_presplit_tree(synthetic_dataset, tmp_path / "pre"), progress=False)
+    result = scan_source(_presplit_tree(synthetic_dataset, tmp_path / "pre"))
     assert {r.split for r in result.rows} == {"train", "val"}
     assert all((r.split == "val") == ("_s000_" in r.path.name) for r in result.rows)
 
@@ -103,7 +98,7 @@ def messy_tree(synthetic_dataset: Path, tmp_path: Path) -> Path:
 
 
 def test_scan_reports_unreadable_duplicates_and_tiny(messy_tree: Path) -> None:
-    result = scan_source(messy_tree, progress=False)
+    result = scan_source(messy_tree)
     bad = {p.name: reason for p, reason in result.unreadable}
     assert set(bad) == {"notes.jpg", "empty.png", "truncated.jpg"}
     assert "empty" in bad["empty.png"]
@@ -123,7 +118,7 @@ def test_scan_reports_unreadable_duplicates_and_tiny(messy_tree: Path) -> None:
 
 def test_import_without_copy_writes_manifest_only(messy_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    report = import_dataset(messy_tree, out, progress=False)
+    report = import_dataset(messy_tree, out)
     assert report.manifest_path == out / "manifest.csv"
     assert sorted(p.name for p in out.iterdir()) == ["manifest.csv"]
     rows = read_manifest(report.manifest_path)
@@ -136,7 +131,7 @@ def test_import_without_copy_writes_manifest_only(messy_tree: Path, tmp_path: Pa
 def test_import_with_copy(synthetic_dataset: Path, tmp_path: Path) -> None:
     pre = _presplit_tree(synthetic_dataset, tmp_path / "pre")
     out = tmp_path / "out"
-    report = import_dataset(pre, out, copy=True, progress=False)
+    report = import_dataset(pre, out, copy=True)
     assert report.layout == "presplit"
     rows = read_manifest(out / "manifest.csv")
     assert all(out / "images" in r.path.parents for r in rows)
@@ -149,7 +144,7 @@ def test_import_with_copy(synthetic_dataset: Path, tmp_path: Path) -> None:
 
 def test_import_refuses_output_inside_source(synthetic_dataset: Path) -> None:
     with pytest.raises(ValueError, match="must not be inside"):
-        import_dataset(synthetic_dataset, synthetic_dataset / "out", progress=False)
+        import_dataset(synthetic_dataset, synthetic_dataset / "out")
 
 
 def test_download_failure_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -163,7 +158,7 @@ def test_download_failure_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_
         download_dataset(tmp_path)
     msg = str(info.value)
     assert "KAGGLE_USERNAME" in msg and "kaggle.json" in msg and "fisheye data import" in msg
-    assert sources.KAGGLE_HANDLE in msg
+    assert KAGGLE_HANDLE in msg
 
 
 def test_synthetic_is_labelled_deterministic_and_fast(tmp_path: Path) -> None:

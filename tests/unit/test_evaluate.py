@@ -8,21 +8,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from inference_helpers import CLASSES, make_bundle, write_bad_files, write_photo
 from typer.testing import CliRunner
 
+from fisheye.data.labelled import LabelledDataError, load_labelled
 from fisheye.data.manifest import ManifestRow, write_manifest
-from fisheye.evaluate import EvaluationError, evaluate_bundle, load_eval_data
+from fisheye.evaluate import EvaluationError, evaluate_bundle
 from fisheye.inference.predictor import Predictor
+from tests.helpers.bundles import TINY_NAME
+from tests.helpers.paths import FISH_CLASSES as CLASSES
+from tests.helpers.photos import write_bad_files, write_photo
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
+PER_CLASS = 4  # photos per class in `data_dir`
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data") / "fish"
     seed = 0
     for cls in CLASSES:
-        for i in range(4):
+        for i in range(PER_CLASS):
             write_photo(root / cls / f"{i}.jpg", seed, size=(40 + 3 * i, 36))
             seed += 1
     return root
@@ -63,7 +62,7 @@ def _check_outputs(metrics: dict, out: Path, n_images: int) -> None:
         assert isinstance(m["support"], int)
         assert all(isinstance(m[k], float) for k in ("precision", "recall", "f1"))
     assert sum(m["support"] for m in metrics["per_class"].values()) == n_images
-    assert metrics["bundle"]["name"] == "test-bundle" and metrics["bundle"]["version"]
+    assert metrics["bundle"]["name"] == TINY_NAME and metrics["bundle"]["version"]
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert (out / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
     with open(out / "errors.csv", newline="") as f:
@@ -78,8 +77,8 @@ def _check_outputs(metrics: dict, out: Path, n_images: int) -> None:
     assert n_images - sum(matrix[i][i] for i in range(len(CLASSES))) == wrong
 
 
-def test_evaluate_bundle_matches_predictor(bundle_dir: Path, data_dir: Path, tmp_path) -> None:
-    predictor = Predictor.from_dir(bundle_dir)
+def test_evaluate_bundle_matches_predictor(tiny_bundle: Path, data_dir: Path, tmp_path) -> None:
+    predictor = Predictor.from_dir(tiny_bundle)
     rows = [SimpleNamespace(path=p, label=p.parent.name) for p in sorted(data_dir.rglob("*.jpg"))]
     metrics = evaluate_bundle(predictor, rows, tmp_path / "out", batch_size=5)
     _check_outputs(metrics, tmp_path / "out", len(rows))
@@ -88,8 +87,8 @@ def test_evaluate_bundle_matches_predictor(bundle_dir: Path, data_dir: Path, tmp
     assert metrics["accuracy"] == pytest.approx(correct / len(rows))
 
 
-def test_unreadable_counted_not_fatal(bundle_dir: Path, data_dir: Path, tmp_path) -> None:
-    predictor = Predictor.from_dir(bundle_dir)
+def test_unreadable_counted_not_fatal(tiny_bundle: Path, data_dir: Path, tmp_path) -> None:
+    predictor = Predictor.from_dir(tiny_bundle)
     bad = write_bad_files(tmp_path / "bad")
     rows = [SimpleNamespace(path=p, label=CLASSES[0]) for p in bad.values()]
     rows += [SimpleNamespace(path=p, label=p.parent.name) for p in sorted(data_dir.rglob("*.jpg"))]
@@ -101,56 +100,56 @@ def test_unreadable_counted_not_fatal(bundle_dir: Path, data_dir: Path, tmp_path
     assert metrics["n_images"] == len(rows) - 3
 
 
-def test_unknown_classes_rejected(bundle_dir: Path, tmp_path: Path) -> None:
-    predictor = Predictor.from_dir(bundle_dir)
+def test_unknown_classes_rejected(tiny_bundle: Path, tmp_path: Path) -> None:
+    predictor = Predictor.from_dir(tiny_bundle)
     path = write_photo(tmp_path / "Catfish" / "0.jpg", 0)
     rows = [SimpleNamespace(path=path, label="Catfish")]
     with pytest.raises(EvaluationError, match="Catfish"):
         evaluate_bundle(predictor, rows, tmp_path / "out")
 
 
-def test_cli_folder(bundle_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_cli_folder(tiny_bundle: Path, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = _invoke("--data", str(data_dir), "--model", str(bundle_dir), "--out", str(out))
+    result = _invoke("--data", str(data_dir), "--model", str(tiny_bundle), "--out", str(out))
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    _check_outputs(metrics, out, 12)
+    _check_outputs(metrics, out, len(CLASSES) * PER_CLASS)
     assert metrics["data"]["path"] == str(data_dir.resolve())
     assert "accuracy" in result.stdout and "Hourse Mackerel" in result.stdout
 
 
-def test_cli_json_prints_only_metrics(bundle_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_cli_json_prints_only_metrics(tiny_bundle: Path, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = _invoke(
-        "--data", str(data_dir), "--model", str(bundle_dir), "--out", str(out), "--json"
+        "--data", str(data_dir), "--model", str(tiny_bundle), "--out", str(out), "--json"
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics == json.loads((out / "metrics.json").read_text())
-    _check_outputs(metrics, out, 12)
+    _check_outputs(metrics, out, len(CLASSES) * PER_CLASS)
 
 
 def test_cli_default_out_dir(
-    bundle_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bundle: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    result = _invoke("--data", str(data_dir), "--model", str(bundle_dir), "--json")
+    result = _invoke("--data", str(data_dir), "--model", str(tiny_bundle), "--json")
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs" / "evaluate").iterdir()
     assert (run / "metrics.json").is_file()
 
 
-def test_cli_unknown_class_folder(bundle_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_cli_unknown_class_folder(tiny_bundle: Path, data_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     for cls in ("Trout", "Catfish", "Pike"):
         write_photo(data / cls / "0.jpg", 1)
-    result = _invoke("--data", str(data), "--model", str(bundle_dir), "--out", str(tmp_path / "o"))
+    result = _invoke("--data", str(data), "--model", str(tiny_bundle), "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
     assert "'Catfish', 'Pike'" in result.stderr and "Sea Bass" in result.stderr
     assert "Traceback" not in result.output
 
 
-def test_cli_manifest_splits(bundle_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_cli_manifest_splits(tiny_bundle: Path, data_dir: Path, tmp_path: Path) -> None:
     files = sorted(data_dir.rglob("*.jpg"))
     rows = [
         ManifestRow(p, p.parent.name, "val" if i % 3 == 0 else "train", "0" * 64, 1, 1)
@@ -160,7 +159,7 @@ def test_cli_manifest_splits(bundle_dir: Path, data_dir: Path, tmp_path: Path) -
     write_manifest(rows, manifest)
     n_val = sum(r.split == "val" for r in rows)
 
-    args = ("--data", str(manifest), "--model", str(bundle_dir), "--json")
+    args = ("--data", str(manifest), "--model", str(tiny_bundle), "--json")
     result = _invoke(*args, "--out", str(tmp_path / "val"))
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
@@ -173,7 +172,7 @@ def test_cli_manifest_splits(bundle_dir: Path, data_dir: Path, tmp_path: Path) -
     assert result.exit_code == 2 and "available splits" in result.stderr
 
 
-def test_cli_presplit_folder_with_unreadable(bundle_dir: Path, tmp_path: Path) -> None:
+def test_cli_presplit_folder_with_unreadable(tiny_bundle: Path, tmp_path: Path) -> None:
     root = tmp_path / "tree"
     for split in ("train", "val"):
         for j, cls in enumerate(CLASSES):
@@ -181,21 +180,21 @@ def test_cli_presplit_folder_with_unreadable(bundle_dir: Path, tmp_path: Path) -
     write_bad_files(root / "val" / "Trout")
     write_bad_files(root / "train" / "Trout")
     result = _invoke(
-        "--data", str(root), "--model", str(bundle_dir), "--out", str(tmp_path / "o"), "--json"
+        "--data", str(root), "--model", str(tiny_bundle), "--out", str(tmp_path / "o"), "--json"
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
-    assert metrics["n_images"] == 3
+    assert metrics["n_images"] == len(CLASSES)
     assert metrics["n_unreadable"] == 3
     assert all("/val/" in u["path"] for u in metrics["unreadable"])
     assert "could not be read" in result.stderr
 
 
-def test_load_eval_data_errors(tmp_path: Path) -> None:
-    with pytest.raises(EvaluationError, match="no such file"):
-        load_eval_data(tmp_path / "missing")
+def test_load_labelled_errors(tmp_path: Path) -> None:
+    with pytest.raises(LabelledDataError, match="no such file"):
+        load_labelled(tmp_path / "missing")
 
 
-def test_cli_missing_data(bundle_dir: Path, tmp_path: Path) -> None:
-    result = _invoke("--data", str(tmp_path / "missing"), "--model", str(bundle_dir))
+def test_cli_missing_data(tiny_bundle: Path, tmp_path: Path) -> None:
+    result = _invoke("--data", str(tmp_path / "missing"), "--model", str(tiny_bundle))
     assert result.exit_code == 2 and "no such file or folder" in result.stderr

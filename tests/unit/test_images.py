@@ -8,10 +8,10 @@ import zlib
 
 import numpy as np
 import pytest
-from inference_helpers import encode, photo, truncated_jpeg
 from PIL import Image, ImageFile
 
 from fisheye.data.images import ImageDecodeError, ImageTooLargeError, decode_image
+from tests.helpers.photos import encode, photo, truncated_jpeg
 
 SIZE = (40, 30)
 

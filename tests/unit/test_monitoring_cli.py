@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from inference_helpers import make_bundle
 from typer.testing import CliRunner
 
 from fisheye.bundle import load_bundle
 from fisheye.cli import app
-from fisheye.inference.predictor import Predictor
-from fisheye.monitoring.reference import DRIFT_FILE, load_monitor
+from fisheye.monitoring.reference import DRIFT_FILE, load_monitor, load_predictor
+from tests.helpers.bundles import copy_bundle
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
-    bundle = make_bundle(tmp_path_factory.mktemp("drift-cli") / "bundle")
+def fitted(
+    tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path
+) -> Path:
+    """A copy of the tiny bundle with a drift reference from `fisheye drift fit` (read-only)."""
+    bundle = copy_bundle(tiny_bundle, tmp_path_factory.mktemp("drift-cli") / "bundle")
     res = runner.invoke(
         app, ["drift", "fit", "--model", str(bundle), "--data", str(synthetic_dataset)]
     )
@@ -50,11 +51,14 @@ def test_drift_json_prints_only_the_five_fields(fitted: Path, synthetic_dataset:
     assert out["drift"] is False  # the photos the reference was fitted on
 
 
-def test_drift_table_and_errors(fitted: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
+def test_drift_table_and_errors(
+    fitted: Path, tiny_bundle: Path, synthetic_dataset: Path, tmp_path: Path
+) -> None:
     res = runner.invoke(app, ["drift", "--model", str(fitted), "--data", str(synthetic_dataset)])
     assert res.exit_code == 0 and "MMD score" in res.stdout and "no drift" in res.stdout
-    bare = make_bundle(tmp_path / "bare")
-    res = runner.invoke(app, ["drift", "--model", str(bare), "--data", str(synthetic_dataset)])
+    res = runner.invoke(
+        app, ["drift", "--model", str(tiny_bundle), "--data", str(synthetic_dataset)]
+    )
     assert res.exit_code == 2 and "drift fit" in res.output
     res = runner.invoke(app, ["drift", "--model", str(fitted), "--data", str(tmp_path / "none")])
     assert res.exit_code == 2 and "no such file" in res.output
@@ -66,22 +70,24 @@ def test_predict_json_adds_ood_fields(fitted: Path, synthetic_dataset: Path) -> 
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout)[0]
     assert isinstance(rec["ood_score"], float) and isinstance(rec["in_distribution"], bool)
-    threshold = Predictor.from_dir(fitted).monitor.ood.threshold
+    predictor, monitor = load_predictor(fitted)
+    assert monitor is not None and predictor.ood is monitor.ood
+    threshold = monitor.ood.threshold
     assert rec["in_distribution"] == (rec["ood_score"] <= threshold + 1e-3)
 
 
-def test_predict_without_reference_has_no_ood_fields(tmp_path: Path, synthetic_dataset) -> None:
-    bundle = make_bundle(tmp_path / "b")
+def test_predict_without_reference_has_no_ood_fields(tiny_bundle: Path, synthetic_dataset) -> None:
     photo = sorted(synthetic_dataset.rglob("*.jpg"))[0]
-    res = runner.invoke(app, ["predict", str(photo), "--model", str(bundle), "--format", "json"])
+    res = runner.invoke(
+        app, ["predict", str(photo), "--model", str(tiny_bundle), "--format", "json"]
+    )
     assert res.exit_code == 0 and "ood_score" not in json.loads(res.stdout)[0]
 
 
 def test_tampered_reference_fails_the_bundle_check(
     fitted: Path, tmp_path: Path, synthetic_dataset: Path
 ) -> None:
-    copy = tmp_path / "copy"
-    shutil.copytree(fitted, copy)
+    copy = copy_bundle(fitted, tmp_path / "copy")
     with open(copy / DRIFT_FILE, "r+b") as f:
         f.seek(-4, 2)
         f.write(b"\0\0\0\1")
@@ -95,11 +101,10 @@ def test_monitor_report_cli(tmp_path: Path) -> None:
 
 
 def test_drift_fit_stores_one_reference_per_feature_space(
-    exported_tiny_bundle: Path, tmp_path: Path, synthetic_dataset: Path
+    writable_exported_bundle: Path, synthetic_dataset: Path
 ) -> None:
     """int8 features differ from fp32: each backend is tested against its own reference."""
-    copy = tmp_path / "bundle"
-    shutil.copytree(exported_tiny_bundle, copy)
+    copy = writable_exported_bundle
     res = runner.invoke(
         app, ["drift", "fit", "--model", str(copy), "--data", str(synthetic_dataset)]
     )
@@ -111,7 +116,9 @@ def test_drift_fit_stores_one_reference_per_feature_space(
     for backend, expected in (("torch", "torch"), ("onnx", "torch"), ("onnx-int8", "onnx-int8")):
         monitor = load_monitor(bundle, backend=backend)
         assert monitor is not None and monitor.backend == expected and monitor.matches_backend
-    assert Predictor.from_dir(copy, backend="onnx-int8").monitor.backend == "onnx-int8"
+    predictor, monitor = load_predictor(copy, backend="onnx-int8")
+    assert monitor is not None and monitor.backend == "onnx-int8"
+    assert predictor.backend_name == "onnx-int8" and predictor.ood is monitor.ood
     res = runner.invoke(
         app,
         ["drift", "--model", str(copy), "--data", str(synthetic_dataset), "-b", "onnx-int8"],

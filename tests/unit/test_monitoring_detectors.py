@@ -62,7 +62,7 @@ def test_matches_torchdrift_score_and_p_value(detector: DriftDetector) -> None:
     td = KernelMMDDriftDetector(
         return_p_value=True, n_perm=400, kernel=GaussianKernel(lengthscale=detector.bandwidth)
     )
-    td.fit(detector.reference)
+    td.fit(torch.from_numpy(detector.reference))
     torch.manual_seed(0)
     score, p = td.predict_shift_from_features(td.base_outputs, torch.from_numpy(x), True, True)
     assert ours.score == pytest.approx(float(score), rel=1e-5)
@@ -128,7 +128,7 @@ def test_drift_window_rate_limits_its_background_test() -> None:
     import threading
     import time
 
-    from fisheye.monitoring.window import DriftWindow
+    from fisheye.serving.drift_window import DriftWindow
 
     rng = np.random.default_rng(0)
     detector = DriftDetector(rng.normal(size=(40, 8)), n_permutations=100)

@@ -8,19 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
-from inference_helpers import CLASSES, make_bundle, write_bad_files, write_photo
 from typer.testing import CliRunner
 
 from fisheye.cli import app
-from fisheye.inference.files import InputPathError, collect_image_paths
+from fisheye.data.files import InputPathError, collect_image_paths
+from tests.helpers.paths import FISH_CLASSES as CLASSES
+from tests.helpers.photos import write_bad_files, write_photo
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
 
 
 @pytest.fixture
@@ -54,11 +50,11 @@ def test_collect_paths(photos, tmp_path: Path) -> None:
 
 
 def test_folder_with_bad_files(
-    bundle_dir: Path, photos, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bundle: Path, photos, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder, good, bad = photos
     monkeypatch.chdir(tmp_path)  # short relative paths keep each table row on one line
-    result = _predict("photos", "--model", str(bundle_dir))
+    result = _predict("photos", "--model", str(tiny_bundle))
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     out = result.stdout
@@ -73,9 +69,9 @@ def test_folder_with_bad_files(
     assert "3 of 6 files could not be read" in result.stderr
 
 
-def test_json_output(bundle_dir: Path, photos) -> None:
+def test_json_output(tiny_bundle: Path, photos) -> None:
     folder, good, bad = photos
-    result = _predict(str(folder), "--model", str(bundle_dir), "--format", "json", "--top-k", "2")
+    result = _predict(str(folder), "--model", str(tiny_bundle), "--format", "json", "--top-k", "2")
     assert result.exit_code == 1
     records = json.loads(result.stdout)
     by_path = {Path(r["path"]).name: r for r in records}
@@ -93,9 +89,9 @@ def test_json_output(bundle_dir: Path, photos) -> None:
     assert "Traceback" not in result.output
 
 
-def test_csv_output(bundle_dir: Path, photos) -> None:
+def test_csv_output(tiny_bundle: Path, photos) -> None:
     folder, good, bad = photos
-    result = _predict(str(folder), "--model", str(bundle_dir), "--format", "csv")
+    result = _predict(str(folder), "--model", str(tiny_bundle), "--format", "csv")
     assert result.exit_code == 1
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert list(rows[0]) == ["path", "label", "confidence", "error"]
@@ -109,38 +105,38 @@ def test_csv_output(bundle_dir: Path, photos) -> None:
         assert by_name[path.name]["label"] == "" and by_name[path.name]["error"]
 
 
-def test_all_good_exits_zero(bundle_dir: Path, photos) -> None:
+def test_all_good_exits_zero(tiny_bundle: Path, photos) -> None:
     folder, good, _ = photos
-    result = _predict(*map(str, good), "--model", str(bundle_dir), "--format", "json")
+    result = _predict(*map(str, good), "--model", str(tiny_bundle), "--format", "json")
     assert result.exit_code == 0, result.output
     assert [r["path"] for r in json.loads(result.stdout)] == [str(p) for p in good]
 
 
-def test_explicit_text_file_is_attempted(bundle_dir: Path, photos) -> None:
+def test_explicit_text_file_is_attempted(tiny_bundle: Path, photos) -> None:
     folder, good, _ = photos
-    result = _predict(str(folder / "README.txt"), str(good[0]), "--model", str(bundle_dir))
+    result = _predict(str(folder / "README.txt"), str(good[0]), "--model", str(tiny_bundle))
     assert result.exit_code == 1
     assert "README.txt" in result.stdout and "not a recognised image" in result.stdout
 
 
-def test_missing_path_is_usage_error(bundle_dir: Path, tmp_path: Path) -> None:
-    result = _predict(str(tmp_path / "nope.jpg"), "--model", str(bundle_dir))
+def test_missing_path_is_usage_error(tiny_bundle: Path, tmp_path: Path) -> None:
+    result = _predict(str(tmp_path / "nope.jpg"), "--model", str(tiny_bundle))
     assert result.exit_code == 2
     assert "no such file or folder" in result.stderr and "nope.jpg" in result.stderr
     assert "Traceback" not in result.output
 
 
-def test_empty_folder_is_usage_error(bundle_dir: Path, tmp_path: Path) -> None:
+def test_empty_folder_is_usage_error(tiny_bundle: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
-    result = _predict(str(tmp_path / "empty"), "--model", str(bundle_dir))
+    result = _predict(str(tmp_path / "empty"), "--model", str(tiny_bundle))
     assert result.exit_code == 2
     assert "no photos found" in result.stderr
 
 
-def test_tampered_bundle_is_usage_error(bundle_dir: Path, photos, tmp_path: Path) -> None:
+def test_tampered_bundle_is_usage_error(writable_tiny_bundle: Path, photos) -> None:
     folder, good, _ = photos
-    bad_bundle = make_bundle(tmp_path / "tampered")
+    bad_bundle = writable_tiny_bundle
     weights = bad_bundle / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
@@ -158,16 +154,16 @@ def test_not_a_bundle_is_usage_error(photos, tmp_path: Path) -> None:
     assert "not a FishEye model bundle" in result.stderr
 
 
-def test_default_model_from_env(bundle_dir: Path, photos) -> None:
+def test_default_model_from_env(tiny_bundle: Path, photos) -> None:
     _, good, _ = photos
     result = runner.invoke(
-        app, ["predict", str(good[0]), "-f", "json"], env={**ENV, "FISHEYE_MODEL": str(bundle_dir)}
+        app, ["predict", str(good[0]), "-f", "json"], env={**ENV, "FISHEYE_MODEL": str(tiny_bundle)}
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["label"] in CLASSES
 
 
-def test_bad_option_is_usage_error(bundle_dir: Path, photos) -> None:
+def test_bad_option_is_usage_error(tiny_bundle: Path, photos) -> None:
     _, good, _ = photos
-    result = _predict(str(good[0]), "--model", str(bundle_dir), "--format", "xml")
+    result = _predict(str(good[0]), "--model", str(tiny_bundle), "--format", "xml")
     assert result.exit_code == 2

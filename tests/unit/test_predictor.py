@@ -1,4 +1,4 @@
-"""The Predictor: same tensors as the eval transform, batch == single, order kept."""
+"""The Predictor: same inputs as the eval transform, batch == single, order kept."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from inference_helpers import CLASSES, INPUT_SIZE, encode, make_bundle, photo, write_bad_files
 from PIL import Image
 
 from fisheye.data.images import decode_image
-from fisheye.data.transforms import Preprocessing, preprocess
+from fisheye.data.preprocess import Preprocessing, preprocess
 from fisheye.inference.predictor import Predictor
+from tests.helpers.bundles import TINY_INPUT_SIZE as INPUT_SIZE
+from tests.helpers.paths import FISH_CLASSES as CLASSES
+from tests.helpers.photos import encode, photo, write_bad_files
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
-    return Predictor.from_dir(make_bundle(tmp_path_factory.mktemp("bundle") / "b"), top_k=3)
+def predictor(tiny_bundle: Path) -> Predictor:
+    return Predictor.from_dir(tiny_bundle, top_k=3)
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +41,23 @@ def photo_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return files
 
 
-def test_predictor_tensor_equals_eval_transform(predictor: Predictor, photo_files) -> None:
+def test_predictor_input_equals_eval_transform(predictor: Predictor, photo_files) -> None:
     spec = predictor.bundle.preprocessing
     assert spec == Preprocessing(input_size=INPUT_SIZE)
     for path in photo_files:
         img = decode_image(path)
-        got = predictor.to_tensor(predictor.decode(path))
-        assert got.dtype == torch.float32
+        expected = preprocess(img, spec)
+        got = predictor.prepare(path)
+        assert got.dtype == np.float32
         assert got.shape == (3, INPUT_SIZE, INPUT_SIZE)
-        assert torch.equal(got, preprocess(img, spec))
+        assert np.array_equal(got, expected)
+        # Bytes, a path and a decoded image all become the same model input.
+        assert np.array_equal(predictor.prepare(path.read_bytes()), expected)
+        assert np.array_equal(predictor.prepare(predictor.decode(path)), expected)
 
 
-def test_center_crop_spec_is_honoured(tmp_path: Path, photo_files) -> None:
-    bundle_dir = make_bundle(tmp_path / "b")
+def test_center_crop_spec_is_honoured(writable_tiny_bundle: Path, photo_files) -> None:
+    bundle_dir = writable_tiny_bundle
     meta = json.loads((bundle_dir / "bundle.json").read_text())
     spec = Preprocessing(input_size=INPUT_SIZE, resize="center_crop", interpolation="bicubic")
     meta["preprocessing"] = spec.to_dict()
@@ -60,7 +65,7 @@ def test_center_crop_spec_is_honoured(tmp_path: Path, photo_files) -> None:
     pred = Predictor.from_dir(bundle_dir)
     assert pred.preprocessing == spec
     img = decode_image(photo_files[-1])
-    assert torch.equal(pred.to_tensor(img), preprocess(img, spec))
+    assert np.array_equal(pred.prepare(img), preprocess(img, spec))
 
 
 def test_prediction_shape(predictor: Predictor) -> None:
@@ -131,9 +136,26 @@ def test_files_keep_order_with_errors_interleaved(
     assert "cannot read file" in errors[missing]
 
 
-def test_max_pixels_limit(tmp_path: Path) -> None:
-    pred = Predictor.from_dir(make_bundle(tmp_path / "b"), max_pixels=100)
+def test_max_pixels_limit(tiny_bundle: Path, tmp_path: Path) -> None:
+    pred = Predictor.from_dir(tiny_bundle, max_pixels=100)
     path = tmp_path / "big.png"
     Image.new("RGB", (20, 20)).save(path)
     (res,) = pred.predict_files([path])
     assert res.prediction is None and "over the limit" in res.error
+
+
+def test_output_rows_keep_each_photo_with_its_scores(predictor: Predictor) -> None:
+    images = [photo(i) for i in range(5)]
+    out = predictor.infer(np.stack([predictor.prepare(im) for im in images]))
+    assert len(out) == 5 and out.ood_scores is None  # no OOD scorer on this Predictor
+    scored = out.with_ood_scores(np.arange(5, dtype=np.float64))
+    part = scored.rows(1, 3)
+    assert len(part) == 2
+    np.testing.assert_array_equal(part.probabilities, out.probabilities[1:3])
+    np.testing.assert_array_equal(part.features, out.features[1:3])
+    np.testing.assert_array_equal(part.ood_scores, [1.0, 2.0])
+    preds = predictor.predictions(part)
+    assert [p.ood_score for p in preds] == [1.0, 2.0]
+    for got, expected in zip(preds, predictor.predict_images(images[1:3]), strict=True):
+        assert got.label == expected.label
+        np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)

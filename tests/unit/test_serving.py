@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
-from inference_helpers import encode, make_bundle, photo
 from pydantic import ValidationError
 
-from fisheye.serving import ServeSettings, create_app
+from fisheye.inference.backend import InferenceOutput
+from fisheye.serving.app import create_app
 from fisheye.serving.batcher import BatcherStoppedError, MicroBatcher, QueueFullError
+from fisheye.serving.settings import ServeSettings
+from tests.helpers.bundles import TINY_NAME
+from tests.helpers.photos import encode, photo
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -37,8 +39,19 @@ def test_settings_reject_inconsistent_limits() -> None:
         ServeSettings(max_batch_size=0)
 
 
-def _double(batch: torch.Tensor) -> np.ndarray:
-    return (batch.flatten(1)[:, :2] * 2).numpy()
+def _output(probabilities: np.ndarray) -> InferenceOutput:
+    """A model output whose features are the row index, to check each job gets its own rows."""
+    features = np.arange(len(probabilities), dtype=np.float32)[:, None]
+    return InferenceOutput(probabilities, features)
+
+
+def _double(batch: np.ndarray) -> InferenceOutput:
+    return _output(batch.reshape(len(batch), -1)[:, :2] * 2)
+
+
+def _photos(n: int, value: float = 0.0, width: int = 2) -> np.ndarray:
+    """n fake preprocessed photos of shape (1, 1, width) filled with `value`."""
+    return np.full((n, 1, 1, width), value, dtype=np.float32)
 
 
 @pytest.fixture
@@ -52,49 +65,53 @@ def batcher() -> Iterator[MicroBatcher]:
         on_batch=lambda n, s: sizes.append(n),
     )
     b.sizes = sizes  # type: ignore[attr-defined]
-    b.start([torch.zeros(1, 1, 1, 2)])
+    b.start([_photos(1)])
     yield b
     b.stop()
 
 
 def test_batcher_answers_each_request_in_order_and_batches_them(batcher: MicroBatcher) -> None:
-    async def main() -> list[np.ndarray]:
-        jobs = [batcher.submit(torch.full((1, 1, 1, 2), float(i))) for i in range(20)]
+    async def main() -> list[InferenceOutput]:
+        jobs = [batcher.submit(_photos(1, float(i))) for i in range(20)]
         return await asyncio.gather(*jobs)
 
     results = asyncio.run(main())
-    assert [float(r[0, 0]) for r in results] == [2.0 * i for i in range(20)]
+    assert [len(r) for r in results] == [1] * 20
+    assert [float(r.probabilities[0, 0]) for r in results] == [2.0 * i for i in range(20)]
     sizes = batcher.sizes  # type: ignore[attr-defined]  # warm-up calls are not counted
     assert sum(sizes) == 20 and max(sizes) > 1 and max(sizes) <= 8
 
 
 def test_batcher_keeps_multi_photo_jobs_whole(batcher: MicroBatcher) -> None:
-    async def main() -> list[np.ndarray]:
+    async def main() -> list[InferenceOutput]:
         return await asyncio.gather(
-            batcher.submit(torch.ones(5, 1, 1, 2)), batcher.submit(torch.ones(6, 1, 1, 2))
+            batcher.submit(_photos(5, 1.0)), batcher.submit(_photos(6, 2.0))
         )
 
     a, b = asyncio.run(main())
-    assert a.shape == (5, 2) and b.shape == (6, 2)
+    assert a.probabilities.shape == (5, 2) and b.probabilities.shape == (6, 2)
+    assert a.features.shape == (5, 1) and b.features.shape == (6, 1)
+    # Each job gets its own rows of the model output, whether or not they shared a call.
+    assert (a.probabilities == 2.0).all() and (b.probabilities == 4.0).all()
 
 
 def test_batcher_queue_is_bounded() -> None:
     gate = threading.Event()
 
-    def slow(batch: torch.Tensor) -> np.ndarray:
+    def slow(batch: np.ndarray) -> InferenceOutput:
         gate.wait(5)
-        return np.zeros((batch.shape[0], 2))
+        return _output(np.zeros((batch.shape[0], 2)))
 
     b = MicroBatcher(slow, max_batch_size=1, max_wait_ms=0, max_queue=2)
     b.start()
 
     async def main() -> list:
-        first = asyncio.ensure_future(b.submit(torch.zeros(1, 1, 1, 1)))
+        first = asyncio.ensure_future(b.submit(_photos(1, width=1)))
         await asyncio.sleep(0.1)  # the worker is now blocked on the first photo
-        queued = [asyncio.ensure_future(b.submit(torch.zeros(1, 1, 1, 1))) for _ in range(2)]
+        queued = [asyncio.ensure_future(b.submit(_photos(1, width=1))) for _ in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(QueueFullError):
-            await b.submit(torch.zeros(1, 1, 1, 1))
+            await b.submit(_photos(1, width=1))
         assert b.queued == 2
         gate.set()
         return await asyncio.gather(first, *queued)
@@ -102,33 +119,33 @@ def test_batcher_queue_is_bounded() -> None:
     assert len(asyncio.run(main())) == 3
     b.stop()
     with pytest.raises(BatcherStoppedError):
-        asyncio.run(b.submit(torch.zeros(1, 1, 1, 1)))
+        asyncio.run(b.submit(_photos(1, width=1)))
 
 
 def test_batcher_survives_a_failing_batch() -> None:
     calls = {"n": 0}
 
-    def flaky(batch: torch.Tensor) -> np.ndarray:
+    def flaky(batch: np.ndarray) -> InferenceOutput:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("boom")
-        return np.zeros((batch.shape[0], 2))
+        return _output(np.zeros((batch.shape[0], 2)))
 
     b = MicroBatcher(flaky, max_batch_size=4, max_wait_ms=0)
     b.start()
     with pytest.raises(RuntimeError, match="boom"):
-        asyncio.run(b.submit(torch.zeros(1, 1, 1, 1)))
-    assert asyncio.run(b.submit(torch.zeros(1, 1, 1, 1))).shape == (1, 2)
+        asyncio.run(b.submit(_photos(1, width=1)))
+    assert asyncio.run(b.submit(_photos(1, width=1))).probabilities.shape == (1, 2)
     b.stop()
 
 
 def test_batcher_warmup_failure_is_raised_by_start() -> None:
-    def broken(batch: torch.Tensor) -> np.ndarray:
+    def broken(batch: np.ndarray) -> InferenceOutput:
         raise ValueError("bad weights")
 
     b = MicroBatcher(broken)
     with pytest.raises(ValueError, match="bad weights"):
-        b.start([torch.zeros(1, 1, 1, 1)])
+        b.start([_photos(1, width=1)])
     assert not b.running
 
 
@@ -137,11 +154,6 @@ def _wait_ready(client: TestClient, timeout: float = 30) -> None:
     while client.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, client.get("/readyz").json()
         time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("serving") / "bundle")
 
 
 def test_app_predicts_and_matches_the_predictor(tiny_bundle: Path) -> None:
@@ -156,7 +168,7 @@ def test_app_predicts_and_matches_the_predictor(tiny_bundle: Path) -> None:
     body = res.json()
     assert body["label"] == expected["label"]
     assert body["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
-    assert body["model"]["name"] == "test-bundle"
+    assert body["model"]["name"] == TINY_NAME
 
 
 def test_app_reports_a_broken_model_on_readyz(tmp_path: Path) -> None:
@@ -177,7 +189,7 @@ def test_app_answers_503_with_retry_after_when_the_queue_is_full(tiny_bundle: Pa
     with TestClient(app) as client:
         _wait_ready(client)
 
-        async def full(inputs: torch.Tensor) -> np.ndarray:
+        async def full(inputs: np.ndarray) -> InferenceOutput:
             raise QueueFullError("256 photos are already waiting (limit 256)")
 
         app.state.serving.batcher.submit = full
@@ -187,3 +199,20 @@ def test_app_answers_503_with_retry_after_when_the_queue_is_full(tiny_bundle: Pa
         assert (
             'fisheye_rejected_photos_total{reason="queue_full"} 1.0' in client.get("/metrics").text
         )
+
+
+def test_app_refuses_bodies_of_the_wrong_media_type(tiny_bundle: Path) -> None:
+    """Predictions take multipart uploads, feedback takes JSON: anything else is a JSON 415."""
+    with TestClient(create_app(ServeSettings(model=tiny_bundle))) as client:
+        _wait_ready(client)
+        for path, kwargs in (
+            ("/v1/predict", {"json": {"file": "a.jpg"}}),
+            ("/v1/predict/batch", {"data": {"files": "a.jpg"}}),
+            ("/v1/feedback", {"data": {"id": "x", "label": "Trout"}}),
+        ):
+            res = client.post(path, **kwargs)
+            assert res.status_code == 415, (path, res.text)
+            assert res.json()["error"] == "unsupported_media_type", path
+        # The right media type still gets through to the endpoint.
+        res = client.post("/v1/predict", files={"file": ("a.jpg", encode(photo(1)))})
+        assert res.status_code == 200, res.text

@@ -70,9 +70,11 @@ def test_predictor_sees_the_same_tensors_as_training_eval(tmp_path, synthetic_da
     val = dm.dataset("val")
     for i in range(3):
         x_train, _ = val[i]
-        x_pred = predictor.to_tensor(predictor.decode(val.rows[i].path))
+        x_pred = torch.from_numpy(predictor.prepare(val.rows[i].path))
         assert torch.equal(x_train, x_pred)
-        assert torch.equal(x_train, predictor.to_tensor(decode_image(val.rows[i].path)))
+        assert torch.equal(
+            x_train, torch.from_numpy(predictor.prepare(decode_image(val.rows[i].path)))
+        )
 
 
 def test_resume_from_last_checkpoint(tmp_path, synthetic_dataset):

@@ -13,8 +13,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fisheye.data.images import decode_image
-from fisheye.data.manifest import ManifestRow, load_dataset_rows, manifest_hash
-from fisheye.data.transforms import Augmentation, Preprocessing, preprocess, train_transform
+from fisheye.data.manifest import ManifestRow, manifest_hash
+from fisheye.data.pipelines import load_dataset_rows
+from fisheye.data.preprocess import Preprocessing, preprocess
+from fisheye.data.transforms import Augmentation, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,9 @@ class PhotoDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         row = self.rows[index]
         img = decode_image(row.path)
-        x = self.train_tf(img) if self.train_tf is not None else preprocess(img, self.spec)
+        if self.train_tf is not None:
+            return self.train_tf(img), self.class_to_idx[row.label]
+        x = torch.from_numpy(preprocess(img, self.spec))
         return x, self.class_to_idx[row.label]
 
 

@@ -30,8 +30,9 @@ from fisheye.data.images import (
     decode_image,
 )
 from fisheye.data.manifest import ManifestRow
+from fisheye.data.progress import NO_PROGRESS, Progress
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Width/height of the frame the source photos were rotated in (Large Scale Fish Dataset).
 FISH_FRAME_ASPECT = 590 / 445
@@ -115,7 +116,7 @@ def _descriptor_for(path: Path, frame_aspect: float | None) -> np.ndarray | None
             return rotation_invariant_descriptor(image, None)
         return rotation_invariant_descriptor(load_thumbnail(path), frame_aspect)
     except (ImageDecodeError, OSError, ValueError, SyntaxError) as exc:
-        logger.warning("cannot describe %s for grouping (%s); it gets its own group", path, exc)
+        log.warning("cannot describe %s for grouping (%s); it gets its own group", path, exc)
         return None
 
 
@@ -168,15 +169,13 @@ def _slug(label: str) -> str:
 
 def group_near_duplicates(
     rows: list[ManifestRow],
-    progress: bool = True,
+    progress: Progress = NO_PROGRESS,
     *,
     distance_threshold: float = DEFAULT_DISTANCE_THRESHOLD,
     frame_aspect: float | None = FISH_FRAME_ASPECT,
 ) -> list[ManifestRow]:
     """Rows with `group` set so that copies of one source photo share it (never across classes)."""
-    from fisheye.data.sources import progress_task
-
-    with progress_task("Grouping near-duplicates", len(rows), progress) as advance:
+    with progress.task("Grouping near-duplicates", len(rows)) as advance:
         descriptors = compute_descriptors([r.path for r in rows], frame_aspect, advance)
     groups: list[str] = [""] * len(rows)
     by_class: dict[str, list[int]] = {}

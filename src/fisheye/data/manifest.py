@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import logging
 import os
+from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.csv"
@@ -120,54 +118,9 @@ def manifest_hash(rows: Iterable[ManifestRow]) -> str:
     return digest.hexdigest()
 
 
-def _existing(rows: list[ManifestRow]) -> list[ManifestRow]:
-    kept = []
+def groups_across_splits(rows: Iterable[ManifestRow]) -> int:
+    """How many near-duplicate groups have photos in more than one split (leakage)."""
+    splits: dict[str, set[str]] = defaultdict(set)
     for row in rows:
-        if row.path.is_file():
-            kept.append(row)
-        else:
-            logger.warning("skipping %s: listed in the manifest but not found", row.path)
-    return kept
-
-
-def load_labelled_folder(root: Path) -> list[ManifestRow]:
-    """Every readable photo under a folder of labelled photos, with split '' and no groups."""
-    from fisheye.data.sources import scan_source
-
-    result = scan_source(Path(root), progress=False)
-    for path, reason in result.unreadable:
-        logger.warning("skipping unreadable %s: %s", path, reason)
-    return [replace(r, split="", group="") for r in result.rows]
-
-
-def load_dataset_rows(
-    root: Path,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.0,
-    seed: int = 42,
-) -> list[ManifestRow]:
-    """Rows with splits assigned from a manifest, a folder holding one, or a photo tree."""
-    from fisheye.data.grouping import group_near_duplicates
-    from fisheye.data.sources import scan_source
-    from fisheye.data.splits import grouped_split
-
-    root = Path(root)
-    if root.is_file():
-        rows = _existing(read_manifest(root))
-    elif (root / MANIFEST_NAME).is_file():
-        rows = _existing(read_manifest(root / MANIFEST_NAME))
-    else:
-        result = scan_source(root, progress=False)
-        for path, reason in result.unreadable:
-            logger.warning("skipping unreadable %s: %s", path, reason)
-        rows = result.rows
-        if result.layout == "presplit":
-            return rows
-        rows = group_near_duplicates(rows, progress=False)
-        return grouped_split(rows, val_fraction, test_fraction, seed)
-    if rows and any(not r.split for r in rows):
-        logger.info("manifest has rows without a split; assigning a grouped split")
-        if any(not r.group for r in rows):
-            rows = group_near_duplicates(rows, progress=False)
-        rows = grouped_split(rows, val_fraction, test_fraction, seed)
-    return rows
+        splits[row.group].add(row.split)
+    return sum(1 for s in splits.values() if len(s) > 1)

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from fisheye.data.manifest import ManifestRow
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:
@@ -38,7 +38,7 @@ def grouped_split(
         # Rows without a group are their own group.
         members[row.group or f"\x00row{i}"].append(i)
     if any(not r.group for r in rows):
-        logger.info("some rows have no near-duplicate group; each is treated as its own group")
+        log.info("some rows have no near-duplicate group; each is treated as its own group")
 
     class_sizes = Counter(r.label for r in rows)
     fractions = {"test": test_fraction, "val": val_fraction}

@@ -24,16 +24,9 @@ from PIL import Image
 
 from fisheye.bundle import WEIGHTS_FILE, Bundle, load_bundle
 from fisheye.data.images import decode_image
-from fisheye.data.transforms import Preprocessing, normalize, resize_image, to_uint8_tensor
-from fisheye.inference.backends import (
-    ONNX_BACKENDS,
-    TORCH,
-    Backend,
-    TorchBackend,
-    create_backend,
-    default_threads,
-    exported_entries,
-)
+from fisheye.data.preprocess import Preprocessing, normalize, resize_image, to_chw_uint8
+from fisheye.inference import registry
+from fisheye.inference.backend import Backend, default_threads
 from fisheye.inference.measure import (
     DEFAULT_VAL,
     LabelledSet,
@@ -42,13 +35,17 @@ from fisheye.inference.measure import (
     load_labelled_set,
     median_ms,
 )
+from fisheye.inference.predictor import Predictor
+from fisheye.inference.torch_backend import TorchBackend
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 8, 32)
+TORCH = "torch"
+# Variants of eager PyTorch that bench measures besides the registry's backends.
 TORCH_COMPILE = "torch-compile"
 TORCH_PRUNED = "torch-pruned"
-ALL_BACKENDS = (TORCH, TORCH_COMPILE, TORCH_PRUNED, *ONNX_BACKENDS)
+ALL_BACKENDS = (*registry.NAMES, TORCH_COMPILE, TORCH_PRUNED)
 PRUNE_AMOUNT = 0.3
 MB = 1024 * 1024
 
@@ -91,8 +88,8 @@ def _build(bundle: Bundle, name: str, threads: int) -> tuple[Backend, dict[str, 
         model = bundle.build_model()
         model.forward_features = torch.compile(model.forward_features, dynamic=False)
         return TorchBackend(model, name=TORCH_COMPILE), {"size_mb": weights_mb}
-    file_name, _ = exported_entries(bundle.meta)[name]
-    backend = create_backend(bundle, name, threads=threads)
+    file_name = registry.export_file(bundle.meta, name)
+    backend = registry.create_backend(bundle, name, threads=threads)
     return backend, {"size_mb": (bundle.path / file_name).stat().st_size / MB}
 
 
@@ -106,14 +103,14 @@ def bench_backend(
     batch_sizes: Sequence[int] = BATCH_SIZES,
 ) -> dict[str, Any]:
     """Latency per batch size (median after warm-up), images/s, size and accuracy of a backend."""
-    spec = bundle.preprocessing
     torch.set_num_threads(threads)
     start = time.perf_counter()
     backend, info = _build(bundle, name, threads)
+    inputs = Predictor(bundle, backend=backend)
     latency: dict[str, float] = {}
     first_call_ms = None
     for n in batch_sizes:
-        batch = example_batch(evalset, spec, n)
+        batch = example_batch(inputs, evalset, n)
         if first_call_ms is None:  # for torch.compile this includes the compilation
             t0 = time.perf_counter()
             backend.run(batch)
@@ -124,7 +121,7 @@ def bench_backend(
         "latency_ms": latency,
         "images_per_s": round(int(largest) * 1000.0 / latency[largest], 2),
         "size_mb": round(info.pop("size_mb"), 3),
-        "accuracy": accuracy(backend, evalset, spec) if evalset is not None else None,
+        "accuracy": accuracy(bundle, backend, evalset) if evalset is not None else None,
         "first_call_ms": round(first_call_ms or 0.0, 1),
         "setup_s": round(time.perf_counter() - start, 2),
         **info,
@@ -151,7 +148,7 @@ def _jpeg_256(evalset_source: Path | None) -> bytes:
 
 
 def bench_preprocessing(spec: Preprocessing, jpeg: bytes, repeats: int = 50) -> dict[str, Any]:
-    """Decode + resize + normalise of one JPEG: the Predictor's PIL path vs torchvision.io."""
+    """Decode + resize + normalise of one JPEG: the Predictor's path vs torchvision.io."""
     from torchvision.io import decode_jpeg
     from torchvision.transforms.v2 import functional as F
 
@@ -166,14 +163,16 @@ def bench_preprocessing(spec: Preprocessing, jpeg: bytes, repeats: int = 50) -> 
     timings: dict[str, Callable[[], object]] = {
         "pil_decode_ms": lambda: decode_image(jpeg),
         "pil_resize_ms": lambda: resize_image(img, spec),
-        "to_tensor_normalize_ms": lambda: normalize(to_uint8_tensor(resized), spec),
+        "to_array_normalize_ms": lambda: normalize(to_chw_uint8(resized), spec),
         "predictor_total_ms": lambda: normalize(
-            to_uint8_tensor(resize_image(decode_image(jpeg), spec)), spec
+            to_chw_uint8(resize_image(decode_image(jpeg), spec)), spec
         ),
         "torchvision_decode_ms": lambda: decode_jpeg(raw),
         "torchvision_resize_uint8_ms": lambda: F.resize(decoded, [size, size], antialias=True),
-        "torchvision_total_ms": lambda: normalize(
-            F.resize(decode_jpeg(raw), [size, size], antialias=True), spec
+        "torchvision_total_ms": lambda: F.normalize(
+            F.resize(decode_jpeg(raw), [size, size], antialias=True).float() / 255.0,
+            list(spec.mean),
+            list(spec.std),
         ),
     }
     out: dict[str, Any] = {"jpeg": f"{img.width}x{img.height}, {len(jpeg)} bytes"}
@@ -196,21 +195,22 @@ def run_bench(
     """Measure each available backend and the preprocessing; the `fisheye bench --json` object."""
     bundle = load_bundle(bundle_dir)
     threads = threads or default_threads()
-    exported = set(exported_entries(bundle.meta))
     wanted = list(backends) if backends else list(ALL_BACKENDS)
     unknown = sorted(set(wanted) - set(ALL_BACKENDS))
     if unknown:
         raise ValueError(f"unknown backends {unknown}; choose from {list(ALL_BACKENDS)}")
-    names = [b for b in wanted if b not in ONNX_BACKENDS or b in exported]
-    for missing in sorted(set(wanted) & set(ONNX_BACKENDS) - exported):
+    available = [
+        b for b in wanted if b not in registry.BACKENDS or registry.has_export(bundle.meta, b)
+    ]
+    for missing in sorted(set(wanted) - set(available)):
         log.info("%s: not exported in this bundle (fisheye export --format %s)", missing, missing)
     if data is None and DEFAULT_VAL.is_dir():
         data = DEFAULT_VAL
     evalset = None
     if data is not None:
-        evalset = load_labelled_set(data, bundle.classes, bundle.preprocessing, limit=limit)
+        evalset = load_labelled_set(data, bundle.classes, limit=limit)
     results: dict[str, Any] = {}
-    for name in names:
+    for name in available:
         if on_backend is not None:
             on_backend(name)
         try:

@@ -9,6 +9,7 @@ keeps the accuracy and refuses a file that was changed.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import shutil
 import tempfile
@@ -21,16 +22,9 @@ import numpy as np
 import torch
 
 from fisheye.bundle import Bundle, add_file, load_bundle
-from fisheye.data.transforms import normalize
-from fisheye.inference.backends import (
-    ONNX,
-    ONNX_INPUT,
-    ONNX_INT8,
-    ONNX_OUTPUTS,
-    OnnxBackend,
-    TorchBackend,
-    default_threads,
-)
+from fisheye.data.files import collect_image_paths
+from fisheye.inference import registry
+from fisheye.inference.backend import Backend, default_threads
 from fisheye.inference.measure import (
     DEFAULT_TRAIN,
     DEFAULT_VAL,
@@ -38,16 +32,22 @@ from fisheye.inference.measure import (
     accuracy,
     example_batch,
     load_labelled_set,
-    load_uint8,
     median_ms,
+    preprocessed,
     spread,
 )
+from fisheye.inference.onnx_backend import ONNX_INPUT, ONNX_OUTPUTS, OnnxBackend
+from fisheye.inference.predictor import Predictor
+from fisheye.inference.torch_backend import TorchBackend
 
 log = logging.getLogger(__name__)
 
-FORMATS = (ONNX, ONNX_INT8, "torchscript")
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
+ONNX = "onnx"
+ONNX_INT8 = "onnx-int8"
+TORCHSCRIPT = registry.TORCHSCRIPT
+FORMATS = registry.EXPORT_FORMATS
+ONNX_FILE = registry.spec(ONNX).export_file or "model.onnx"
+INT8_FILE = registry.spec(ONNX_INT8).export_file or "model.int8.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 DEFAULT_OPSET = 18
 # fp32 ONNX must match eager within these (probabilities and features).
@@ -124,7 +124,7 @@ def _onnx_export(model: torch.nn.Module, example: torch.Tensor, out: Path, opset
     return "torch.onnx.export(dynamo=False)"
 
 
-def check_outputs(reference: TorchBackend, candidate: Any, batch: torch.Tensor) -> dict[str, float]:
+def check_outputs(reference: Backend, candidate: Backend, batch: np.ndarray) -> dict[str, float]:
     """Max absolute differences of probabilities and features between two backends."""
     ref, got = reference.run(batch), candidate.run(batch)
     if got.probabilities.shape != ref.probabilities.shape:
@@ -150,20 +150,19 @@ def _eval_set(bundle: Bundle, data: Path | None, limit: int | None) -> LabelledS
             return None
         data = DEFAULT_VAL
     log.info("measuring accuracy on %s%s", data, f" (subset of {limit})" if limit else "")
-    return load_labelled_set(data, bundle.classes, bundle.preprocessing, limit=limit)
+    return load_labelled_set(data, bundle.classes, limit=limit)
 
 
 def _measure(
     bundle: Bundle,
     reference: TorchBackend,
-    candidate: Any,
+    candidate: Backend,
     evalset: LabelledSet | None,
     threads: int,
     repeats: int,
 ) -> dict[str, Any]:
     """Accuracy and batch-1 latency of the candidate next to eager fp32's."""
-    spec = bundle.preprocessing
-    one = example_batch(evalset, spec, 1)
+    one = example_batch(Predictor(bundle, backend=reference), evalset, 1)
     torch.set_num_threads(threads)
     info: dict[str, Any] = {
         "latency_ms": round(median_ms(lambda: candidate.run(one), repeats=repeats), 3),
@@ -171,8 +170,8 @@ def _measure(
         "threads": threads,
     }
     if evalset is not None and len(evalset):
-        info["accuracy"] = accuracy(candidate, evalset, spec)
-        info["reference_accuracy"] = accuracy(reference, evalset, spec)
+        info["accuracy"] = accuracy(bundle, candidate, evalset)
+        info["reference_accuracy"] = accuracy(bundle, reference, evalset)
         info["eval"] = {"data": evalset.source, "n_images": len(evalset)}
     return info
 
@@ -194,13 +193,14 @@ def export_onnx(
     reference = TorchBackend(model)
     threads = threads or default_threads()
     evalset = _eval_set(bundle, data, limit)
-    spec = bundle.preprocessing
+    inputs = Predictor(bundle, backend=reference)
     with tempfile.TemporaryDirectory(dir=bundle.path, prefix=".export-") as tmp:
         tmp_file = Path(tmp) / ONNX_FILE
+        example = torch.from_numpy(example_batch(inputs, evalset, 2))
         with _quiet_third_party():
-            exporter = _onnx_export(model, example_batch(evalset, spec, 2), tmp_file, opset)
+            exporter = _onnx_export(model, example, tmp_file, opset)
         candidate = OnnxBackend(tmp_file, ONNX, threads=threads)
-        diffs = check_outputs(reference, candidate, example_batch(evalset, spec, 8))
+        diffs = check_outputs(reference, candidate, example_batch(inputs, evalset, 8))
         if (
             diffs["max_abs_diff_probabilities"] > PROB_ATOL
             or diffs["max_abs_diff_features"] > FEATURE_ATOL
@@ -232,20 +232,15 @@ class _PhotoReader:
 
 
 def calibration_batches(
-    bundle: Bundle, calibration: Path, size: int, batch_size: int = 16
+    predictor: Predictor, calibration: Path, size: int, batch_size: int = 16
 ) -> tuple[list[np.ndarray], int]:
     """Up to `size` photos from a folder, through the bundle's preprocessing, as batches."""
-    from fisheye.inference.files import collect_image_paths
-
     paths = spread(sorted(collect_image_paths([Path(calibration)])), size)
-    images, _ = load_uint8(paths, bundle.preprocessing)
-    if not images:
+    inputs = preprocessed(predictor, paths)
+    if not inputs:
         raise ExportError(f"no readable calibration photos in {calibration}")
-    batches = [
-        normalize(torch.stack(images[i : i + batch_size]), bundle.preprocessing).numpy()
-        for i in range(0, len(images), batch_size)
-    ]
-    return batches, len(images)
+    batches = [np.stack(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    return batches, len(inputs)
 
 
 def _ensure_onnx(bundle_dir: Path, **kwargs: Any) -> Bundle:
@@ -295,7 +290,8 @@ def export_onnx_int8(
     bundle = _ensure_onnx(bundle_dir, data=data, limit=limit, threads=threads)
     threads = threads or default_threads()
     reference = TorchBackend(bundle.build_model())
-    batches, n_calib = calibration_batches(bundle, calibration, calibration_size)
+    inputs = Predictor(bundle, backend=reference)
+    batches, n_calib = calibration_batches(inputs, calibration, calibration_size)
     log.info("calibrating int8 on %d photos from %s (%s)", n_calib, calibration, method)
     evalset = _eval_set(bundle, data, limit)
     with tempfile.TemporaryDirectory(dir=bundle.path, prefix=".export-") as tmp:
@@ -316,7 +312,7 @@ def export_onnx_int8(
                 extra_options={"CalibTensorRangeSymmetric": False},
             )
         candidate = OnnxBackend(out, ONNX_INT8, threads=threads)
-        diffs = check_outputs(reference, candidate, example_batch(evalset, bundle.preprocessing, 8))
+        diffs = check_outputs(reference, candidate, example_batch(inputs, evalset, 8))
         info = _measure(bundle, reference, candidate, evalset, threads, repeats)
         shutil.move(str(out), bundle.path / INT8_FILE)
     entry = {
@@ -344,14 +340,14 @@ def export_torchscript(bundle_dir: Path) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir)
     model = bundle.build_model()
     reference = TorchBackend(model)
-    spec = bundle.preprocessing
-    example = example_batch(None, spec, 2)
+    inputs = Predictor(bundle, backend=reference)
+    example = torch.from_numpy(example_batch(inputs, None, 2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(LogitsAndFeatures(model), example, check_trace=False)
-    check = example_batch(None, spec, 4)
+    check = example_batch(inputs, None, 4)
     with torch.inference_mode():
-        logits, features = traced(check)
+        logits, features = traced(torch.from_numpy(check))
     ref = reference.run(check)
     diff = float(np.abs(torch.softmax(logits, 1).numpy() - ref.probabilities).max())
     if diff > PROB_ATOL:
@@ -370,17 +366,19 @@ def export_torchscript(bundle_dir: Path) -> dict[str, Any]:
     return entry
 
 
-def export(bundle_dir: Path, fmt: str, **kwargs: Any) -> dict[str, Any]:
-    """Export one format ("onnx", "onnx-int8" or "torchscript") into the bundle."""
-    if fmt == ONNX:
-        for key in ("calibration", "calibration_size", "method"):
-            kwargs.pop(key, None)
-        return export_onnx(bundle_dir, **kwargs)
-    if fmt == ONNX_INT8:
-        return export_onnx_int8(bundle_dir, **kwargs)
-    if fmt == "torchscript":
+def export(bundle_dir: Path, fmt: str, **options: Any) -> dict[str, Any]:
+    """Export one format (an exported backend of the registry, or torchscript) into the bundle.
+
+    Each exporter takes the `options` it knows (e.g. `calibration` for int8) and ignores
+    the rest, so one call serves every format.
+    """
+    if fmt == TORCHSCRIPT:
         return export_torchscript(bundle_dir)
-    raise ExportError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
+    exporter = registry.exporter(fmt)
+    accepted = inspect.signature(exporter).parameters
+    return exporter(bundle_dir, **{k: v for k, v in options.items() if k in accepted})
 
 
 def _summary(entry: dict[str, Any]) -> str:

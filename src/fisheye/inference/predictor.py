@@ -1,26 +1,40 @@
-"""The Predictor: the only place photos become model inputs at inference time."""
+"""The Predictor: the only place photos become model inputs at inference time.
+
+`run_files` is the one decode -> batch -> infer loop: `fisheye predict`, evaluation, the
+drift reference fit and the accuracy measurements of export and bench all go through it.
+"""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
 from fisheye.bundle import Bundle, load_bundle
 from fisheye.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from fisheye.data.transforms import preprocess
-from fisheye.inference.backends import AUTO, Backend, InferenceOutput, TorchBackend, create_backend
+from fisheye.data.preprocess import preprocess
+from fisheye.inference.backend import Backend, InferenceOutput
+from fisheye.inference.registry import AUTO, create_backend
 
-if TYPE_CHECKING:
-    from fisheye.monitoring.reference import Monitor
+__all__ = ["FileOutput", "FileResult", "FeatureScorer", "Prediction", "Predictor"]
 
-__all__ = ["FileResult", "InferenceOutput", "Prediction", "Predictor", "TorchBackend"]
+Source = bytes | str | Path
+
+
+class FeatureScorer(Protocol):
+    """Scores penultimate features for being unlike the training photos (monitoring fits one)."""
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """One score per row; higher = less like the training photos."""
+        ...
+
+    def is_in_distribution(self, scores: np.ndarray) -> np.ndarray:
+        """True where a score is within the calibrated threshold."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +45,7 @@ class Prediction:
     confidence: float
     top_k: list[tuple[str, float]]
     probabilities: np.ndarray = field(repr=False)
-    # Set when the bundle has a drift reference (fisheye.monitoring): higher = less familiar.
+    # Set when the Predictor has an OOD scorer: higher = less familiar.
     ood_score: float | None = None
     in_distribution: bool | None = None
 
@@ -49,6 +63,22 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class FileOutput:
+    """The model's raw output for one file, or the reason the file could not be read."""
+
+    path: Path
+    probabilities: np.ndarray | None = None
+    features: np.ndarray | None = None
+    ood_score: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the file was read and run through the model."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
 class FileResult:
     """A prediction for one file, or the reason it could not be read."""
 
@@ -60,96 +90,136 @@ class FileResult:
 class Predictor:
     """Runs a bundle's model on photos with the bundle's own preprocessing.
 
-    `backend` is "torch", "onnx", "onnx-int8" or "auto" (the fastest exported backend whose
-    recorded accuracy is within 0.5 points of fp32; torch when nothing is exported).
-    `threads` sets the backend's intra-op threads (default: torch's setting).
+    `backend` is a registry name ("torch", "onnx", "onnx-int8"), "auto" (the fastest
+    exported backend whose recorded accuracy is within 0.5 points of fp32), or a built
+    Backend. `ood` (from `fisheye.monitoring`) adds an OOD score and verdict to every output.
     """
 
     def __init__(
         self,
         bundle: Bundle,
         *,
+        backend: str | Backend = AUTO,
         top_k: int = 5,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        backend: str = AUTO,
         threads: int | None = None,
         spinning: bool = True,
+        ood: FeatureScorer | None = None,
     ):
         self.bundle = bundle
         self.classes = bundle.classes
         self.preprocessing = bundle.preprocessing
         self.top_k = min(top_k, len(self.classes))
         self.max_pixels = max_pixels
-        self._model: torch.nn.Module | None = None
-        self.backend: Backend = create_backend(bundle, backend, threads=threads, spinning=spinning)
-        if isinstance(self.backend, TorchBackend):
-            self._model = self.backend.model
-
-    @property
-    def model(self) -> torch.nn.Module:
-        """The eager PyTorch model (built on first use when another backend runs)."""
-        if self._model is None:
-            self._model = self.bundle.build_model()
-        return self._model
+        self.ood = ood
+        self.backend: Backend = (
+            create_backend(bundle, backend, threads=threads, spinning=spinning)
+            if isinstance(backend, str)
+            else backend
+        )
 
     @classmethod
     def from_dir(cls, bundle_dir: Path | None = None, **kwargs) -> Predictor:
         """Load and verify a bundle, then build its Predictor."""
         return cls(load_bundle(bundle_dir), **kwargs)
 
-    def decode(self, source: bytes | str | Path) -> Image.Image:
+    @property
+    def backend_name(self) -> str:
+        """Which backend runs the model, e.g. torch, onnx or onnx-int8."""
+        return self.backend.name
+
+    def decode(self, source: Source) -> Image.Image:
         """Decode a photo under this Predictor's pixel limit (raises ImageDecodeError)."""
         return decode_image(source, max_pixels=self.max_pixels)
 
-    def to_tensor(self, img: Image.Image) -> torch.Tensor:
-        """The model input for one decoded photo."""
+    def prepare(self, source: Source | Image.Image) -> np.ndarray:
+        """The (3, H, W) float32 model input for one photo (raises ImageDecodeError)."""
+        img = source if isinstance(source, Image.Image) else self.decode(source)
         return preprocess(img, self.preprocessing)
 
-    @property
-    def backend_name(self) -> str:
-        """Which backend runs the model: torch, onnx or onnx-int8."""
-        return self.backend.name
+    def infer(self, batch: np.ndarray) -> InferenceOutput:
+        """One model call on a preprocessed (N, 3, H, W) batch, with OOD scores if scored."""
+        out = self.backend.run(batch)
+        if self.ood is not None:
+            out = out.with_ood_scores(self.ood.score(out.features))
+        return out
 
-    def infer(self, batch: torch.Tensor) -> InferenceOutput:
-        """Probabilities and features for a preprocessed batch (one model call)."""
-        return self.backend.run(batch)
-
-    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        """Softmax probabilities for a preprocessed batch, shape (N, classes)."""
-        return self.infer(batch).probabilities
-
-    @functools.cached_property
-    def monitor(self) -> Monitor | None:
-        """The bundle's drift reference and OOD scorer for this backend, or None without one."""
-        from fisheye.monitoring.reference import load_monitor
-
-        return load_monitor(self.bundle, backend=self.backend_name)
-
-    def prediction_from_probabilities(
-        self, probs: np.ndarray, top_k: int | None = None, ood_score: float | None = None
-    ):
+    def prediction(
+        self, probs: np.ndarray, ood_score: float | None = None, top_k: int | None = None
+    ) -> Prediction:
         """The Prediction (label, confidence, top-k, OOD verdict) for one row of probabilities."""
-        top_k = min(top_k or self.top_k, len(self.classes))
-        order = np.argsort(-probs)[:top_k]
+        k = min(top_k or self.top_k, len(self.classes))
+        order = np.argsort(-probs)[:k]
         top = [(self.classes[i], float(probs[i])) for i in order]
         in_dist = None
-        if ood_score is not None and self.monitor is not None:
-            in_dist = bool(self.monitor.ood.is_in_distribution(ood_score))
+        if ood_score is not None and self.ood is not None:
+            in_dist = bool(self.ood.is_in_distribution(np.asarray([ood_score]))[0])
         return Prediction(top[0][0], top[0][1], top, probs, ood_score, in_dist)
 
-    def predict_images(self, images: Sequence[Image.Image], top_k: int | None = None):
+    def predictions(self, out: InferenceOutput, top_k: int | None = None) -> list[Prediction]:
+        """One Prediction per row of a model output, in order."""
+        scores = [None] * len(out) if out.ood_scores is None else [float(s) for s in out.ood_scores]
+        return [
+            self.prediction(p, s, top_k) for p, s in zip(out.probabilities, scores, strict=True)
+        ]
+
+    def predict_images(
+        self, images: Sequence[Image.Image], top_k: int | None = None
+    ) -> list[Prediction]:
         """Predict decoded RGB photos, one Prediction each, in order."""
         if not images:
             return []
-        k = min(top_k or self.top_k, len(self.classes))
-        out = self.infer(torch.stack([self.to_tensor(im) for im in images]))
-        scores = [None] * len(images)
-        if self.monitor is not None:
-            scores = [float(s) for s in self.monitor.ood.score(out.features)]
-        return [
-            self.prediction_from_probabilities(p, k, s)
-            for p, s in zip(out.probabilities, scores, strict=True)
-        ]
+        return self.predictions(self.infer(np.stack([self.prepare(im) for im in images])), top_k)
+
+    def prepare_files(
+        self, paths: Iterable[Path]
+    ) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+        """(path, model input, None) per readable file, (path, None, error) per unreadable one."""
+        for path in paths:
+            try:
+                yield Path(path), self.prepare(path), None
+            except ImageDecodeError as exc:
+                yield Path(path), None, str(exc)
+
+    def run_files(
+        self,
+        paths: Iterable[Path],
+        *,
+        batch_size: int = 16,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        on_done: Callable[[int], None] | None = None,
+    ) -> Iterator[FileOutput]:
+        """Decode, batch and run files; unreadable files come back as errors, in input order.
+
+        `transform` (e.g. a corruption in a benchmark) maps each preprocessed batch before
+        the model call; `on_done(n)` is called after each batch of n files.
+        """
+        pending: list[tuple[Path, np.ndarray | None, str | None]] = []
+
+        def flush() -> Iterator[FileOutput]:
+            good = [x for _, x, _ in pending if x is not None]
+            out: InferenceOutput | None = None
+            if good:
+                batch = np.stack(good)
+                out = self.infer(transform(batch) if transform is not None else batch)
+            row = 0
+            for path, x, err in pending:
+                if x is None or out is None:
+                    yield FileOutput(path, error=err)
+                    continue
+                score = None if out.ood_scores is None else float(out.ood_scores[row])
+                yield FileOutput(path, out.probabilities[row], out.features[row], score)
+                row += 1
+            if on_done:
+                on_done(len(pending))
+            pending.clear()
+
+        for item in self.prepare_files(paths):
+            pending.append(item)
+            if len(pending) >= batch_size:
+                yield from flush()
+        if pending:
+            yield from flush()
 
     def predict_files(
         self,
@@ -160,27 +230,8 @@ class Predictor:
         on_done: Callable[[int], None] | None = None,
     ) -> Iterator[FileResult]:
         """Predict files in batches; unreadable files come back as errors, in input order."""
-        pending: list[tuple[Path, Image.Image | None, str | None]] = []
-
-        def flush() -> Iterator[FileResult]:
-            good = [(p, im) for p, im, _ in pending if im is not None]
-            preds = iter(self.predict_images([im for _, im in good], top_k=top_k))
-            for path, img, err in pending:
-                yield (
-                    FileResult(path, next(preds))
-                    if img is not None
-                    else FileResult(path, None, err)
-                )
-            if on_done:
-                on_done(len(pending))
-            pending.clear()
-
-        for path in paths:
-            try:
-                pending.append((path, self.decode(path), None))
-            except ImageDecodeError as exc:
-                pending.append((path, None, str(exc)))
-            if len(pending) >= batch_size:
-                yield from flush()
-        if pending:
-            yield from flush()
+        for out in self.run_files(paths, batch_size=batch_size, on_done=on_done):
+            if out.probabilities is None:
+                yield FileResult(out.path, None, out.error)
+            else:
+                yield FileResult(out.path, self.prediction(out.probabilities, out.ood_score, top_k))

@@ -13,10 +13,10 @@ from PIL import Image
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from fisheye.bundle import load_bundle
+from fisheye.data.files import collect_image_paths
 from fisheye.data.images import decode_image
-from fisheye.data.transforms import normalize, resize_image, to_uint8_tensor
-from fisheye.inference.backends import default_threads
-from fisheye.inference.files import collect_image_paths
+from fisheye.data.preprocess import normalize, resize_image, to_chw_uint8
+from fisheye.inference.backend import default_threads
 from fisheye.inference.measure import DEFAULT_VAL, spread
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,9 @@ def run_profile(
         with record_function("decode (PIL)"):
             images = [decode_image(p) for p in photos]
         with record_function("resize (PIL, uint8)"):
-            resized = [to_uint8_tensor(resize_image(im, spec)) for im in images]
-        with record_function("normalize"):
-            batch = normalize(torch.stack(resized), spec)
+            resized = [to_chw_uint8(resize_image(im, spec)) for im in images]
+        with record_function("normalize (NumPy)"):
+            batch = torch.from_numpy(normalize(np.stack(resized), spec))
         with record_function("model forward"), torch.inference_mode():
             torch.softmax(model.head(model.forward_features(batch)), dim=1)
 
@@ -84,8 +84,8 @@ def run_profile(
     inference_trace = out_dir / "inference.trace.json"
     prof_inf.export_chrome_trace(str(inference_trace))
 
-    images = [to_uint8_tensor(resize_image(decode_image(p), spec)) for p in photos]
-    x = normalize(torch.stack(images), spec)
+    images = [to_chw_uint8(resize_image(decode_image(p), spec)) for p in photos]
+    x = torch.from_numpy(normalize(np.stack(images), spec))
     y = torch.arange(len(images)) % len(bundle.classes)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)

@@ -151,9 +151,9 @@ class DriftDetector:
         self.detector.fit(ref)
 
     @property
-    def reference(self) -> torch.Tensor:
+    def reference(self) -> np.ndarray:
         """The reference features (n_ref, D)."""
-        return self.detector.base_outputs
+        return self.detector.base_outputs.numpy()
 
     def test(
         self,
@@ -183,7 +183,7 @@ class DriftDetector:
                 if seed is not None:
                     torch.manual_seed(seed)
                 score_t, p_t = self.detector.predict_shift_from_features(
-                    self.reference, x, compute_score=True, compute_p_value=True
+                    self.detector.base_outputs, x, compute_score=True, compute_p_value=True
                 )
             score, p_value = float(score_t), float(p_t)
             if not math.isfinite(score):

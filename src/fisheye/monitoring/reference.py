@@ -1,9 +1,10 @@
 """The drift reference stored in a bundle: reference features, kernel bandwidth, OOD statistics.
 
-`fit_reference` runs a sample of training photos through the Predictor (one model call gives
+`fit_bundle` runs a sample of training photos through the Predictor (one model call gives
 probabilities and penultimate features), fits the OOD scorer on them, calibrates its
 threshold on validation photos, and `save_reference` writes everything to one safetensors
-file recorded (with its sha256) in bundle.json.
+file recorded (with its sha256) in bundle.json. `load_predictor` builds a Predictor that
+scores every photo for OOD with the reference of its own backend.
 """
 
 from __future__ import annotations
@@ -15,31 +16,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import load, save_file
 
-from fisheye.bundle import Bundle, add_file
-from fisheye.data.images import ImageDecodeError
-from fisheye.inference.files import collect_image_paths
+from fisheye.bundle import Bundle, add_file, load_bundle
+from fisheye.data.images import DEFAULT_MAX_PIXELS
+from fisheye.inference import registry
+from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DEFAULT_ALPHA, DEFAULT_PERMUTATIONS, DriftDetector
 from fisheye.monitoring.ood import DEFAULT_COMPONENTS, DEFAULT_FALSE_ALARM_RATE, OODScorer
-
-if TYPE_CHECKING:
-    from fisheye.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
 DRIFT_FILE = "drift_reference.safetensors"
 DRIFT_KIND = "drift_reference"
-# Backends whose features are the fp32 model's own (the ONNX fp32 export matches torch to
-# ~1e-5): they share one reference. Quantised backends (int8) get their own: their features
-# differ by ~19% (relative L2), enough to flag in-distribution photos as drift.
-FP32_BACKENDS = ("torch", "onnx")
-DEFAULT_REFERENCE_SIZE = 500
-DEFAULT_FIT_SIZE = 1500
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How a drift reference is fitted (`fisheye drift fit`, and `drift.*` in training)."""
+
+    sample: int = 1500  # training photos whose features fit the OOD scorer
+    reference_size: int = 500  # of those, photos kept as the MMD reference
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE  # OOD threshold, on val photos
+    seed: int = 0
 
 
 @dataclass
@@ -51,16 +53,6 @@ class Features:
     probabilities: np.ndarray  # (N, C)
     labels: list[str | None]  # the folder's class when known
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def labelled_paths(root: Path, classes: Sequence[str]) -> list[tuple[Path, str | None]]:
-    """Photos under `root`, labelled by their first folder when it is one of `classes`."""
-    known = set(classes)
-    out: list[tuple[Path, str | None]] = []
-    for p in collect_image_paths([root]):
-        parts = p.relative_to(root).parts
-        out.append((p, parts[0] if len(parts) > 1 and parts[0] in known else None))
-    return out
 
 
 def sample(items: Sequence[Any], n: int | None, seed: int) -> list[Any]:
@@ -75,41 +67,32 @@ def extract_features(
     items: Sequence[tuple[Path, str | None]],
     *,
     batch_size: int = 32,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
     on_done: Callable[[int], None] | None = None,
 ) -> Features:
     """Penultimate features and probabilities for photos; unreadable ones are reported."""
+    label_of = {Path(p): label for p, label in items}
     paths: list[Path] = []
     labels: list[str | None] = []
     feats: list[np.ndarray] = []
     probs: list[np.ndarray] = []
     unreadable: list[tuple[Path, str]] = []
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        tensors = []
-        for path, label in chunk:
-            try:
-                tensors.append(predictor.to_tensor(predictor.decode(path)))
-            except ImageDecodeError as exc:
-                log.warning("skipping %s: %s", path, exc)
-                unreadable.append((path, str(exc)))
-                continue
-            paths.append(path)
-            labels.append(label)
-        if tensors:
-            batch = torch.stack(tensors)
-            if transform is not None:
-                batch = transform(batch)
-            out = predictor.infer(batch)
-            feats.append(out.features)
-            probs.append(out.probabilities)
-        if on_done:
-            on_done(len(chunk))
-    dim = 0
+    outputs = predictor.run_files(
+        [p for p, _ in items], batch_size=batch_size, transform=transform, on_done=on_done
+    )
+    for out in outputs:
+        if out.probabilities is None or out.features is None:
+            log.warning("skipping %s: %s", out.path, out.error)
+            unreadable.append((out.path, out.error or "unreadable"))
+            continue
+        paths.append(out.path)
+        labels.append(label_of[out.path])
+        feats.append(out.features)
+        probs.append(out.probabilities)
     return Features(
         paths,
-        np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
-        np.concatenate(probs) if probs else np.zeros((0, len(predictor.classes)), np.float32),
+        np.stack(feats) if feats else np.zeros((0, 0), np.float32),
+        np.stack(probs) if probs else np.zeros((0, len(predictor.classes)), np.float32),
         labels,
         unreadable,
     )
@@ -122,15 +105,24 @@ class Monitor:
     drift: DriftDetector
     ood: OODScorer
     info: dict[str, Any] = field(default_factory=dict)
-    backend: str = "torch"  # the backend whose features the reference was fitted on
+    backend: str = "torch"  # the feature family the reference was fitted on
     serving_backend: str | None = None  # the backend it is used with (None: not known)
 
     @property
     def matches_backend(self) -> bool:
         """Whether the reference was fitted on features of the backend that uses it."""
-        return self.serving_backend is None or reference_family(
-            self.serving_backend
-        ) == reference_family(self.backend)
+        return self.serving_backend is None or registry.family(self.serving_backend) == (
+            self.backend
+        )
+
+    def summary(self) -> str:
+        """One line on how the monitor was fitted."""
+        info = self.info
+        return (
+            f"{info['n_reference']} reference photos, OOD scorer fitted on {info['n_fit']}, "
+            f"threshold {self.ood.threshold:.1f} ({info['calibration_false_alarm_rate']:.1%} "
+            f"false alarms on {info['n_calibration']} {info['calibration']} photos)"
+        )
 
     def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """OOD scores and in-distribution flags for a batch of features."""
@@ -143,7 +135,7 @@ def fit_monitor(
     val: Features | None,
     classes: Sequence[str],
     *,
-    reference_size: int = DEFAULT_REFERENCE_SIZE,
+    reference_size: int = FitOptions.reference_size,
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
     n_components: int = DEFAULT_COMPONENTS,
     seed: int = 0,
@@ -186,14 +178,9 @@ def fit_monitor(
     return Monitor(drift, ood, info)
 
 
-def reference_family(backend: str) -> str:
-    """Backends with the same features share a reference: torch and onnx are both fp32."""
-    return "torch" if backend in FP32_BACKENDS else backend
-
-
 def reference_file(backend: str) -> str:
     """The drift reference's file name for a backend (the fp32 one keeps the plain name)."""
-    family = reference_family(backend)
+    family = registry.family(backend)
     return DRIFT_FILE if family == "torch" else f"drift_reference.{family}.safetensors"
 
 
@@ -205,7 +192,7 @@ def reference_entries(meta: dict[str, Any]) -> dict[str, tuple[str, dict[str, An
     found: dict[str, tuple[str, dict[str, Any]]] = {}
     for name, entry in meta.get("files", {}).items():
         if entry.get("kind") == DRIFT_KIND:
-            found[reference_family(entry.get("features_backend", "torch"))] = (name, entry)
+            found[registry.family(entry.get("features_backend", "torch"))] = (name, entry)
     return found
 
 
@@ -214,29 +201,27 @@ def save_reference(
 ) -> Path:
     """Write the monitor's arrays into the bundle and record the file in bundle.json."""
     bundle_dir = Path(bundle_dir)
-    backend = reference_family(backend or monitor.backend)
+    backend = registry.family(backend or monitor.backend)
     file_name = reference_file(backend)
     ood = monitor.ood
-    tensors = {
+    arrays = {
         # float16 halves the file; the MMD test is insensitive at this precision.
-        "reference": monitor.drift.reference.to(torch.float16).contiguous(),
-        "class_means": torch.from_numpy(ood.class_means).contiguous(),
-        "components": torch.from_numpy(ood.components).contiguous(),
-        "eigenvalues": torch.from_numpy(ood.eigenvalues).contiguous(),
-        "calibration_scores": torch.from_numpy(
-            np.asarray(ood.calibration_scores, dtype=np.float32)
-        ).contiguous(),
+        "reference": np.ascontiguousarray(monitor.drift.reference, dtype=np.float16),
+        "class_means": np.ascontiguousarray(ood.class_means, dtype=np.float32),
+        "components": np.ascontiguousarray(ood.components, dtype=np.float32),
+        "eigenvalues": np.ascontiguousarray(ood.eigenvalues, dtype=np.float32),
+        "calibration_scores": np.ascontiguousarray(ood.calibration_scores, dtype=np.float32),
     }
     path = bundle_dir / file_name
     tmp = bundle_dir / f".{file_name}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    save_file(arrays, str(tmp), metadata={"format": "np"})
     os.chmod(tmp, 0o644)  # safetensors writes owner-only files; bundles are shared
     tmp.replace(path)
     add_file(
         bundle_dir,
         file_name,
         kind=DRIFT_KIND,
-        # Not `backend`: that key marks an exported model form (inference.backends).
+        # Not `backend`: that key marks an exported model form (fisheye.inference.registry).
         features_backend=backend,
         bandwidth=monitor.drift.bandwidth,
         n_permutations=monitor.drift.n_permutations,
@@ -270,7 +255,7 @@ def load_monitor(
     entries = reference_entries(bundle.meta)
     if not entries:
         return None
-    wanted = reference_family(backend) if backend else "torch"
+    wanted = registry.family(backend) if backend else "torch"
     if wanted in entries:
         family = wanted
     else:
@@ -287,21 +272,21 @@ def load_monitor(
             backend,
         )
     file_name, entry = entries[family]
-    t = load_file(str(bundle.path / file_name))
+    t = load(bundle.read_file(file_name))
     o = entry["ood"]
     ood = OODScorer(
-        class_means=t["class_means"].numpy(),
-        components=t["components"].numpy(),
-        eigenvalues=t["eigenvalues"].numpy(),
+        class_means=t["class_means"],
+        components=t["components"],
+        eigenvalues=t["eigenvalues"],
         residual_variance=float(o["residual_variance"]),
         threshold=float(o["threshold"]),
         false_alarm_rate=float(o["false_alarm_rate"]),
-        calibration_scores=t["calibration_scores"].numpy(),
+        calibration_scores=t["calibration_scores"],
     )
     if false_alarm_rate is not None and false_alarm_rate != ood.false_alarm_rate:
         ood.calibrate(ood.calibration_scores, false_alarm_rate)
     drift = DriftDetector(
-        t["reference"].float(),
+        t["reference"].astype(np.float32),
         entry["bandwidth"],
         n_permutations=n_permutations or int(entry.get("n_permutations", DEFAULT_PERMUTATIONS)),
         alpha=alpha or float(entry.get("alpha", DEFAULT_ALPHA)),
@@ -309,48 +294,71 @@ def load_monitor(
     return Monitor(drift, ood, dict(entry.get("fitted", {})), family, backend)
 
 
-def resolve_val_dir(data: Path, val: Path | None) -> tuple[Path, Path | None]:
-    """(train, val) folders: data/train + data/val, or data + its sibling val/, or --val."""
-    if val is not None:
-        return data, val
-    if (data / "train").is_dir():
-        return data / "train", (data / "val") if (data / "val").is_dir() else None
-    sibling = data.parent / "val"
-    if data.name == "train" and sibling.is_dir():
-        return data, sibling
-    return data, None
-
-
 def fit_bundle(
     predictor: Predictor,
     train_items: Sequence[tuple[Path, str | None]],
     val_items: Sequence[tuple[Path, str | None]] | None,
+    options: FitOptions = FitOptions(),
     *,
-    fit_size: int = DEFAULT_FIT_SIZE,
-    reference_size: int = DEFAULT_REFERENCE_SIZE,
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-    seed: int = 0,
     data: str | None = None,
     on_done: Callable[[int], None] | None = None,
 ) -> Monitor:
     """Extract features, fit, and save the drift reference into the predictor's bundle.
 
-    The reference is fitted on the predictor's backend and stored for it (`reference_file`).
+    The reference is fitted on the predictor's backend and stored for its feature family.
     """
-    train = extract_features(predictor, sample(train_items, fit_size, seed), on_done=on_done)
+    picked = sample(train_items, options.sample, options.seed)
+    train = extract_features(predictor, picked, on_done=on_done)
     val = extract_features(predictor, list(val_items), on_done=on_done) if val_items else None
     dim = train.features.shape[1] if train.features.size else 0
-    n_components = min(DEFAULT_COMPONENTS, max(1, dim - 1))
     monitor = fit_monitor(
         train,
         val,
         predictor.classes,
-        reference_size=reference_size,
-        false_alarm_rate=false_alarm_rate,
-        n_components=n_components,
-        seed=seed,
+        reference_size=options.reference_size,
+        false_alarm_rate=options.false_alarm_rate,
+        n_components=min(DEFAULT_COMPONENTS, max(1, dim - 1)),
+        seed=options.seed,
     )
-    monitor.backend = reference_family(predictor.backend_name)
+    monitor.backend = registry.family(predictor.backend_name)
     monitor.serving_backend = predictor.backend_name
     save_reference(predictor.bundle.path, monitor, data=data)
     return monitor
+
+
+def load_predictor(
+    bundle_dir: Path | None = None,
+    *,
+    backend: str = registry.AUTO,
+    monitored: bool = True,
+    false_alarm_rate: float | None = None,
+    n_permutations: int | None = None,
+    top_k: int = 5,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    threads: int | None = None,
+    spinning: bool = True,
+) -> tuple[Predictor, Monitor | None]:
+    """A verified bundle's Predictor and, when `monitored` and it has one, its Monitor.
+
+    The Predictor scores every photo for OOD with the monitor of its own backend's features.
+    """
+    bundle = load_bundle(bundle_dir)
+    name = registry.resolve(bundle.meta, backend)
+    monitor = None
+    if monitored:
+        monitor = load_monitor(
+            bundle,
+            backend=name,
+            false_alarm_rate=false_alarm_rate,
+            n_permutations=n_permutations,
+        )
+    predictor = Predictor(
+        bundle,
+        backend=name,
+        top_k=top_k,
+        max_pixels=max_pixels,
+        threads=threads,
+        spinning=spinning,
+        ood=monitor.ood if monitor is not None else None,
+    )
+    return predictor, monitor

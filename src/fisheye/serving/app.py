@@ -13,17 +13,14 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from fisheye import __version__
-from fisheye.serving import health, routes
 from fisheye.serving.errors import install_error_handlers
-from fisheye.serving.limits import BodyLimitMiddleware
 from fisheye.serving.metrics import MetricsMiddleware
-from fisheye.serving.monitoring_routes import build_monitoring_router
+from fisheye.serving.routes import ROUTERS
 from fisheye.serving.settings import ServeSettings
 from fisheye.serving.state import ServingState
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
-MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the photo bytes
 
 
 async def _load(state: ServingState) -> None:
@@ -57,21 +54,15 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     )
     app.state.serving = state
     install_error_handlers(app)
-    app.include_router(routes.build_router(settings))
-    app.include_router(build_monitoring_router())
-    app.include_router(health.router)
+    for router in ROUTERS:
+        app.include_router(router)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    limits = {
-        "/v1/predict": settings.max_upload_bytes + MULTIPART_OVERHEAD,
-        "/v1/predict/batch": settings.max_request_bytes,
-    }
-    app.add_middleware(BodyLimitMiddleware, limits=limits, default=MULTIPART_OVERHEAD)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics, known_paths=frozenset(limits))
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 
 

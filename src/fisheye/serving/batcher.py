@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+from fisheye.inference.backend import InferenceOutput
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,13 @@ class BatcherStoppedError(RuntimeError):
     """The batcher is not running (not started yet, or shutting down)."""
 
 
+RunBatch = Callable[[np.ndarray], InferenceOutput]
+
+
 @dataclass
 class _Job:
-    inputs: torch.Tensor  # (n, C, H, W)
-    future: asyncio.Future[np.ndarray]
+    inputs: np.ndarray  # (n, C, H, W)
+    future: asyncio.Future[InferenceOutput]
     loop: asyncio.AbstractEventLoop
     enqueued: float
 
@@ -37,7 +41,9 @@ class _Job:
         return int(self.inputs.shape[0])
 
 
-def _resolve(fut: asyncio.Future, result: np.ndarray | None, error: BaseException | None) -> None:
+def _resolve(
+    fut: asyncio.Future, result: InferenceOutput | None, error: BaseException | None
+) -> None:
     if fut.done():  # the client went away and the request was cancelled
         return
     if error is not None:
@@ -49,27 +55,26 @@ def _resolve(fut: asyncio.Future, result: np.ndarray | None, error: BaseExceptio
 class MicroBatcher:
     """Collects preprocessed photos from many requests and runs them as batches.
 
-    `run_batch` (e.g. `Predictor.probabilities`) is only ever called from one dedicated
-    thread, so the model never runs concurrently with itself and the event loop never waits
-    on it. A job of several photos (a batch request) is never split across model calls.
+    `run_batch` (e.g. `Predictor.infer`) is only ever called from one dedicated thread, so
+    the model never runs concurrently with itself and the event loop never waits on it. A
+    job of several photos (a batch request) is never split across model calls; each job
+    gets its own rows of the batch's `InferenceOutput`.
     """
 
     def __init__(
         self,
-        run_batch: Callable[[torch.Tensor], np.ndarray],
+        run_batch: RunBatch,
         *,
         max_batch_size: int = 16,
         max_wait_ms: float = 2.0,
         max_queue: int = 256,
-        threads: int | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
     ) -> None:
-        self.run_batch = run_batch
+        self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
-        self.threads = threads
         self.on_batch = on_batch
         self.on_queue = on_queue
         self._jobs: deque[_Job] = deque()
@@ -89,7 +94,7 @@ class MicroBatcher:
         """Whether the worker thread is alive and accepting work."""
         return self._thread is not None and self._thread.is_alive() and not self._stopping
 
-    def start(self, warmup: list[torch.Tensor] | None = None) -> None:
+    def start(self, warmup: list[np.ndarray] | None = None) -> None:
         """Start the worker thread; run `warmup` batches in it first and wait for them."""
         if self._thread is not None:
             raise RuntimeError("the batcher is already started")
@@ -113,8 +118,8 @@ class MicroBatcher:
             self._thread.join(timeout)
             self._thread = None
 
-    async def submit(self, inputs: torch.Tensor) -> np.ndarray:
-        """Queue a (n, C, H, W) batch of photos and wait for its (n, classes) probabilities."""
+    async def submit(self, inputs: np.ndarray) -> InferenceOutput:
+        """Queue a (n, C, H, W) batch of photos and wait for its n rows of model output."""
         if inputs.ndim != 4 or inputs.shape[0] == 0:
             raise ValueError(f"expected a non-empty (n, C, H, W) tensor, got {tuple(inputs.shape)}")
         loop = asyncio.get_running_loop()
@@ -162,12 +167,10 @@ class MicroBatcher:
         self._report_queue()
         return batch
 
-    def _run(self, warmup: list[torch.Tensor], warmed: threading.Event) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
+    def _run(self, warmup: list[np.ndarray], warmed: threading.Event) -> None:
         try:
             for inputs in warmup:  # first calls pay for lazy initialisation; do them here
-                self.run_batch(inputs)
+                self._run_batch(inputs)
         except Exception as exc:
             self._warmup_error = exc
         finally:
@@ -182,19 +185,21 @@ class MicroBatcher:
             start = time.perf_counter()
             try:
                 inputs = (
-                    batch[0].inputs if len(batch) == 1 else torch.cat([j.inputs for j in batch])
+                    batch[0].inputs
+                    if len(batch) == 1
+                    else np.concatenate([j.inputs for j in batch])
                 )
-                probs = self.run_batch(inputs)
+                output: InferenceOutput | None = self._run_batch(inputs)
                 error: BaseException | None = None
             except Exception as exc:  # one bad batch must not kill the worker
                 log.exception("model call failed for a batch of %d photos", sum(sizes))
-                probs, error = None, exc
+                output, error = None, exc
             elapsed = time.perf_counter() - start
             if self.on_batch is not None:
                 self.on_batch(sum(sizes), elapsed)
             offset = 0
             for job, size in zip(batch, sizes, strict=True):
-                part = None if probs is None else probs[offset : offset + size]
+                part = None if output is None else output.rows(offset, offset + size)
                 offset += size
                 # RuntimeError: the event loop has closed (the server is shutting down).
                 with contextlib.suppress(RuntimeError):

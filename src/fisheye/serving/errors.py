@@ -9,26 +9,22 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
 
-class ErrorBody(BaseModel):
-    """The body of every error response."""
+class APIError(StarletteHTTPException):
+    """An error with a status code, a short machine-readable code and a human message.
 
-    error: str
-    detail: str
-
-
-class APIError(Exception):
-    """An error with a status code, a short machine-readable code and a human message."""
+    It is an HTTPException so that FastAPI passes it through unchanged when it is raised
+    while the body is read (a body over its limit), instead of turning it into a 400.
+    """
 
     def __init__(
         self, status: int, error: str, detail: str, headers: dict[str, str] | None = None
     ) -> None:
-        super().__init__(detail)
+        super().__init__(status, detail, headers)
         self.status = status
         self.error = error
         self.detail = detail

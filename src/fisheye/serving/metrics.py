@@ -66,7 +66,7 @@ class Metrics:
         self.ready = Gauge(
             "fisheye_model_ready", "1 once the model is loaded and warmed, else 0.", registry=r
         )
-        # Monitoring (fisheye.monitoring.service).
+        # Monitoring (fisheye.serving.live_monitor).
         self.drift_p_value = Gauge(
             "fisheye_drift_p_value",
             "p-value of the latest MMD drift test on the recent-photo window (NaN before one).",
@@ -107,26 +107,20 @@ class Metrics:
         self.batch_seconds.observe(seconds)
 
 
-def _route_label(scope: Scope, known_paths: frozenset[str]) -> str:
+def _route_label(scope: Scope) -> str:
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
     if isinstance(path, str) and path:
         return path
-    raw = scope.get("path", "")
-    if raw in known_paths:  # answered before routing, e.g. a 413 from the body limit
-        return raw
-    return "static" if raw.startswith("/static/") else "unmatched"
+    return "static" if scope.get("path", "").startswith("/static/") else "unmatched"
 
 
 class MetricsMiddleware:
     """Counts and times every HTTP request by route template (not raw path) and status."""
 
-    def __init__(
-        self, app: ASGIApp, metrics: Metrics, known_paths: frozenset[str] = frozenset()
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.known_paths = known_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,6 +141,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.in_flight.dec()
-            labels = (_route_label(scope, self.known_paths), scope.get("method", ""), str(status))
+            labels = (_route_label(scope), scope.get("method", ""), str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

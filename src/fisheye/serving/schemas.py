@@ -87,3 +87,53 @@ class HealthOut(BaseModel):
 
     status: str
     detail: str | None = None
+
+
+OTHER_LABEL = "other"  # feedback label for a photo of none of the model's classes
+
+
+class FeedbackIn(BaseModel):
+    """The true species of a photo that was predicted earlier."""
+
+    id: str = Field(min_length=1, max_length=100, description="The prediction's `id`.")
+    label: str = Field(
+        min_length=1,
+        max_length=200,
+        description=f"The true class, one of the model's classes, or {OTHER_LABEL!r}.",
+    )
+
+
+class FeedbackOut(BaseModel):
+    """What the feedback was recorded against."""
+
+    id: str
+    label: str
+    predicted: str
+    correct: bool
+    accuracy: float | None = Field(description="Accuracy over all feedback in the log.")
+    feedback_count: int
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: str
+    detail: str
+
+
+def error_responses(*codes: int, **texts: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error codes: the shared wording, or `texts` by `e<code>=`."""
+    return {
+        code: {"model": ErrorBody, "description": texts.get(f"e{code}", ERROR_TEXTS[code])}
+        for code in codes
+    }
+
+
+ERROR_TEXTS = {
+    401: "Missing or wrong credentials.",
+    404: "Unknown prediction id, or the prediction log is off.",
+    413: "The body or the photo is too large (bytes or pixels).",
+    415: "The file is not an image format FishEye reads.",
+    422: "Missing field, empty file, or a corrupt or truncated image.",
+    503: "The model is loading or the queue is full; retry after `Retry-After` seconds.",
+}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fisheye.bundle import default_bundle_dir
 from fisheye.data.images import DEFAULT_MAX_PIXELS
+from fisheye.inference.registry import AUTO, BackendChoice
 
 MB = 1024 * 1024
 
@@ -43,8 +43,8 @@ class ServeSettings(BaseSettings):
     threads: int = Field(
         2, ge=1, description="Intra-op threads for the model (PyTorch or ONNX Runtime)."
     )
-    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
-        "auto",
+    backend: BackendChoice = Field(
+        BackendChoice(AUTO),
         description="Model backend; auto: the fastest exported one within 0.5 points of fp32.",
     )
     top_k: int = Field(5, ge=1, description="Classes listed in each answer.")

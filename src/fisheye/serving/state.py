@@ -1,4 +1,4 @@
-"""The app's shared objects (settings, model, batcher, metrics) and their life cycle."""
+"""The app's shared objects (settings, model, batcher, metrics, monitoring) and their life cycle."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import torch
-from fastapi import Request
+import numpy as np
 
 from fisheye.inference.predictor import Predictor
-from fisheye.monitoring.service import ServingMonitor
+from fisheye.monitoring.prediction_log import PredictionLog
+from fisheye.monitoring.reference import load_predictor
 from fisheye.serving.batcher import MicroBatcher
 from fisheye.serving.errors import APIError
+from fisheye.serving.live_monitor import LiveMonitor
 from fisheye.serving.metrics import Metrics
 from fisheye.serving.settings import ServeSettings
 
@@ -31,7 +32,7 @@ def limit_blas_threads() -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=1, user_api="blas")
-    except Exception as exc:  # threadpoolctl comes with scikit-learn; never fail to serve
+    except Exception as exc:  # threadpoolctl is optional; never fail to serve
         log.warning("could not limit NumPy's BLAS threads: %s", exc)
 
 
@@ -43,64 +44,60 @@ class ServingState:
     metrics: Metrics = field(default_factory=Metrics)
     predictor: Predictor | None = None
     batcher: MicroBatcher | None = None
+    monitoring: LiveMonitor | None = None
     ready: bool = False
     load_error: str | None = None
-    monitoring: ServingMonitor | None = None
 
     def load(self) -> None:
         """Load the bundle, start the batcher and warm the model (blocking; run in a thread)."""
         s = self.settings
-        torch.set_num_threads(s.threads)
         start = time.perf_counter()
-        predictor = Predictor.from_dir(
+        predictor, monitor = load_predictor(
             s.model,
+            backend=s.backend,
+            monitored=s.monitoring,
+            false_alarm_rate=s.ood_false_alarm_rate,
+            n_permutations=s.drift_permutations,
             top_k=s.top_k,
             max_pixels=s.max_pixels,
-            backend=s.backend,
             threads=s.threads,
         )
-        # ONNX Runtime has its own pool of `threads`; torch then only normalises photos in the
-        # request threads, where a second multi-threaded pool would fight it for the cores.
-        torch_threads = s.threads if predictor.backend_name == "torch" else 1
-        torch.set_num_threads(torch_threads)
         limit_blas_threads()
         batcher = MicroBatcher(
-            predictor.probabilities,
+            predictor.infer,
             max_batch_size=s.max_batch_size,
             max_wait_ms=s.max_batch_wait_ms,
             max_queue=s.max_queue,
-            threads=torch_threads,
             on_batch=self.metrics.observe_batch,
             on_queue=self.metrics.queue_depth.set,
         )
         self.predictor = predictor
         if s.monitoring:
-            # The model call then also returns OOD scores and features (one call per batch).
-            self.monitoring = ServingMonitor(s, self.metrics, predictor)
-            batcher.run_batch = self.monitoring.run_batch
+            self.monitoring = LiveMonitor(s, self.metrics, predictor, monitor)
             self.monitoring.start()
-        self.metrics.model_info.labels(
-            predictor.bundle.name, predictor.bundle.version, predictor.bundle.architecture
-        ).set(1)
+        bundle = predictor.bundle
+        self.metrics.model_info.labels(bundle.name, bundle.version, bundle.architecture).set(1)
         # Warm up in the worker thread, at the smallest and largest batch, so the first real
         # request does not pay for lazy initialisation.
         size = predictor.preprocessing.input_size
-        batcher.start([torch.zeros(n, 3, size, size) for n in sorted({1, s.max_batch_size})])
+        batcher.start(
+            [np.zeros((n, 3, size, size), np.float32) for n in sorted({1, s.max_batch_size})]
+        )
         self.batcher = batcher
         self.ready = True
         self.metrics.ready.set(1)
         log.info(
             "model %s %s (%s, %d classes, backend %s) ready in %.1f s",
-            predictor.bundle.name,
-            predictor.bundle.version,
-            predictor.bundle.architecture,
+            bundle.name,
+            bundle.version,
+            bundle.architecture,
             len(predictor.classes),
             predictor.backend_name,
             time.perf_counter() - start,
         )
 
     def close(self) -> None:
-        """Stop the batcher after it finishes queued work."""
+        """Stop the batcher after it finishes queued work, then the monitoring threads."""
         self.ready = False
         self.metrics.ready.set(0)
         if self.batcher is not None:
@@ -108,20 +105,12 @@ class ServingState:
         if self.monitoring is not None:
             self.monitoring.stop()
 
-
-def get_state(request: Request) -> ServingState:
-    """FastAPI dependency: the app's ServingState."""
-    return request.app.state.serving
-
-
-def require_ready(request: Request) -> ServingState:
-    """FastAPI dependency: the ServingState, or 503 while the model is still loading."""
-    state: ServingState = request.app.state.serving
-    if not state.ready or state.predictor is None or state.batcher is None:
-        detail = (
-            f"the model failed to load: {state.load_error}"
-            if state.load_error
-            else "the model is still loading; retry in a moment"
-        )
-        raise APIError(503, "model_not_ready", detail, headers={"Retry-After": "1"})
-    return state
+    def prediction_log(self) -> PredictionLog:
+        """The prediction log, or 404 when it is off."""
+        if self.monitoring is None or self.monitoring.log is None:
+            raise APIError(
+                404,
+                "prediction_log_disabled",
+                "the prediction log is off (FISHEYE_MONITORING / FISHEYE_PREDICTION_LOG)",
+            )
+        return self.monitoring.log

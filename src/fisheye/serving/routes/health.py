@@ -1,18 +1,16 @@
-"""Operational routes: liveness, readiness and Prometheus metrics."""
+"""Operations: liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from fisheye.serving.deps import State
+from fisheye.serving.limits import LimitedRoute
 from fisheye.serving.schemas import HealthOut
-from fisheye.serving.state import ServingState, get_state
 
-router = APIRouter(tags=["operations"])
-State = Annotated[ServingState, Depends(get_state)]
+router = APIRouter(tags=["operations"], route_class=LimitedRoute)
 
 
 @router.get("/healthz", response_model=HealthOut, response_model_exclude_none=True)

@@ -32,7 +32,7 @@ class DriftWindow:
         detector: DriftDetector,
         *,
         size: int = 200,
-        every_requests: int = 100,
+        every_requests: int = 200,
         interval_s: float = 60.0,
         min_samples: int = 30,
         min_interval_s: float = 0.0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -10,26 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fisheye.data.manifest import SPLITS, manifest_hash
-from fisheye.data.sources import (
-    DownloadError,
-    ImportReport,
-    download_dataset,
-    groups_across_splits,
-    import_dataset,
-    write_synthetic,
-)
-
-logger = logging.getLogger(__name__)
+from fisheye.cli.common import MAX_LISTED, RichProgress, consoles, fail
+from fisheye.data.download import DownloadError, download_dataset
+from fisheye.data.manifest import SPLITS, groups_across_splits, manifest_hash
+from fisheye.data.pipelines import ImportReport, import_dataset
+from fisheye.data.synthetic import write_synthetic
 
 data_app = typer.Typer(
     help="Bring photos in: import a photo tree, download the Kaggle set, or write a synthetic set.",
     no_args_is_help=True,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-MAX_LISTED = 20
 
 
 def _counts_table(report: ImportReport) -> Table:
@@ -48,8 +37,9 @@ def _counts_table(report: ImportReport) -> Table:
     return table
 
 
-def print_import_report(report: ImportReport) -> None:
+def print_import_report(report: ImportReport, console: Console | None = None) -> None:
     """Show an import's per-class counts, groups and problems with rich."""
+    console = console or Console()
     console.print(_counts_table(report))
     console.print(f"Near-duplicate groups: [bold]{report.n_groups}[/]")
     crossing = groups_across_splits(report.rows)
@@ -89,6 +79,7 @@ def import_cmd(
     ] = False,
 ) -> None:
     """Index a photo tree into OUT/manifest.csv with near-duplicate groups and splits."""
+    console, err_console = consoles()
     try:
         report = import_dataset(
             src,
@@ -98,11 +89,11 @@ def import_cmd(
             test_fraction=test_fraction,
             seed=seed,
             resplit=resplit,
+            progress=RichProgress(err_console),
         )
     except ValueError as exc:
-        err_console.print(f"[red]Error:[/] {exc}")
-        raise typer.Exit(2) from None
-    print_import_report(report)
+        raise fail(err_console, str(exc)) from None
+    print_import_report(report, console)
 
 
 @data_app.command("download")
@@ -110,11 +101,11 @@ def download_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder to download into.")],
 ) -> None:
     """Download the Kaggle 'A Large Scale Fish Dataset' (needs network and Kaggle credentials)."""
+    console, err_console = consoles()
     try:
         path = download_dataset(out)
     except DownloadError as exc:
-        err_console.print(f"[red]Download failed:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(err_console, f"Download failed: {exc}") from None
     console.print(f"Downloaded to {path}")
     console.print(f"Next: fisheye data import '{path}' --out DIR")
 
@@ -129,13 +120,13 @@ def synth_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
     """Write a SYNTHETIC labelled set of drawn shapes (not fish) for tests and demos."""
+    console, err_console = consoles()
     try:
         path = write_synthetic(
             out, per_class, classes=classes, size=size, variants=variants, seed=seed
         )
     except ValueError as exc:
-        err_console.print(f"[red]Error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(err_console, str(exc)) from None
     names = sorted(p.name for p in path.iterdir() if p.is_dir())
     console.print(
         f"[bold yellow]SYNTHETIC[/] data (drawn shapes, not fish): {len(names)} classes x "

@@ -1,8 +1,8 @@
-"""Monitoring inside the server: OOD scores per photo, the drift window and the prediction log.
+"""Monitoring inside the server: the drift window, OOD counts and the prediction log.
 
-The batcher's model call returns one record per photo (probabilities, OOD score, features)
-so monitoring never runs the model twice. Everything after the answer (window, metrics,
-log) is a few appends; the drift test and the SQLite writes run in their own threads.
+The Predictor's one model call per batch gives probabilities, features and OOD scores, so
+monitoring never runs the model twice. Everything after the answer (window, metrics, log)
+is a few appends; the drift test and the SQLite writes run in their own threads.
 """
 
 from __future__ import annotations
@@ -12,30 +12,19 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
 
+from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DriftResult
 from fisheye.monitoring.prediction_log import PredictionLog, PredictionRow
-from fisheye.monitoring.reference import Monitor, load_monitor
-from fisheye.monitoring.window import DriftWindow
-
-if TYPE_CHECKING:
-    from fisheye.inference.predictor import Predictor
-    from fisheye.serving.metrics import Metrics
-    from fisheye.serving.settings import ServeSettings
+from fisheye.monitoring.reference import Monitor
+from fisheye.serving.drift_window import DriftWindow
+from fisheye.serving.metrics import Metrics
+from fisheye.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
-
-
-def split_row(row: Any) -> tuple[np.ndarray, float | None, np.ndarray | None]:
-    """(probabilities, OOD score, features) of one batcher result row (either layout)."""
-    if getattr(row, "dtype", None) is not None and row.dtype.names:
-        ood = float(row["ood"])
-        return row["p"], (None if np.isnan(ood) else ood), row["f"]
-    return row, None, None
 
 
 @dataclass
@@ -51,21 +40,20 @@ class Observation:
     data: bytes | None
 
 
-class ServingMonitor:
+class LiveMonitor:
     """Owns the drift window and the prediction log of one app."""
 
-    def __init__(self, settings: ServeSettings, metrics: Metrics, predictor: Predictor) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        metrics: Metrics,
+        predictor: Predictor,
+        monitor: Monitor | None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.predictor = predictor
-        self.monitor: Monitor | None = load_monitor(
-            predictor.bundle,
-            backend=predictor.backend_name,
-            false_alarm_rate=settings.ood_false_alarm_rate,
-            n_permutations=settings.drift_permutations,
-        )
-        # The predictor's OOD verdicts use the same (possibly re-calibrated) threshold.
-        predictor.monitor = self.monitor
+        self.monitor = monitor
         if self.monitor is None:
             log.warning(
                 "the bundle %s has no drift reference: answers carry no OOD score and no drift "
@@ -109,19 +97,6 @@ class ServingMonitor:
             self.window.stop()
         if self.log is not None:
             self.log.stop()
-
-    def run_batch(self, batch: torch.Tensor) -> np.ndarray:
-        """The batcher's model call: one record per photo with probabilities, OOD, features."""
-        out = self.predictor.infer(batch)
-        n, c = out.probabilities.shape
-        d = out.features.shape[1]
-        rows = np.zeros(
-            n, dtype=[("p", np.float32, (c,)), ("ood", np.float64), ("f", np.float32, (d,))]
-        )
-        rows["p"] = out.probabilities
-        rows["f"] = out.features
-        rows["ood"] = self.monitor.ood.score(out.features) if self.monitor is not None else np.nan
-        return rows
 
     def observe(self, items: list[Observation], latency_ms: float) -> None:
         """After answering: feed the drift window, count OOD photos, queue the log rows."""

@@ -1,12 +1,15 @@
-"""Collect the photo files named on a command line: files as given, folders recursively."""
+"""Find photo files: the one folder walker, and the paths named on a command line."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from fisheye.data.images import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
 
 # Inside folders, files are picked by name, never by content: a text file named `x.jpg` is
 # attempted (and reported as unreadable), so nothing that looks like a photo is silently
@@ -30,16 +33,31 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk_folder(root: Path) -> list[Path]:
+def walk_image_files(
+    root: Path,
+    suffixes: Collection[str] = IMAGE_LIKE_SUFFIXES,
+    *,
+    recursive: bool = True,
+) -> list[Path]:
+    """Files under a folder whose name ends in one of `suffixes`, sorted, hidden ones skipped.
+
+    Files and folders whose name starts with '.' are skipped; symlinks are listed (even
+    broken ones, so that they are reported rather than silently dropped); the order is by
+    path parts below `root`. `suffixes` are lower case and matched case-insensitively.
+    """
+    root = Path(root)
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         # Prune hidden folders (.git, .ipynb_checkpoints, ...) in place so walk skips them.
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d)) if recursive else []
         for name in filenames:
             if _is_hidden(name):
                 continue
             path = Path(dirpath) / name
-            if is_image_like(path) and (path.is_file() or path.is_symlink()):
+            if path.suffix.lower() not in suffixes:
+                log.debug("ignoring non-photo file %s", path)
+                continue
+            if path.is_file() or path.is_symlink():
                 found.append(path)
     return sorted(found, key=lambda p: p.relative_to(root).parts)
 
@@ -55,7 +73,7 @@ def collect_image_paths(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            candidates = _walk_folder(path)
+            candidates = walk_image_files(path, IMAGE_LIKE_SUFFIXES, recursive=True)
         elif path.exists() or path.is_symlink():
             candidates = [path]
         else:

@@ -1,0 +1,63 @@
+"""`fisheye serve`: the web page and the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from fisheye.cli.common import ModelOption, consoles, fail
+from fisheye.inference.registry import BackendChoice
+
+
+def serve(
+    model: ModelOption = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface [default: $FISHEYE_HOST or 127.0.0.1].")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", "-p", min=0, max=65535, help="Port [default: $FISHEYE_PORT or 8000]."
+        ),
+    ] = None,
+    backend: Annotated[
+        BackendChoice | None,
+        typer.Option("--backend", "-b", help="Model backend [default: $FISHEYE_BACKEND or auto]."),
+    ] = None,
+) -> None:
+    """Serve the model over HTTP: the web page at /, the API under /v1, docs at /docs."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from fisheye.bundle import BundleError, read_meta
+    from fisheye.inference.registry import resolve
+    from fisheye.serving.app import create_app
+    from fisheye.serving.settings import ServeSettings
+
+    _, err = consoles()
+    options = {"model": model, "host": host, "port": port, "backend": backend}
+    try:
+        settings = ServeSettings(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as exc:
+        raise fail(
+            err, f"invalid server settings (FISHEYE_* variables or options):\n{exc}"
+        ) from None
+    try:
+        # Fail fast on a wrong path or a missing export; the weights load in the server.
+        resolve(read_meta(settings.model), settings.backend)
+    except BundleError as exc:
+        raise fail(err, f"cannot serve the model bundle {settings.model}: {exc}") from None
+    err.print(
+        f"FishEye serving {settings.model} at http://{settings.host}:{settings.port} "
+        f"(API docs at /docs)",
+        soft_wrap=True,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )

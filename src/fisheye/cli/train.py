@@ -1,0 +1,19 @@
+"""`fisheye train`: Hydra's command line, behind the `fisheye` entry point."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+
+def train(ctx: typer.Context) -> None:
+    """Train a model with Hydra overrides, e.g. `fisheye train model=efficientnet_lite0`.
+
+    Ends by writing a model bundle under the run folder. `fisheye train --help` shows
+    the Hydra config groups; `--cfg job` prints the composed config.
+    """
+    from fisheye.train import hydra_entry
+
+    sys.argv = ["fisheye train", *ctx.args]
+    hydra_entry()

@@ -1,0 +1,244 @@
+"""Bring photos in: scan a photo tree, import it as a manifest, load rows for training."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from fisheye.data.grouping import group_near_duplicates
+from fisheye.data.images import ImageDecodeError, decode_image
+from fisheye.data.layouts import detect_layout, enumerate_photos
+from fisheye.data.manifest import (
+    MANIFEST_NAME,
+    ManifestRow,
+    groups_across_splits,
+    read_manifest,
+    write_manifest,
+)
+from fisheye.data.progress import NO_PROGRESS, Progress
+from fisheye.data.splits import grouped_split
+
+log = logging.getLogger(__name__)
+
+TINY_SIDE = 32
+
+
+@dataclass
+class ScanResult:
+    """What a scan of a photo tree found."""
+
+    root: Path
+    layout: str
+    rows: list[ManifestRow]
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    duplicates: list[list[Path]] = field(default_factory=list)  # files with identical bytes
+    tiny: list[Path] = field(default_factory=list)  # shorter side below TINY_SIDE pixels
+
+    @property
+    def n_duplicates(self) -> int:
+        """Number of files that repeat an earlier file byte for byte."""
+        return sum(len(paths) - 1 for paths in self.duplicates)
+
+
+@dataclass
+class ImportReport:
+    """The outcome of `import_dataset`."""
+
+    manifest_path: Path
+    layout: str
+    rows: list[ManifestRow]
+    unreadable: list[tuple[Path, str]]
+    duplicates: list[list[Path]]
+    tiny: list[Path]
+    n_groups: int
+    copied: bool
+
+    @property
+    def n_duplicates(self) -> int:
+        """Number of files that repeat an earlier file byte for byte."""
+        return sum(len(paths) - 1 for paths in self.duplicates)
+
+    def counts(self) -> dict[str, Counter[str]]:
+        """Photo counts per class, per split ('' for unassigned)."""
+        out: dict[str, Counter[str]] = defaultdict(Counter)
+        for row in self.rows:
+            out[row.label][row.split] += 1
+        return dict(out)
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def _inspect(path: Path) -> tuple[str, int, int] | str:
+    """(sha256, width, height) of a photo, or the reason it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot read file: {exc.strerror or exc}"
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        image = decode_image(data)
+    except ImageDecodeError as exc:
+        return str(exc)
+    return digest, image.width, image.height
+
+
+def _map_threaded(fn: Callable, items: Iterable, on_done: Callable[[], None]) -> list:
+    workers = max(1, min(8, os.cpu_count() or 1))
+    out = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(fn, items):
+            out.append(result)
+            on_done()
+    return out
+
+
+def scan_source(src: Path, progress: Progress = NO_PROGRESS) -> ScanResult:
+    """Hash and decode every photo of a tree; report unreadable, duplicate and tiny photos."""
+    src = Path(src).resolve()
+    layout = detect_layout(src)
+    items = enumerate_photos(src, layout)
+    with progress.task("Hashing and decoding photos", len(items)) as advance:
+        results = _map_threaded(_inspect, [p for p, _, _ in items], advance)
+    rows: list[ManifestRow] = []
+    unreadable: list[tuple[Path, str]] = []
+    tiny: list[Path] = []
+    by_hash: dict[str, list[Path]] = defaultdict(list)
+    for (path, label, split), result in zip(items, results, strict=True):
+        if isinstance(result, str):
+            log.warning("skipping unreadable %s: %s", path, result)
+            unreadable.append((path, result))
+            continue
+        digest, width, height = result
+        rows.append(ManifestRow(path, label, split, digest, width, height, ""))
+        by_hash[digest].append(path)
+        if min(width, height) < TINY_SIDE:
+            tiny.append(path)
+    duplicates = [paths for paths in by_hash.values() if len(paths) > 1]
+    return ScanResult(src, layout, rows, unreadable, duplicates, tiny)
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _copy_photos(rows: list[ManifestRow], images_dir: Path) -> list[ManifestRow]:
+    out = []
+    taken: set[Path] = set()
+    for row in rows:
+        folder = images_dir / row.label
+        target = folder / row.path.name
+        if target in taken:
+            target = folder / f"{row.path.stem}-{row.sha256[:12]}{row.path.suffix}"
+        taken.add(target)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(row.path, target)
+        out.append(replace(row, path=target))
+    return out
+
+
+def import_dataset(
+    src: Path,
+    out: Path,
+    *,
+    copy: bool = False,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.0,
+    seed: int = 42,
+    resplit: bool = False,
+    progress: Progress = NO_PROGRESS,
+) -> ImportReport:
+    """Scan a photo tree, group near-duplicates, split, and write `out/manifest.csv`.
+
+    A pre-split tree keeps its split unless `resplit`, which replaces it with the grouped one.
+    """
+    src = Path(src).resolve()
+    out = Path(out).resolve()
+    if out == src or src in out.parents:
+        raise ValueError(f"the output folder {out} must not be inside the source folder {src}")
+    scan = scan_source(src, progress=progress)
+    if not scan.rows:
+        raise ValueError(f"no readable photos found in {src}")
+    rows = group_near_duplicates(scan.rows, progress=progress)
+    if scan.layout != "presplit" or resplit:
+        rows = grouped_split(rows, val_fraction, test_fraction, seed)
+    else:
+        crossing = groups_across_splits(rows)
+        if crossing:
+            log.warning(
+                "%d near-duplicate groups span more than one split of the pre-split tree "
+                "(its splits are kept as they are; --resplit replaces them with a grouped split)",
+                crossing,
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    if copy:
+        rows = _copy_photos(rows, out / "images")
+    manifest_path = out / MANIFEST_NAME
+    write_manifest(rows, manifest_path)
+    return ImportReport(
+        manifest_path=manifest_path,
+        layout=scan.layout,
+        rows=rows,
+        unreadable=scan.unreadable,
+        duplicates=scan.duplicates,
+        tiny=scan.tiny,
+        n_groups=len({r.group for r in rows}),
+        copied=copy,
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _existing(rows: list[ManifestRow]) -> list[ManifestRow]:
+    kept = []
+    for row in rows:
+        if row.path.is_file():
+            kept.append(row)
+        else:
+            log.warning("skipping %s: listed in the manifest but not found", row.path)
+    return kept
+
+
+def load_labelled_folder(root: Path, progress: Progress = NO_PROGRESS) -> list[ManifestRow]:
+    """Every readable photo under a folder of labelled photos, with split '' and no groups."""
+    result = scan_source(Path(root), progress=progress)
+    for path, reason in result.unreadable:
+        log.warning("skipping unreadable %s: %s", path, reason)
+    return [replace(r, split="", group="") for r in result.rows]
+
+
+def load_dataset_rows(
+    root: Path,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.0,
+    seed: int = 42,
+    progress: Progress = NO_PROGRESS,
+) -> list[ManifestRow]:
+    """Rows with splits assigned from a manifest, a folder holding one, or a photo tree."""
+    root = Path(root)
+    if root.is_file():
+        rows = _existing(read_manifest(root))
+    elif (root / MANIFEST_NAME).is_file():
+        rows = _existing(read_manifest(root / MANIFEST_NAME))
+    else:
+        result = scan_source(root, progress=progress)
+        for path, reason in result.unreadable:
+            log.warning("skipping unreadable %s: %s", path, reason)
+        rows = result.rows
+        if result.layout == "presplit":
+            return rows
+        rows = group_near_duplicates(rows, progress=progress)
+        return grouped_split(rows, val_fraction, test_fraction, seed)
+    if rows and any(not r.split for r in rows):
+        log.info("manifest has rows without a split; assigning a grouped split")
+        if any(not r.group for r in rows):
+            rows = group_near_duplicates(rows, progress=progress)
+        rows = grouped_split(rows, val_fraction, test_fraction, seed)
+    return rows

@@ -1,0 +1,71 @@
+"""ONNX Runtime on the CPU, for the fp32 (`onnx`) and int8 QDQ (`onnx-int8`) exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from fisheye.bundle import Bundle, BundleError
+from fisheye.inference.backend import InferenceOutput, default_threads, softmax
+
+ONNX_INPUT = "x"
+ONNX_OUTPUTS = ("logits", "features")
+
+
+def session_options(threads: int | None = None, *, spinning: bool = True) -> ort.SessionOptions:
+    """CPU session options with explicit, non-oversubscribing thread settings."""
+    opts = ort.SessionOptions()
+    # intra-op threads include the calling thread: threads=2 keeps 2 cores busy, not 3.
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning pool threads answer faster but burn CPU that a busy server needs elsewhere.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+class OnnxBackend:
+    """One ONNX Runtime session over a graph with outputs `logits` and `features`."""
+
+    def __init__(
+        self,
+        model: bytes | str | Path,
+        name: str = "onnx",
+        *,
+        threads: int | None = None,
+        spinning: bool = True,
+    ):
+        self.name = name
+        self.threads = threads or default_threads()
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(
+            source,
+            sess_options=session_options(self.threads, spinning=spinning),
+            providers=["CPUExecutionProvider"],
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(ONNX_OUTPUTS) - set(outputs):
+            raise BundleError(
+                f"the ONNX graph has outputs {outputs}; FishEye needs {list(ONNX_OUTPUTS)}. "
+                "Re-export it with `fisheye export --format onnx`."
+            )
+
+    def run(self, batch: np.ndarray) -> InferenceOutput:
+        """Probabilities and features for a preprocessed (N, 3, H, W) float32 batch."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        logits, features = self.session.run(list(ONNX_OUTPUTS), {self.input_name: x})
+        return InferenceOutput(softmax(logits), features.astype(np.float32, copy=False))
+
+
+def create(
+    bundle: Bundle, name: str, file_name: str | None, *, threads: int | None, spinning: bool
+) -> OnnxBackend:
+    """The registry's factory: the bundle's exported graph `file_name`, hash-checked."""
+    if file_name is None:
+        raise BundleError(f"the {name} backend needs an exported file in the bundle")
+    return OnnxBackend(bundle.read_file(file_name), name, threads=threads, spinning=spinning)

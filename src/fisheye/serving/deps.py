@@ -1,0 +1,32 @@
+"""FastAPI dependencies: the app's shared state, and the same once the model is ready."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from fisheye.serving.errors import APIError
+from fisheye.serving.state import ServingState
+
+
+def get_state(request: Request) -> ServingState:
+    """The app's ServingState."""
+    return request.app.state.serving
+
+
+def require_ready(request: Request) -> ServingState:
+    """The ServingState, or 503 while the model is still loading (or failed to load)."""
+    state: ServingState = request.app.state.serving
+    if not state.ready or state.predictor is None or state.batcher is None:
+        detail = (
+            f"the model failed to load: {state.load_error}"
+            if state.load_error
+            else "the model is still loading; retry in a moment"
+        )
+        raise APIError(503, "model_not_ready", detail, headers={"Retry-After": "1"})
+    return state
+
+
+State = Annotated[ServingState, Depends(get_state)]
+ReadyState = Annotated[ServingState, Depends(require_ready)]

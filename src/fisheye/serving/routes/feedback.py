@@ -1,0 +1,49 @@
+"""POST /v1/feedback: the true species of an earlier prediction."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from fisheye.monitoring.prediction_log import FeedbackError
+from fisheye.serving.deps import ReadyState
+from fisheye.serving.errors import APIError
+from fisheye.serving.limits import LimitedRoute, limits
+from fisheye.serving.schemas import OTHER_LABEL, FeedbackIn, FeedbackOut, error_responses
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["monitoring"], route_class=LimitedRoute)
+
+
+@router.post("/feedback", response_model=FeedbackOut, responses=error_responses(404, 503))
+@limits(content_types=("application/json",))
+async def feedback(body: FeedbackIn, state: ReadyState) -> dict[str, Any]:
+    """Record the true species of an earlier prediction (by its `id`)."""
+    assert state.predictor is not None
+    classes = state.predictor.classes
+    if body.label not in classes and body.label != OTHER_LABEL:
+        raise APIError(
+            422,
+            "unknown_label",
+            f"{body.label!r} is not one of the model's classes ({', '.join(classes)}) "
+            f"nor {OTHER_LABEL!r}",
+        )
+    plog = state.prediction_log()
+    try:
+        result = await run_in_threadpool(plog.add_feedback, body.id, body.label)
+    except FeedbackError as exc:
+        raise APIError(404, "unknown_prediction", str(exc)) from None
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("could not record feedback: %s", exc)
+        raise APIError(
+            503, "log_unavailable", f"the prediction log cannot be written: {exc}"
+        ) from None
+    m = state.metrics
+    m.feedback.labels(str(result["correct"]).lower()).inc()
+    if result["accuracy"] is not None:
+        m.feedback_accuracy.set(result["accuracy"])
+    return result

@@ -1,0 +1,54 @@
+"""GET /v1/monitoring/drift and /v1/monitoring/summary: what the server has seen."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+from fisheye.monitoring.report import parse_window
+from fisheye.serving.deps import ReadyState
+from fisheye.serving.errors import APIError
+from fisheye.serving.limits import LimitedRoute
+from fisheye.serving.schemas import error_responses
+
+router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"], route_class=LimitedRoute)
+
+
+@router.get("/drift", responses=error_responses(503))
+async def drift(state: ReadyState) -> dict[str, Any]:
+    """The latest background drift test (kernel MMD on the recent-photo window)."""
+    if state.monitoring is None:
+        return {"enabled": False, "detail": "monitoring is off (FISHEYE_MONITORING=false)"}
+    return state.monitoring.drift_status()
+
+
+@router.get("/summary", responses=error_responses(404, 422, 503))
+async def summary(
+    state: ReadyState,
+    window: Annotated[
+        str, Query(description="How far back: e.g. 30m, 24h, 7d.", max_length=20)
+    ] = "24h",
+) -> dict[str, Any]:
+    """Counts per class, mean confidence, OOD rate, feedback accuracy, latency, drift."""
+    try:
+        seconds = parse_window(window)
+    except ValueError as exc:
+        raise APIError(422, "invalid_window", str(exc)) from None
+    plog = state.prediction_log()
+    try:
+        out = await run_in_threadpool(plog.summary, seconds)
+    except (sqlite3.Error, OSError) as exc:
+        raise APIError(
+            503, "log_unavailable", f"the prediction log cannot be read: {exc}"
+        ) from None
+    assert state.monitoring is not None
+    return {
+        "window": window,
+        "window_s": seconds,
+        **out,
+        "drift_now": state.monitoring.drift_status(),
+        "lost_log_rows": plog.lost,
+    }

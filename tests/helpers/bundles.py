@@ -1,0 +1,85 @@
+"""Tiny model bundles for the tests: random-init small_cnn models, fast to build, load and run.
+
+`make_bundle` writes the plain bundle; `make_exported_bundle` adds the ONNX and int8 ONNX
+exports, `make_monitored_bundle` a fitted drift reference. The session fixtures in the
+conftest files build each once; tests that change a bundle work on a `copy_bundle`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fisheye.bundle import save_bundle
+from fisheye.data.labelled import labelled_paths
+from fisheye.data.preprocess import Preprocessing
+from fisheye.inference.export import export_onnx, export_onnx_int8
+from fisheye.inference.predictor import Predictor
+from fisheye.models.backbones import build_model
+from fisheye.monitoring.reference import FitOptions, fit_bundle
+from tests.helpers.paths import FISH_CLASSES
+from tests.helpers.photos import class_folders
+
+TINY_NAME = "tiny-test"
+TINY_INPUT_SIZE = 32
+TINY_METRICS = {"accuracy": 0.0}
+
+
+def make_bundle(
+    out_dir: Path,
+    classes: Sequence[str] = FISH_CLASSES,
+    *,
+    input_size: int = TINY_INPUT_SIZE,
+    seed: int = 0,
+    name: str = TINY_NAME,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write a random-init small_cnn bundle (the real classes by default) and return its folder."""
+    torch.manual_seed(seed)
+    config = {"num_classes": len(classes), "input_size": input_size, "dropout": 0.0}
+    model = build_model("small_cnn", **config)
+    # Random BatchNorm statistics make the outputs depend on the photo, not only on the bias.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return save_bundle(
+        out_dir,
+        model.eval(),
+        classes=list(classes),
+        preprocessing=Preprocessing(input_size=input_size),
+        architecture="small_cnn",
+        architecture_config=config,
+        name=name,
+        metrics=dict(TINY_METRICS if metrics is None else metrics),
+    )
+
+
+def copy_bundle(bundle_dir: Path, out_dir: Path) -> Path:
+    """A writable copy of a bundle folder (for tests that tamper with or add files)."""
+    return Path(shutil.copytree(bundle_dir, out_dir))
+
+
+def make_exported_bundle(out_dir: Path, photos: Path) -> Path:
+    """A tiny bundle of the photo set's classes with onnx and onnx-int8 exported.
+
+    The exports are checked and measured on `photos` (a class-per-folder set, e.g. the
+    synthetic one), so bundle.json records their accuracy and latency.
+    """
+    bundle = make_bundle(out_dir, class_folders(photos))
+    export_onnx(bundle, data=photos, repeats=3)
+    export_onnx_int8(bundle, calibration=photos, calibration_size=24, data=photos, repeats=3)
+    return bundle
+
+
+def make_monitored_bundle(out_dir: Path, photos: Path) -> Path:
+    """The tiny bundle plus a drift reference fitted on every photo under `photos`."""
+    bundle = make_bundle(out_dir)
+    predictor = Predictor.from_dir(bundle)
+    items = labelled_paths(photos, predictor.classes)
+    fit_bundle(predictor, items, None, FitOptions(sample=len(items), reference_size=len(items)))
+    return bundle
