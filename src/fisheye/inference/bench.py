@@ -62,6 +62,21 @@ def pruned_model(model: torch.nn.Module, amount: float = PRUNE_AMOUNT) -> torch.
     return pruned
 
 
+class CompiledModel(torch.nn.Module):
+    """A model whose feature extractor runs through torch.compile (inductor); same head."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self._features = torch.compile(model.forward_features, dynamic=False)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._features(x)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.head(features)
+
+
 def _sparsity(model: torch.nn.Module) -> float:
     total = zeros = 0
     for module in model.modules():
@@ -85,9 +100,9 @@ def _build(bundle: Bundle, name: str, threads: int) -> tuple[Backend, dict[str, 
         }
         return TorchBackend(model, name=TORCH_PRUNED), info
     if name == TORCH_COMPILE:
-        model = bundle.build_model()
-        model.forward_features = torch.compile(model.forward_features, dynamic=False)
-        return TorchBackend(model, name=TORCH_COMPILE), {"size_mb": weights_mb}
+        return TorchBackend(CompiledModel(bundle.build_model()), name=TORCH_COMPILE), {
+            "size_mb": weights_mb
+        }
     file_name = registry.export_file(bundle.meta, name)
     backend = registry.create_backend(bundle, name, threads=threads)
     return backend, {"size_mb": (bundle.path / file_name).stat().st_size / MB}

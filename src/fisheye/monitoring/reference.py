@@ -139,8 +139,12 @@ def fit_monitor(
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
     n_components: int = DEFAULT_COMPONENTS,
     seed: int = 0,
+    backend: str = "torch",
 ) -> Monitor:
-    """Fit the drift reference and the OOD scorer; calibrate on val (or held-out train)."""
+    """Fit the drift reference and the OOD scorer; calibrate on val (or held-out train).
+
+    `backend` is the backend whose features these are; the monitor records its family.
+    """
     x = train.features
     finite = np.isfinite(x).all(axis=1)
     x = x[finite]
@@ -175,7 +179,7 @@ def fit_monitor(
         "calibration": calib_source,
         "calibration_false_alarm_rate": float(np.mean(calib_scores > ood.threshold)),
     }
-    return Monitor(drift, ood, info)
+    return Monitor(drift, ood, info, registry.family(backend), backend)
 
 
 def reference_file(backend: str) -> str:
@@ -319,9 +323,8 @@ def fit_bundle(
         false_alarm_rate=options.false_alarm_rate,
         n_components=min(DEFAULT_COMPONENTS, max(1, dim - 1)),
         seed=options.seed,
+        backend=predictor.backend_name,
     )
-    monitor.backend = registry.family(predictor.backend_name)
-    monitor.serving_backend = predictor.backend_name
     save_reference(predictor.bundle.path, monitor, data=data)
     return monitor
 

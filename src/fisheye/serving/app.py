@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,16 +18,7 @@ from fisheye.serving.routes import ROUTERS
 from fisheye.serving.settings import ServeSettings
 from fisheye.serving.state import ServingState
 
-log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
-
-
-async def _load(state: ServingState) -> None:
-    try:
-        await asyncio.to_thread(state.load)
-    except Exception as exc:  # keep serving /healthz and report the failure on /readyz
-        state.load_error = f"{type(exc).__name__}: {exc}"
-        log.error("could not load the model from %s: %s", state.settings.model, state.load_error)
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
@@ -38,7 +28,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(_load(state))
+        loader = asyncio.create_task(asyncio.to_thread(state.load_or_report))
         try:
             yield
         finally:

@@ -96,6 +96,17 @@ class ServingState:
             time.perf_counter() - start,
         )
 
+    def load_or_report(self) -> None:
+        """`load`, but a failure is kept in `load_error` (shown on /readyz), not raised.
+
+        The process keeps serving /healthz and /readyz, so an orchestrator sees why.
+        """
+        try:
+            self.load()
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("could not load the model from %s: %s", self.settings.model, self.load_error)
+
     def close(self) -> None:
         """Stop the batcher after it finishes queued work, then the monitoring threads."""
         self.ready = False
