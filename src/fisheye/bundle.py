@@ -1,7 +1,10 @@
 """Model bundles: one folder with weights, classes, preprocessing, metrics and provenance.
 
-A bundle is `model.safetensors` + `bundle.json` (+ optional exported forms). Loading checks
-the sha256 of every listed file and never unpickles anything.
+A bundle is `model.safetensors` + `bundle.json` (+ optional exported forms). `bundle.json`
+lists the sha256 of every other file, and `bundle.json.sha256` holds bundle.json's own
+sha256 (in `sha256sum` format), so that one hash identifies the whole bundle: a user can pin
+it (`load_bundle(..., expected_sha256=...)`, `FISHEYE_MODEL_SHA256` for the server). Loading
+checks every hash, keeps every listed file inside the bundle folder, and never unpickles.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
+CHECKSUM_FILE = "bundle.json.sha256"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
 
@@ -74,6 +78,7 @@ class Bundle:
 
     path: Path
     meta: dict[str, Any]
+    sha256: str = ""  # of bundle.json: pins the whole bundle
 
     @property
     def classes(self) -> list[str]:
@@ -191,7 +196,7 @@ def save_bundle(
             "files": {WEIGHTS_FILE: {**weights, "kind": "weights"}},
             **(extra or {}),
         }
-        (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        _write_meta(tmp, meta)
         # mkdtemp and safetensors create owner-only files; a bundle is meant to be shared.
         os.chmod(tmp, 0o755)
         for path in tmp.iterdir():
@@ -205,8 +210,68 @@ def save_bundle(
     return out_dir
 
 
-def read_meta(bundle_dir: Path) -> dict[str, Any]:
-    """Read and check bundle.json, without loading weights."""
+def _write_meta(bundle_dir: Path, meta: dict[str, Any]) -> None:
+    """Write bundle.json and its detached checksum (each file replaced atomically)."""
+    data = (json.dumps(meta, indent=2) + "\n").encode()
+    for name, content in (
+        (BUNDLE_JSON, data),
+        (CHECKSUM_FILE, f"{hashlib.sha256(data).hexdigest()}  {BUNDLE_JSON}\n".encode()),
+    ):
+        tmp = bundle_dir / f".{name}.tmp"
+        tmp.write_bytes(content)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, bundle_dir / name)
+
+
+def _is_plain_name(name: object) -> bool:
+    """A file name directly inside the bundle folder (no path, no parent, not hidden)."""
+    return (
+        isinstance(name, str)
+        and name == Path(name).name
+        and not name.startswith(".")
+        and "\\" not in name
+        and name not in (BUNDLE_JSON, CHECKSUM_FILE)
+    )
+
+
+def _check_meta(meta: Any, where: str) -> None:
+    if not isinstance(meta, dict):
+        raise BundleError(f"{where} is not a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{where} has format_version {version!r}; this FishEye reads {FORMAT_VERSION}"
+        )
+    for key in ("classes", "preprocessing", "architecture", "files"):
+        if key not in meta:
+            raise BundleError(f"{where} lacks the required key {key!r}")
+    classes = meta["classes"]
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
+        raise BundleError(f"{where}: `classes` must be a list of distinct, non-empty names")
+    files = meta["files"]
+    if not isinstance(files, dict) or WEIGHTS_FILE not in files:
+        raise BundleError(f"{where}: `files` must list {WEIGHTS_FILE} with its sha256")
+    for name, entry in files.items():
+        if not _is_plain_name(name):
+            raise BundleError(
+                f"{where} lists {name!r}: files must be plain names inside the bundle"
+            )
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise BundleError(f"{where}: the entry of {name!r} has no sha256")
+
+
+def bundle_sha256(bundle_dir: Path) -> str:
+    """The sha256 of bundle.json: one hash that pins the whole bundle."""
+    return sha256_file(Path(bundle_dir) / BUNDLE_JSON)
+
+
+def read_meta(bundle_dir: Path, expected_sha256: str | None = None) -> dict[str, Any]:
+    """Read and check bundle.json against its checksum (and a pinned hash), without weights."""
     bundle_dir = Path(bundle_dir)
     meta_path = bundle_dir / BUNDLE_JSON
     if not meta_path.is_file():
@@ -214,18 +279,30 @@ def read_meta(bundle_dir: Path) -> dict[str, Any]:
             f"{bundle_dir} is not a FishEye model bundle (no {BUNDLE_JSON}). "
             "Train one with `fisheye train` or use the default models/default."
         )
+    data = meta_path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    checksum_path = bundle_dir / CHECKSUM_FILE
     try:
-        meta = json.loads(meta_path.read_text())
+        recorded = checksum_path.read_text().split()[0]
+    except (OSError, IndexError, UnicodeDecodeError):
+        raise BundleError(
+            f"{bundle_dir} has no readable {CHECKSUM_FILE} (the checksum of {BUNDLE_JSON})"
+        ) from None
+    if actual != recorded:
+        raise BundleError(
+            f"{meta_path} does not match {CHECKSUM_FILE} (sha256 {actual[:12]}..., recorded "
+            f"{recorded[:12]}...): it was modified or corrupted"
+        )
+    if expected_sha256 is not None and actual != expected_sha256.strip().lower():
+        raise BundleError(
+            f"{meta_path} has sha256 {actual[:12]}..., not the pinned {expected_sha256[:12]}...: "
+            "this is not the bundle that was asked for"
+        )
+    try:
+        meta = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{meta_path} is not valid JSON: {exc}") from exc
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{meta_path} has format_version {version!r}; this FishEye reads {FORMAT_VERSION}"
-        )
-    for key in ("classes", "preprocessing", "architecture", "files"):
-        if key not in meta:
-            raise BundleError(f"{meta_path} lacks the required key {key!r}")
+    _check_meta(meta, str(meta_path))
     return meta
 
 
@@ -249,20 +326,23 @@ def verify_files(bundle_dir: Path, meta: dict[str, Any], names: list[str] | None
         _check_hash(path, sha256_file(path), entry)
 
 
-def load_bundle(bundle_dir: Path | None = None) -> Bundle:
-    """Load a bundle's description after verifying every file's hash (weights load on use)."""
+def load_bundle(bundle_dir: Path | None = None, expected_sha256: str | None = None) -> Bundle:
+    """Load a bundle's description after verifying every file's hash (weights load on use).
+
+    `expected_sha256` pins the bundle: bundle.json must have that sha256.
+    """
     bundle_dir = Path(bundle_dir) if bundle_dir is not None else default_bundle_dir()
-    meta = read_meta(bundle_dir)
+    meta = read_meta(bundle_dir, expected_sha256)
     verify_files(bundle_dir, meta)
-    return Bundle(path=bundle_dir, meta=meta)
+    return Bundle(path=bundle_dir, meta=meta, sha256=bundle_sha256(bundle_dir))
 
 
 def add_file(bundle_dir: Path, name: str, **entry: Any) -> dict[str, Any]:
     """Record an extra file (e.g. an exported model) in bundle.json with its hash."""
     bundle_dir = Path(bundle_dir)
     meta = read_meta(bundle_dir)
+    if not _is_plain_name(name):
+        raise BundleError(f"cannot add {name!r}: bundle files are plain names inside the folder")
     meta["files"][name] = _file_entry(bundle_dir / name, **entry)
-    tmp = bundle_dir / f".{BUNDLE_JSON}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, bundle_dir / BUNDLE_JSON)
+    _write_meta(bundle_dir, meta)
     return meta

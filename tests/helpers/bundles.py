@@ -7,6 +7,8 @@ conftest files build each once; tests that change a bundle work on a `copy_bundl
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fisheye.bundle import save_bundle
+from fisheye.bundle import BUNDLE_JSON, CHECKSUM_FILE, save_bundle
 from fisheye.data.labelled import labelled_paths
 from fisheye.data.preprocess import Preprocessing
 from fisheye.inference.export import export_onnx, export_onnx_int8
@@ -83,3 +85,15 @@ def make_monitored_bundle(out_dir: Path, photos: Path) -> Path:
     items = labelled_paths(photos, predictor.classes)
     fit_bundle(predictor, items, None, FitOptions(sample=len(items), reference_size=len(items)))
     return bundle
+
+
+def rewrite_meta(bundle_dir: Path, meta: dict | str) -> None:
+    """Replace bundle.json (a dict, or raw text) and re-seal its checksum, as an editor would.
+
+    Tests use it to reach the checks behind the checksum; without re-sealing, any edit is
+    refused by the checksum first.
+    """
+    text = meta if isinstance(meta, str) else json.dumps(meta)
+    (bundle_dir / BUNDLE_JSON).write_text(text)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    (bundle_dir / CHECKSUM_FILE).write_text(f"{digest}  {BUNDLE_JSON}\n")

@@ -11,18 +11,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from fisheye.bundle import BUNDLE_JSON, WEIGHTS_FILE, BundleError, load_bundle, save_bundle
+from fisheye.bundle import (
+    BUNDLE_JSON,
+    CHECKSUM_FILE,
+    WEIGHTS_FILE,
+    BundleError,
+    load_bundle,
+    save_bundle,
+    sha256_file,
+)
 from fisheye.data.preprocess import Preprocessing
 from fisheye.inference.predictor import Predictor
 from fisheye.models.backbones import build_model
 from tests.helpers.bundles import TINY_INPUT_SIZE as INPUT_SIZE
+from tests.helpers.bundles import rewrite_meta
 from tests.helpers.paths import FISH_CLASSES as CLASSES
 
 
 def _edit_meta(bundle_dir: Path, **changes) -> None:
     meta = json.loads((bundle_dir / BUNDLE_JSON).read_text())
     meta.update(changes)
-    (bundle_dir / BUNDLE_JSON).write_text(json.dumps(meta))
+    rewrite_meta(bundle_dir, meta)
 
 
 def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
@@ -46,8 +55,11 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
         assert torch.equal(model(x), bundle.build_model()(x))
 
 
-def test_bundle_holds_only_safetensors_and_json(writable_tiny_bundle: Path) -> None:
-    assert sorted(p.name for p in writable_tiny_bundle.iterdir()) == [BUNDLE_JSON, WEIGHTS_FILE]
+def test_bundle_holds_only_safetensors_json_and_its_checksum(writable_tiny_bundle: Path) -> None:
+    names = sorted(p.name for p in writable_tiny_bundle.iterdir())
+    assert names == [BUNDLE_JSON, CHECKSUM_FILE, WEIGHTS_FILE]
+    recorded = (writable_tiny_bundle / CHECKSUM_FILE).read_text()
+    assert recorded == f"{sha256_file(writable_tiny_bundle / BUNDLE_JSON)}  {BUNDLE_JSON}\n"
 
 
 def test_tampered_weights_are_refused(writable_tiny_bundle: Path) -> None:
@@ -66,6 +78,9 @@ def test_tampered_hash_in_bundle_json_is_refused(writable_tiny_bundle: Path) -> 
     entry = meta["files"][WEIGHTS_FILE]
     entry["sha256"] = ("0" if entry["sha256"][0] != "0" else "1") + entry["sha256"][1:]
     (writable_tiny_bundle / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=f"does not match {CHECKSUM_FILE}"):
+        load_bundle(writable_tiny_bundle)
+    rewrite_meta(writable_tiny_bundle, meta)  # even with the checksum re-sealed
     with pytest.raises(BundleError, match="integrity"):
         load_bundle(writable_tiny_bundle)
 
@@ -88,7 +103,7 @@ def test_not_a_folder(tmp_path: Path) -> None:
 
 
 def test_invalid_json(writable_tiny_bundle: Path) -> None:
-    (writable_tiny_bundle / BUNDLE_JSON).write_text("{not json")
+    rewrite_meta(writable_tiny_bundle, "{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         load_bundle(writable_tiny_bundle)
 
@@ -103,7 +118,7 @@ def test_wrong_format_version(writable_tiny_bundle: Path, version) -> None:
 def test_missing_required_key(writable_tiny_bundle: Path) -> None:
     meta = json.loads((writable_tiny_bundle / BUNDLE_JSON).read_text())
     del meta["classes"]
-    (writable_tiny_bundle / BUNDLE_JSON).write_text(json.dumps(meta))
+    rewrite_meta(writable_tiny_bundle, meta)
     with pytest.raises(BundleError, match="classes"):
         load_bundle(writable_tiny_bundle)
 
@@ -139,7 +154,7 @@ def test_load_never_unpickles(writable_tiny_bundle: Path, monkeypatch: pytest.Mo
     bundle.build_model()
     inside = {p.name for p in opened if p.resolve().parent == writable_tiny_bundle.resolve()}
     assert inside, "the tracker saw no file being opened"
-    assert inside <= {BUNDLE_JSON, WEIGHTS_FILE}
+    assert inside <= {BUNDLE_JSON, CHECKSUM_FILE, WEIGHTS_FILE}
 
 
 def test_files_changed_after_loading_are_refused(writable_tiny_bundle: Path) -> None:

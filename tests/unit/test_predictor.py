@@ -13,6 +13,7 @@ from fisheye.data.images import decode_image
 from fisheye.data.preprocess import Preprocessing, preprocess
 from fisheye.inference.predictor import Predictor
 from tests.helpers.bundles import TINY_INPUT_SIZE as INPUT_SIZE
+from tests.helpers.bundles import rewrite_meta
 from tests.helpers.paths import FISH_CLASSES as CLASSES
 from tests.helpers.photos import encode, photo, write_bad_files
 
@@ -61,7 +62,7 @@ def test_center_crop_spec_is_honoured(writable_tiny_bundle: Path, photo_files) -
     meta = json.loads((bundle_dir / "bundle.json").read_text())
     spec = Preprocessing(input_size=INPUT_SIZE, resize="center_crop", interpolation="bicubic")
     meta["preprocessing"] = spec.to_dict()
-    (bundle_dir / "bundle.json").write_text(json.dumps(meta))
+    rewrite_meta(bundle_dir, meta)
     pred = Predictor.from_dir(bundle_dir)
     assert pred.preprocessing == spec
     img = decode_image(photo_files[-1])

@@ -45,7 +45,7 @@ def serve(
         ) from None
     try:
         # Fail fast on a wrong path or a missing export; the weights load in the server.
-        resolve(read_meta(settings.model), settings.backend)
+        resolve(read_meta(settings.model, settings.model_sha256), settings.backend)
     except BundleError as exc:
         raise fail(err, f"cannot serve the model bundle {settings.model}: {exc}") from None
     err.print(
@@ -60,4 +60,7 @@ def serve(
         log_level=settings.log_level.lower(),
         log_config=None,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=int(max(1, settings.keep_alive_s)),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        server_header=False,
     )

@@ -23,12 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from fisheye.data.images import (
-    DEFAULT_MAX_PIXELS,
-    ImageDecodeError,
-    ImageTooLargeError,
-    decode_image,
-)
+from fisheye.data.images import ImageDecodeError, decode_image, decode_thumbnail
 from fisheye.data.manifest import ManifestRow
 from fisheye.data.progress import NO_PROGRESS, Progress
 
@@ -79,15 +74,7 @@ def _bilinear(channels: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarra
 
 def load_thumbnail(path: Path, size: int = THUMB_SIZE) -> Image.Image:
     """A cheap size x size RGB thumbnail (JPEG draft decoding, aspect squashed)."""
-    with Image.open(path) as img:
-        width, height = img.size
-        if width * height > DEFAULT_MAX_PIXELS:
-            raise ImageTooLargeError(
-                f"image is {width}x{height}, over the limit of {DEFAULT_MAX_PIXELS:,} pixels"
-            )
-        img.draft("RGB", (size, size))
-        rgb = img.convert("RGB")
-    return rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return decode_thumbnail(path, size)
 
 
 def rotation_invariant_descriptor(
@@ -115,7 +102,7 @@ def _descriptor_for(path: Path, frame_aspect: float | None) -> np.ndarray | None
             image = decode_image(path)
             return rotation_invariant_descriptor(image, None)
         return rotation_invariant_descriptor(load_thumbnail(path), frame_aspect)
-    except (ImageDecodeError, OSError, ValueError, SyntaxError) as exc:
+    except ImageDecodeError as exc:
         log.warning("cannot describe %s for grouping (%s); it gets its own group", path, exc)
         return None
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fisheye.data.grouping import group_near_duplicates
-from fisheye.data.images import ImageDecodeError, decode_image
+from fisheye.data.images import ImageDecodeError, decode_image, image_size, read_photo_file
 from fisheye.data.layouts import detect_layout, enumerate_photos
 from fisheye.data.manifest import (
     MANIFEST_NAME,
@@ -79,15 +79,12 @@ class ImportReport:
 def _inspect(path: Path) -> tuple[str, int, int] | str:
     """(sha256, width, height) of a photo, or the reason it cannot be read."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return f"cannot read file: {exc.strerror or exc}"
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        image = decode_image(data)
+        data = read_photo_file(path)
+        decode_image(data)  # a photo that cannot be decoded is reported, not indexed
+        width, height = image_size(data)  # its own size, even if it was decoded smaller
     except ImageDecodeError as exc:
         return str(exc)
-    return digest, image.width, image.height
+    return hashlib.sha256(data).hexdigest(), width, height
 
 
 def _map_threaded(fn: Callable, items: Iterable, on_done: Callable[[], None]) -> list:

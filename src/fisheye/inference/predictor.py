@@ -14,8 +14,13 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from fisheye.bundle import Bundle, load_bundle
-from fisheye.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from fisheye.bundle import Bundle, BundleError, load_bundle
+from fisheye.data.images import (
+    DEFAULT_MAX_DECODE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    decode_image,
+)
 from fisheye.data.preprocess import preprocess
 from fisheye.inference.backend import Backend, InferenceOutput
 from fisheye.inference.registry import AUTO, create_backend
@@ -102,6 +107,7 @@ class Predictor:
         backend: str | Backend = AUTO,
         top_k: int = 5,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
         threads: int | None = None,
         spinning: bool = True,
         ood: FeatureScorer | None = None,
@@ -111,12 +117,36 @@ class Predictor:
         self.preprocessing = bundle.preprocessing
         self.top_k = min(top_k, len(self.classes))
         self.max_pixels = max_pixels
+        self.max_decode_bytes = max_decode_bytes
         self.ood = ood
         self.backend: Backend = (
             create_backend(bundle, backend, threads=threads, spinning=spinning)
             if isinstance(backend, str)
             else backend
         )
+
+    def verify(self) -> None:
+        """Run the model once and check it fits its bundle (BundleError if not).
+
+        The class list must match the model's outputs, and the OOD scorer (if any) the
+        model's features: a bundle that mixes files of two models is refused here rather
+        than answering with the wrong labels.
+        """
+        size = self.preprocessing.input_size
+        try:
+            out = self.infer(np.zeros((1, 3, size, size), np.float32))
+        except BundleError:
+            raise
+        except Exception as exc:  # a runtime's own error types: the files do not fit
+            raise BundleError(
+                f"the bundle's files do not fit together: running the model on a {size}x{size} "
+                f"input failed ({type(exc).__name__}: {exc})"
+            ) from exc
+        if out.probabilities.shape != (1, len(self.classes)):
+            raise BundleError(
+                f"the model gives {out.probabilities.shape[-1]} class scores but bundle.json "
+                f"lists {len(self.classes)} classes"
+            )
 
     @classmethod
     def from_dir(cls, bundle_dir: Path | None = None, **kwargs) -> Predictor:
@@ -129,8 +159,10 @@ class Predictor:
         return self.backend.name
 
     def decode(self, source: Source) -> Image.Image:
-        """Decode a photo under this Predictor's pixel limit (raises ImageDecodeError)."""
-        return decode_image(source, max_pixels=self.max_pixels)
+        """Decode a photo within this Predictor's pixel and memory limits (ImageDecodeError)."""
+        return decode_image(
+            source, max_pixels=self.max_pixels, max_decode_bytes=self.max_decode_bytes
+        )
 
     def prepare(self, source: Source | Image.Image) -> np.ndarray:
         """The (3, H, W) float32 model input for one photo (raises ImageDecodeError)."""

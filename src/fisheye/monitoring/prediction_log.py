@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -19,10 +20,9 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     id TEXT PRIMARY KEY,
@@ -38,11 +38,51 @@ CREATE TABLE IF NOT EXISTS predictions (
     image_path TEXT
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+-- Per-minute rollups, written with the rows: a summary reads minutes, not rows.
+CREATE TABLE IF NOT EXISTS minute_counts (
+    minute INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    confidence_sum REAL NOT NULL,
+    verdicts INTEGER NOT NULL,
+    ood INTEGER NOT NULL,
+    PRIMARY KEY (minute, label)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS minute_latency (
+    minute INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (minute, bucket)
+) WITHOUT ROWID;
+-- The first feedback on a prediction is the one that counts; later ones are corrections,
+-- kept for audit in feedback_corrections.
 CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY,
     ts REAL NOT NULL,
-    label TEXT NOT NULL
+    label TEXT NOT NULL,
+    predicted TEXT NOT NULL,
+    prediction_ts REAL NOT NULL,
+    correct INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS feedback_prediction_ts ON feedback (prediction_ts, correct);
+CREATE TABLE IF NOT EXISTS feedback_corrections (
+    id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    label TEXT NOT NULL,
+    recorded TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback_totals (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    n INTEGER NOT NULL,
+    correct INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO feedback_totals VALUES (1, 0, 0);
+CREATE TRIGGER IF NOT EXISTS feedback_counted AFTER INSERT ON feedback BEGIN
+    UPDATE feedback_totals SET n = n + 1, correct = correct + NEW.correct;
+END;
+CREATE TRIGGER IF NOT EXISTS feedback_uncounted AFTER DELETE ON feedback BEGIN
+    UPDATE feedback_totals SET n = n - 1, correct = correct - OLD.correct;
+END;
 CREATE TABLE IF NOT EXISTS drift (
     ts REAL NOT NULL,
     n INTEGER,
@@ -54,6 +94,11 @@ CREATE TABLE IF NOT EXISTS drift (
 );
 CREATE INDEX IF NOT EXISTS drift_ts ON drift (ts);
 """
+# Latency histogram of the rollups: bucket k holds latencies up to LATENCY_BASE_MS * 1.05**k,
+# so a percentile read from it is within 5% (bucket 0 holds everything up to the base).
+LATENCY_BASE_MS = 0.1
+LATENCY_GROWTH = 1.05
+LATENCY_BUCKETS = 400
 BUSY_TIMEOUT_MS = 200  # the writer waits at most this long for a lock, then drops the batch
 
 
@@ -78,6 +123,14 @@ class FeedbackError(ValueError):
     """Feedback names an unknown prediction id."""
 
 
+class FeedbackConflictError(ValueError):
+    """The prediction already has feedback; the new label was kept as a correction."""
+
+    def __init__(self, message: str, recorded: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.recorded = recorded
+
+
 def connect(path: Path, *, readonly: bool = False, timeout_ms: int = BUSY_TIMEOUT_MS):
     """A SQLite connection to the log (WAL mode; read-only connections never write)."""
     if readonly:
@@ -88,9 +141,83 @@ def connect(path: Path, *, readonly: bool = False, timeout_ms: int = BUSY_TIMEOU
         conn = sqlite3.connect(str(path), timeout=timeout_ms / 1000, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
+        conn.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
+        _create_or_migrate(conn)
     conn.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
     return conn
+
+
+def _create_or_migrate(conn: sqlite3.Connection) -> None:
+    """Create the tables, or bring a log written by an earlier FishEye up to date."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    with conn:
+        old_feedback = [r[1] for r in conn.execute("PRAGMA table_info(feedback)")]
+        if old_feedback and "correct" not in old_feedback:
+            conn.execute("ALTER TABLE feedback RENAME TO feedback_v1")
+        conn.executescript(SCHEMA)
+        if old_feedback and "correct" not in old_feedback:
+            conn.execute(
+                "INSERT OR IGNORE INTO feedback SELECT f.id, f.ts, f.label, p.label, p.ts, "
+                "p.label = f.label FROM feedback_v1 f JOIN predictions p ON p.id = f.id"
+            )
+            conn.execute("DROP TABLE feedback_v1")
+        if conn.execute("SELECT COUNT(*) FROM minute_counts").fetchone()[0] == 0:
+            _add_to_rollups(
+                conn,
+                conn.execute(
+                    "SELECT ts, label, confidence, in_distribution, latency_ms FROM predictions"
+                ),
+            )
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def insert_predictions(conn: sqlite3.Connection, rows: list[PredictionRow]) -> None:
+    """Insert prediction rows and add them to the minute rollups (in the caller's transaction)."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        [astuple(r) for r in rows],
+    )
+    _add_to_rollups(
+        conn, [(r.ts, r.label, r.confidence, r.in_distribution, r.latency_ms) for r in rows]
+    )
+
+
+def latency_bucket(ms: float) -> int:
+    """The rollup histogram bucket of a latency."""
+    if ms <= LATENCY_BASE_MS:
+        return 0
+    k = math.ceil(math.log(ms / LATENCY_BASE_MS) / math.log(LATENCY_GROWTH) - 1e-9)
+    return min(LATENCY_BUCKETS - 1, k)
+
+
+def _add_to_rollups(conn: sqlite3.Connection, rows) -> None:
+    """Add (ts, label, confidence, in_distribution, latency_ms) rows to the minute rollups."""
+    counts: dict[tuple[int, str], list[float]] = {}
+    latency: dict[tuple[int, int], int] = {}
+    for ts, label, confidence, in_distribution, latency_ms in rows:
+        minute = int(ts // 60)
+        c = counts.setdefault((minute, label), [0, 0.0, 0, 0])
+        c[0] += 1
+        c[1] += confidence or 0.0
+        if in_distribution is not None:
+            c[2] += 1
+            c[3] += not in_distribution
+        if latency_ms is not None:
+            key = (minute, latency_bucket(latency_ms))
+            latency[key] = latency.get(key, 0) + 1
+    conn.executemany(
+        "INSERT INTO minute_counts VALUES (?,?,?,?,?,?) ON CONFLICT (minute, label) DO UPDATE "
+        "SET n = n + excluded.n, confidence_sum = confidence_sum + excluded.confidence_sum, "
+        "verdicts = verdicts + excluded.verdicts, ood = ood + excluded.ood",
+        [(m, lab, *c) for (m, lab), c in counts.items()],
+    )
+    conn.executemany(
+        "INSERT INTO minute_latency VALUES (?,?,?) ON CONFLICT (minute, bucket) DO UPDATE "
+        "SET n = n + excluded.n",
+        [(m, b, n) for (m, b), n in latency.items()],
+    )
 
 
 class _Barrier:
@@ -125,6 +252,9 @@ class PredictionLog:
         self._thread: threading.Thread | None = None
         self._last_error_log = 0.0
         self._last_retention = 0.0
+        # Predictions queued but not yet written: feedback on them needs no flush.
+        self._pending: dict[str, tuple[float, str]] = {}
+        self._pending_lock = threading.Lock()
 
     # -- writer side -------------------------------------------------------------------
     def start(self) -> None:
@@ -144,17 +274,23 @@ class PredictionLog:
 
     def record(self, row: PredictionRow, image: bytes | None = None) -> None:
         """Queue a prediction for writing; never blocks (a full queue drops and counts it)."""
-        self._put(("prediction", row, image))
+        with self._pending_lock:
+            self._pending[row.id] = (row.ts, row.label)
+        if not self._put(("prediction", row, image)):
+            with self._pending_lock:
+                self._pending.pop(row.id, None)
 
     def record_drift(self, result: dict[str, Any]) -> None:
         """Queue a drift-test result for the report."""
         self._put(("drift", result, None))
 
-    def _put(self, item: Any) -> None:
+    def _put(self, item: Any) -> bool:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             self._count_lost(1, "the prediction log queue is full")
+            return False
+        return True
 
     def flush(self, timeout: float = 2.0) -> bool:
         """Wait until rows queued so far are written (or dropped); False on timeout."""
@@ -216,6 +352,9 @@ class PredictionLog:
             if conn is None and (rows or drifts):
                 conn = self._open()
             self._write(conn, rows, drifts)
+            with self._pending_lock:
+                for row, _ in rows:
+                    self._pending.pop(row.id, None)
             self._maybe_retain(conn)
             for b in barriers:
                 b.event.set()
@@ -241,16 +380,12 @@ class PredictionLog:
         if conn is None:
             self._count_lost(len(rows) + len(drifts), "the database cannot be opened")
             return
-        values = []
         for row, image in rows:
             if image is not None and self.image_dir is not None:
                 row.image_path = self._save_image(row, image)
-            values.append(astuple(row))
         try:
             with conn:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)", values
-                )
+                insert_predictions(conn, [row for row, _ in rows])
                 conn.executemany(
                     "INSERT INTO drift VALUES (?,?,?,?,?,?,?)",
                     [
@@ -287,35 +422,57 @@ class PredictionLog:
             conn.close()
 
     def add_feedback(self, prediction_id: str, label: str) -> dict[str, Any]:
-        """Record the true label of a logged prediction; returns whether it was right."""
-        self.flush()
+        """Record the true label of a logged prediction; returns whether it was right.
+
+        The first feedback on a prediction counts. A later, different label raises
+        FeedbackConflictError after keeping it in `feedback_corrections` (audit); the same
+        label again is answered like the first.
+        """
         with self._reader() as conn:
             found = conn.execute(
-                "SELECT label FROM predictions WHERE id = ?", (prediction_id,)
+                "SELECT ts, label FROM predictions WHERE id = ?", (prediction_id,)
             ).fetchone()
             if found is None:
+                with self._pending_lock:
+                    found = self._pending.get(prediction_id)
+            if found is None:
                 raise FeedbackError(f"no logged prediction has id {prediction_id!r}")
+            prediction_ts, predicted = found
+            now = time.time()
             with conn:
-                conn.execute(
-                    "INSERT OR REPLACE INTO feedback VALUES (?,?,?)",
-                    (prediction_id, time.time(), label),
-                )
-            acc = conn.execute(
-                "SELECT AVG(p.label = f.label), COUNT(*) FROM feedback f "
-                "JOIN predictions p ON p.id = f.id"
-            ).fetchone()
-        return {
+                added = conn.execute(
+                    "INSERT INTO feedback VALUES (?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
+                    (prediction_id, now, label, predicted, prediction_ts, predicted == label),
+                ).rowcount
+                recorded = conn.execute(
+                    "SELECT label, ts FROM feedback WHERE id = ?", (prediction_id,)
+                ).fetchone()
+                if not added and recorded[0] != label:
+                    conn.execute(
+                        "INSERT INTO feedback_corrections VALUES (?,?,?,?)",
+                        (prediction_id, now, label, recorded[0]),
+                    )
+            n, correct = conn.execute("SELECT n, correct FROM feedback_totals").fetchone()
+        result = {
             "id": prediction_id,
-            "label": label,
-            "predicted": found[0],
-            "correct": found[0] == label,
-            "accuracy": float(acc[0]) if acc[0] is not None else None,
-            "feedback_count": int(acc[1]),
+            "label": recorded[0],
+            "predicted": predicted,
+            "correct": predicted == recorded[0],
+            "accuracy": correct / n if n else None,
+            "feedback_count": int(n),
+            "new": bool(added),
         }
+        if not added and recorded[0] != label:
+            raise FeedbackConflictError(
+                f"prediction {prediction_id!r} already has feedback {recorded[0]!r}; "
+                f"{label!r} was kept as a correction for review",
+                result,
+            )
+        return result
 
     def summary(self, window_s: float) -> dict[str, Any]:
         """Counts per class, confidence, OOD rate, feedback accuracy, latency, drift."""
-        self.flush()
+        self.flush()  # include the rows still queued
         since = time.time() - window_s
         with self._reader() as conn:
             return summarize(conn, since)
@@ -325,6 +482,9 @@ def apply_retention(conn: sqlite3.Connection, retention_days: float, max_rows: i
     """Delete rows older than the retention age and beyond the row limit; rows deleted."""
     cutoff = time.time() - retention_days * 86400
     with conn:
+        conn.execute("DELETE FROM minute_counts WHERE minute < ?", (int(cutoff // 60),))
+        conn.execute("DELETE FROM minute_latency WHERE minute < ?", (int(cutoff // 60),))
+        conn.execute("DELETE FROM feedback WHERE prediction_ts < ?", (cutoff,))
         n = conn.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,)).rowcount
         n += conn.execute(
             "DELETE FROM predictions WHERE rowid IN (SELECT rowid FROM predictions "
@@ -332,38 +492,55 @@ def apply_retention(conn: sqlite3.Connection, retention_days: float, max_rows: i
             (max_rows,),
         ).rowcount
         conn.execute("DELETE FROM drift WHERE ts < ?", (cutoff,))
-        conn.execute("DELETE FROM feedback WHERE id NOT IN (SELECT id FROM predictions)")
     return n
 
 
+def _percentiles(counts: dict[int, int], qs: tuple[int, ...]) -> dict[str, float | None]:
+    """Percentiles of the rollups' latency histogram (each bucket's upper bound)."""
+    total = sum(counts.values())
+    out: dict[str, float | None] = {}
+    for q in qs:
+        if not total:
+            out[f"p{q}"] = None
+            continue
+        rank, seen = q / 100 * total, 0
+        for bucket in sorted(counts):
+            seen += counts[bucket]
+            if seen >= rank:
+                out[f"p{q}"] = round(LATENCY_BASE_MS * LATENCY_GROWTH**bucket, 3)
+                break
+    return out
+
+
 def summarize(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
-    """The monitoring summary of predictions made after `since` (unix seconds)."""
-    counts = dict(
+    """The monitoring summary of predictions made after `since` (unix seconds).
+
+    Read from the per-minute rollups (the window starts at the minute `since` falls in),
+    so it costs the same whatever the number of predictions.
+    """
+    minute = int(since // 60)
+    rows = conn.execute(
+        "SELECT label, SUM(n), SUM(confidence_sum), SUM(verdicts), SUM(ood) FROM minute_counts "
+        "WHERE minute >= ? GROUP BY label ORDER BY label",
+        (minute,),
+    ).fetchall()
+    counts = {label: int(n) for label, n, *_ in rows}
+    n = sum(counts.values())
+    conf_sum = sum(r[2] for r in rows)
+    verdicts, ood = sum(r[3] for r in rows), sum(r[4] for r in rows)
+    fb_n, fb_correct = conn.execute(
+        "SELECT COUNT(*), SUM(correct) FROM feedback WHERE prediction_ts >= ?", (since,)
+    ).fetchone()
+    latency = dict(
         conn.execute(
-            "SELECT label, COUNT(*) FROM predictions WHERE ts >= ? GROUP BY label ORDER BY label",
-            (since,),
+            "SELECT bucket, SUM(n) FROM minute_latency WHERE minute >= ? GROUP BY bucket",
+            (minute,),
         ).fetchall()
     )
-    n, mean_conf, ood_rate = conn.execute(
-        "SELECT COUNT(*), AVG(confidence), AVG(CASE WHEN in_distribution IS NULL THEN NULL "
-        "ELSE 1 - in_distribution END) FROM predictions WHERE ts >= ?",
-        (since,),
-    ).fetchone()
-    fb_n, fb_acc = conn.execute(
-        "SELECT COUNT(*), AVG(p.label = f.label) FROM feedback f JOIN predictions p "
-        "ON p.id = f.id WHERE p.ts >= ?",
-        (since,),
-    ).fetchone()
-    lat = np.array(
-        [
-            r[0]
-            for r in conn.execute(
-                "SELECT latency_ms FROM predictions WHERE ts >= ? AND latency_ms IS NOT NULL",
-                (since,),
-            )
-        ],
-        dtype=np.float64,
-    )
+    mean_conf = conf_sum / n if n else None
+    ood_rate = ood / verdicts if verdicts else None
+    fb_acc = fb_correct / fb_n if fb_n else None
+    lat = _percentiles(latency, (50, 95, 99))
     drift_rows = conn.execute(
         "SELECT ts, n, score, p_value, p_value_is_bound, drift, ood_fraction FROM drift "
         "WHERE ts >= ? ORDER BY ts",
@@ -376,9 +553,7 @@ def summarize(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
         "mean_confidence": None if mean_conf is None else float(mean_conf),
         "ood_rate": None if ood_rate is None else float(ood_rate),
         "feedback": {"count": int(fb_n), "accuracy": None if fb_acc is None else float(fb_acc)},
-        "latency_ms": {
-            f"p{q}": (float(np.percentile(lat, q)) if lat.size else None) for q in (50, 95, 99)
-        },
+        "latency_ms": lat,
         "drift": {
             "tests": len(drift_rows),
             "drift_detected": sum(int(r[5]) for r in drift_rows),

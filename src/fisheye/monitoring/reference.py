@@ -22,7 +22,7 @@ import numpy as np
 from safetensors.numpy import load, save_file
 
 from fisheye.bundle import Bundle, add_file, load_bundle
-from fisheye.data.images import DEFAULT_MAX_PIXELS
+from fisheye.data.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
 from fisheye.inference import registry
 from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DEFAULT_ALPHA, DEFAULT_PERMUTATIONS, DriftDetector
@@ -338,14 +338,18 @@ def load_predictor(
     n_permutations: int | None = None,
     top_k: int = 5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
     threads: int | None = None,
     spinning: bool = True,
+    expected_sha256: str | None = None,
 ) -> tuple[Predictor, Monitor | None]:
     """A verified bundle's Predictor and, when `monitored` and it has one, its Monitor.
 
     The Predictor scores every photo for OOD with the monitor of its own backend's features.
+    Every file's hash is checked (and bundle.json's against `expected_sha256` when given),
+    and the model is run once to check its outputs fit the class list and the monitor.
     """
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, expected_sha256)
     name = registry.resolve(bundle.meta, backend)
     monitor = None
     if monitored:
@@ -360,8 +364,10 @@ def load_predictor(
         backend=name,
         top_k=top_k,
         max_pixels=max_pixels,
+        max_decode_bytes=max_decode_bytes,
         threads=threads,
         spinning=spinning,
         ood=monitor.ood if monitor is not None else None,
     )
+    predictor.verify()
     return predictor, monitor

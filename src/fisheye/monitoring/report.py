@@ -67,8 +67,7 @@ def write_report(db: Path, out_dir: Path, *, window_s: float | None = None) -> P
             "SELECT ts, p_value FROM drift WHERE ts >= ? ORDER BY ts", (since,)
         ).fetchall()
         fb = conn.execute(
-            "SELECT f.ts, p.label = f.label FROM feedback f JOIN predictions p ON p.id = f.id "
-            "WHERE p.ts >= ? ORDER BY f.ts",
+            "SELECT ts, correct FROM feedback WHERE prediction_ts >= ? ORDER BY ts",
             (since,),
         ).fetchall()
         summary = summarize(conn, since)

@@ -7,18 +7,27 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from fisheye import __version__
 from fisheye.serving.errors import install_error_handlers
 from fisheye.serving.metrics import MetricsMiddleware
+from fisheye.serving.middleware import (
+    HeadMiddleware,
+    SecurityHeadersMiddleware,
+    ServerLimitsMiddleware,
+)
 from fisheye.serving.routes import ROUTERS
 from fisheye.serving.settings import ServeSettings
 from fisheye.serving.state import ServingState
 
 STATIC_DIR = Path(__file__).parent / "static"
+# Swagger UI's files, from the fastapi-offline package: the API docs work with no network.
+SWAGGER_DIR = Path(fastapi_offline.__file__).parent / "static"
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
@@ -41,6 +50,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         summary="Recognise fish and seafood species from photos.",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     app.state.serving = state
     install_error_handlers(app)
@@ -51,7 +63,25 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    if settings.api_docs:
+
+        @app.get("/docs", include_in_schema=False)
+        async def api_docs() -> FileResponse:
+            return FileResponse(STATIC_DIR / "api-docs.html")
+
+        app.mount("/static/swagger", StaticFiles(directory=SWAGGER_DIR), name="swagger")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Added innermost first: metrics see every response, the limits' ones included.
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Authorization"],
+        )
+    app.add_middleware(HeadMiddleware)
+    app.add_middleware(ServerLimitsMiddleware, settings=settings)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 

@@ -18,7 +18,7 @@ def get_state(request: Request) -> ServingState:
 def require_ready(request: Request) -> ServingState:
     """The ServingState, or 503 while the model is still loading (or failed to load)."""
     state: ServingState = request.app.state.serving
-    if not state.ready or state.predictor is None or state.batcher is None:
+    if not state.ready or state.predictor is None or state.batcher is None or state.decoder is None:
         detail = (
             f"the model failed to load: {state.load_error}"
             if state.load_error

@@ -89,6 +89,11 @@ class Metrics:
             ["correct"],
             registry=r,
         )
+        self.feedback_corrections = Counter(
+            "fisheye_feedback_corrections",
+            "Feedback that disagreed with the first feedback on a prediction (kept for review).",
+            registry=r,
+        )
         self.feedback_accuracy = Gauge(
             "fisheye_feedback_accuracy",
             "Accuracy of logged predictions that received feedback (NaN before any).",

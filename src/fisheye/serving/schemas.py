@@ -75,6 +75,7 @@ class ModelOut(BaseModel):
     version: str
     architecture: str
     backend: str = Field(description="What runs the model: torch, onnx or onnx-int8.")
+    sha256: str = Field(description="sha256 of the bundle's bundle.json; pins this bundle.")
     classes: list[str]
     metrics: dict[str, Any]
     preprocessing: dict[str, Any]
@@ -112,6 +113,9 @@ class FeedbackOut(BaseModel):
     correct: bool
     accuracy: float | None = Field(description="Accuracy over all feedback in the log.")
     feedback_count: int
+    new: bool = Field(
+        description="False when this repeats the label already recorded for the prediction."
+    )
 
 
 class ErrorBody(BaseModel):
@@ -131,6 +135,7 @@ def error_responses(*codes: int, **texts: str) -> dict[int | str, dict[str, Any]
 
 ERROR_TEXTS = {
     401: "Missing or wrong credentials.",
+    409: "Conflicts with what is already recorded.",
     404: "Unknown prediction id, or the prediction log is off.",
     413: "The body or the photo is too large (bytes or pixels).",
     415: "The file is not an image format FishEye reads.",

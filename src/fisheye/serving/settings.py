@@ -9,10 +9,17 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fisheye.bundle import default_bundle_dir
-from fisheye.data.images import DEFAULT_MAX_PIXELS
+from fisheye.data.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
 from fisheye.inference.registry import AUTO, BackendChoice
 
 MB = 1024 * 1024
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def default_prediction_db() -> Path:
@@ -28,6 +35,11 @@ class ServeSettings(BaseSettings):
 
     model: Path = Field(
         default_factory=default_bundle_dir, description="Model bundle folder (FISHEYE_MODEL)."
+    )
+    model_sha256: str | None = Field(
+        None,
+        description="Pin the bundle: the sha256 its bundle.json must have (the hash in its "
+        "bundle.json.sha256); any other bundle is refused.",
     )
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
@@ -50,6 +62,45 @@ class ServeSettings(BaseSettings):
     top_k: int = Field(5, ge=1, description="Classes listed in each answer.")
     max_pixels: int = Field(
         DEFAULT_MAX_PIXELS, ge=1, description="Largest decoded photo (decompression-bomb guard)."
+    )
+    max_decode_mb: float = Field(
+        DEFAULT_MAX_DECODE_BYTES / MB,
+        gt=0,
+        description="Memory one photo's decode may use, in MiB; larger photos are decoded "
+        "smaller (JPEG) or shrunk before conversion, or refused with 413.",
+    )
+    decode_workers: int = Field(
+        default_factory=_cores,
+        ge=1,
+        description="Photos decoded at the same time (default: the CPU cores); with "
+        "max_decode_mb this bounds decoding's memory.",
+    )
+    max_decode_queue: int = Field(
+        256, ge=0, description="Photos that may wait for a decode slot; beyond it, 503."
+    )
+    max_upload_memory_mb: float = Field(
+        512.0,
+        gt=0,
+        description="Uploaded photo bytes held in memory by all requests together, in MiB; "
+        "beyond it, 503 with Retry-After.",
+    )
+    max_concurrent_requests: int = Field(
+        256, ge=1, description="Requests handled at once; beyond it, 503 with Retry-After."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="A request not answered in this time gets 408 (slow clients)."
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="Idle keep-alive connections close after.")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest total size of a request's headers (431 above)."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (CORS); none by default. "
+        "As JSON: FISHEYE_CORS_ORIGINS='[\"https://quality.example.com\"]'.",
+    )
+    api_docs: bool = Field(
+        True, description="Serve the interactive API docs at /docs (offline, no CDN)."
     )
     log_level: str = Field("info", description="uvicorn / logging level.")
     # Monitoring (docs/monitoring.md).
@@ -102,7 +153,22 @@ class ServeSettings(BaseSettings):
                 f"max_queue ({self.max_queue}) must be at least max_files ({self.max_files}), "
                 "or a full batch request could never be accepted"
             )
+        if self.max_upload_memory_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"max_upload_memory_mb ({self.max_upload_memory_mb:g}) must be at least "
+                f"max_upload_mb ({self.max_upload_mb:g}), or no photo could ever be accepted"
+            )
         return self
+
+    @property
+    def max_decode_bytes(self) -> int:
+        """The per-photo decode memory budget in bytes."""
+        return int(self.max_decode_mb * MB)
+
+    @property
+    def max_upload_memory_bytes(self) -> int:
+        """The shared in-memory upload budget in bytes."""
+        return int(self.max_upload_memory_mb * MB)
 
     @property
     def max_upload_bytes(self) -> int:

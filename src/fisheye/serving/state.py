@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fisheye.bundle import BundleError
 from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.prediction_log import PredictionLog
 from fisheye.monitoring.reference import load_predictor
 from fisheye.serving.batcher import MicroBatcher
+from fisheye.serving.decoding import DecodePool
 from fisheye.serving.errors import APIError
 from fisheye.serving.live_monitor import LiveMonitor
 from fisheye.serving.metrics import Metrics
 from fisheye.serving.settings import ServeSettings
+from fisheye.serving.uploads import UploadBudget
 
 log = logging.getLogger(__name__)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def return_large_buffers_to_the_os(threshold: int = 256 * 1024) -> None:
+    """Allocations over `threshold` bytes straight from the OS (mmap), and back when freed.
+
+    glibc raises its mmap threshold after the first large buffer is freed, so later large
+    buffers (decoded photos) come from the heap and stay resident after they are freed: a
+    burst of big photos kept gigabytes. Setting the threshold fixes it in place (glibc only;
+    elsewhere this does nothing).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(M_MMAP_THRESHOLD, threshold)
+    except OSError as exc:
+        log.debug("could not set the malloc mmap threshold: %s", exc)
 
 
 def limit_blas_threads() -> None:
@@ -44,6 +69,8 @@ class ServingState:
     metrics: Metrics = field(default_factory=Metrics)
     predictor: Predictor | None = None
     batcher: MicroBatcher | None = None
+    decoder: DecodePool | None = None
+    uploads: UploadBudget | None = None
     monitoring: LiveMonitor | None = None
     ready: bool = False
     load_error: str | None = None
@@ -60,9 +87,12 @@ class ServingState:
             n_permutations=s.drift_permutations,
             top_k=s.top_k,
             max_pixels=s.max_pixels,
+            max_decode_bytes=s.max_decode_bytes,
             threads=s.threads,
+            expected_sha256=s.model_sha256,
         )
         limit_blas_threads()
+        return_large_buffers_to_the_os()
         batcher = MicroBatcher(
             predictor.infer,
             max_batch_size=s.max_batch_size,
@@ -84,6 +114,8 @@ class ServingState:
             [np.zeros((n, 3, size, size), np.float32) for n in sorted({1, s.max_batch_size})]
         )
         self.batcher = batcher
+        self.decoder = DecodePool(s.decode_workers, s.max_decode_queue)
+        self.uploads = UploadBudget(s.max_upload_memory_bytes)
         self.ready = True
         self.metrics.ready.set(1)
         log.info(
@@ -104,8 +136,18 @@ class ServingState:
         try:
             self.load()
         except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.error("could not load the model from %s: %s", self.settings.model, self.load_error)
+            # The details (paths, hashes) go to the log; clients get what kind of failure.
+            log.error(
+                "could not load the model from %s: %s: %s",
+                self.settings.model,
+                type(exc).__name__,
+                exc,
+            )
+            self.load_error = (
+                "the model bundle failed verification (see the server log)"
+                if isinstance(exc, BundleError)
+                else "the model could not be loaded (see the server log)"
+            )
 
     def close(self) -> None:
         """Stop the batcher after it finishes queued work, then the monitoring threads."""
@@ -113,6 +155,8 @@ class ServingState:
         self.metrics.ready.set(0)
         if self.batcher is not None:
             self.batcher.stop()
+        if self.decoder is not None:
+            self.decoder.close()
         if self.monitoring is not None:
             self.monitoring.stop()
 

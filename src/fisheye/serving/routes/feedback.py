@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from fisheye.monitoring.prediction_log import FeedbackError
+from fisheye.monitoring.prediction_log import FeedbackConflictError, FeedbackError
 from fisheye.serving.deps import ReadyState
 from fisheye.serving.errors import APIError
 from fisheye.serving.limits import LimitedRoute, limits
@@ -19,7 +19,13 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["monitoring"], route_class=LimitedRoute)
 
 
-@router.post("/feedback", response_model=FeedbackOut, responses=error_responses(404, 503))
+@router.post(
+    "/feedback",
+    response_model=FeedbackOut,
+    responses=error_responses(
+        404, 409, 503, e409="The prediction already has other feedback (kept for review)."
+    ),
+)
 @limits(content_types=("application/json",))
 async def feedback(body: FeedbackIn, state: ReadyState) -> dict[str, Any]:
     """Record the true species of an earlier prediction (by its `id`)."""
@@ -37,13 +43,17 @@ async def feedback(body: FeedbackIn, state: ReadyState) -> dict[str, Any]:
         result = await run_in_threadpool(plog.add_feedback, body.id, body.label)
     except FeedbackError as exc:
         raise APIError(404, "unknown_prediction", str(exc)) from None
+    except FeedbackConflictError as exc:
+        state.metrics.feedback_corrections.inc()
+        raise APIError(409, "feedback_exists", str(exc)) from None
     except (sqlite3.Error, OSError) as exc:
         log.warning("could not record feedback: %s", exc)
         raise APIError(
             503, "log_unavailable", f"the prediction log cannot be written: {exc}"
         ) from None
     m = state.metrics
-    m.feedback.labels(str(result["correct"]).lower()).inc()
+    if result["new"]:  # the counters count rows of the feedback table, nothing else
+        m.feedback.labels(str(result["correct"]).lower()).inc()
     if result["accuracy"] is not None:
         m.feedback_accuracy.set(result["accuracy"])
     return result

@@ -24,6 +24,7 @@ async def model_info(state: ReadyState) -> dict[str, Any]:
         "version": bundle.version,
         "architecture": bundle.architecture,
         "backend": state.predictor.backend_name,
+        "sha256": bundle.sha256,
         "classes": list(state.predictor.classes),
         "metrics": meta.get("metrics", {}),
         "preprocessing": meta.get("preprocessing", {}),

@@ -6,14 +6,17 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, File, Request, UploadFile
-from PIL import UnidentifiedImageError
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request
 
-from fisheye.data.images import ImageDecodeError, ImageTooLargeError
+from fisheye.data.images import (
+    FORMATS_TEXT,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedFormatError,
+)
 from fisheye.inference.backend import InferenceOutput
 from fisheye.inference.predictor import Predictor
 from fisheye.serving.batcher import BatcherStoppedError, QueueFullError
@@ -23,8 +26,8 @@ from fisheye.serving.limits import MULTIPART_OVERHEAD, LimitedRoute, limits
 from fisheye.serving.live_monitor import Observation
 from fisheye.serving.metrics import START_KEY
 from fisheye.serving.schemas import BatchItem, BatchOut, ModelRef, PredictionOut, error_responses
-from fisheye.serving.settings import MB, ServeSettings
 from fisheye.serving.state import ServingState
+from fisheye.serving.uploads import Upload, read_uploads
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["predict"], route_class=LimitedRoute)
@@ -46,40 +49,31 @@ def model_ref(predictor: Predictor) -> ModelRef:
     )
 
 
-async def _read_upload(upload: UploadFile, settings: ServeSettings) -> bytes:
-    """The upload's bytes, refusing files over the size limit before reading them."""
-    limit = settings.max_upload_bytes
-    if upload.size is not None and upload.size > limit:
-        raise APIError(
-            413,
-            "file_too_large",
-            f"{upload.filename or 'the file'} is {upload.size / MB:.1f} MiB; "
-            f"the limit is {settings.max_upload_mb:g} MiB",
-        )
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise APIError(
-            413, "file_too_large", f"the file is over the {settings.max_upload_mb:g} MiB limit"
-        )
-    return data
-
-
-def _prepare(predictor: Predictor, data: bytes) -> np.ndarray:
-    """Decode and preprocess one photo into a (1, C, H, W) model input (runs in a thread)."""
-    if not data:
+def _prepare(predictor: Predictor, upload: Upload) -> np.ndarray:
+    """Decode and preprocess one photo into a (1, C, H, W) model input (a decode thread)."""
+    if not upload.data:
         raise APIError(422, "empty_file", "the file is empty; choose a photo (JPEG, PNG, WebP)")
     try:
-        return predictor.prepare(data)[None]
+        return predictor.prepare(upload.data)[None]
     except ImageTooLargeError as exc:
         raise APIError(413, "image_too_large", str(exc)) from None
+    except UnsupportedFormatError:
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            f"the file is not an image FishEye can read; send a {FORMATS_TEXT}",
+        ) from None
     except ImageDecodeError as exc:
-        if isinstance(exc.__cause__, UnidentifiedImageError):
-            raise APIError(
-                415,
-                "unsupported_media_type",
-                "the file is not an image FishEye can read; send a JPEG, PNG, WebP, BMP or TIFF",
-            ) from None
         raise APIError(422, "invalid_image", f"the image cannot be read: {exc}") from None
+
+
+async def _decode(state: ServingState, upload: Upload) -> np.ndarray:
+    assert state.predictor is not None and state.decoder is not None
+    try:
+        return await state.decoder.run(_prepare, state.predictor, upload)
+    except APIError as exc:
+        state.metrics.rejected.labels(exc.error).inc()
+        raise
 
 
 async def _infer(state: ServingState, inputs: np.ndarray) -> InferenceOutput:
@@ -131,28 +125,44 @@ def _observe(state: ServingState, seen: list[Observation], latency_ms: float) ->
         log.exception("monitoring failed to record %d prediction(s)", len(seen))
 
 
+def _multipart_body(field_name: str, many: bool) -> dict[str, Any]:
+    """The OpenAPI request body of a photo upload (the body is parsed by `read_uploads`)."""
+    photo = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": photo} if many else photo
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [field_name],
+                        "properties": {field_name: schema},
+                    }
+                }
+            },
+        }
+    }
+
+
 @router.post(
     "/predict",
     response_model=PredictionOut,
     responses=RESPONSES,
     summary="Predict the species in one photo",
+    openapi_extra=_multipart_body("file", many=False),
 )
 @limits(body_bytes=lambda s: s.max_upload_bytes + MULTIPART_OVERHEAD, content_types=MULTIPART)
-async def predict(
-    request: Request,
-    state: ReadyState,
-    file: Annotated[UploadFile, File(description="A photo: JPEG, PNG, WebP, BMP or TIFF.")],
-) -> dict[str, Any]:
-    """Classify one photo (multipart field `file`)."""
-    data = await _read_upload(file, state.settings)
-    assert state.predictor is not None
-    try:
-        inputs = await run_in_threadpool(_prepare, state.predictor, data)
-    except APIError as exc:
-        state.metrics.rejected.labels(exc.error).inc()
-        raise
-    out = await _infer(state, inputs)
-    (fields,), seen = _answers(state, out, [data])
+async def predict(request: Request, state: ReadyState) -> dict[str, Any]:
+    """Classify one photo (multipart field `file`: JPEG, PNG, WebP, BMP or TIFF)."""
+    s = state.settings
+    assert state.predictor is not None and state.uploads is not None
+    async with read_uploads(
+        request, "file", state.uploads, max_files=1, max_file_bytes=s.max_upload_bytes, single=True
+    ) as (upload,):
+        inputs = await _decode(state, upload)
+        out = await _infer(state, inputs)
+        (fields,), seen = _answers(state, out, [upload.data])
     answer = {**fields, "model": model_ref(state.predictor), "latency_ms": _elapsed_ms(request)}
     _observe(state, seen, answer["latency_ms"])
     return answer
@@ -163,39 +173,36 @@ async def predict(
     response_model=BatchOut,
     responses=RESPONSES,
     summary="Predict the species in several photos",
+    openapi_extra=_multipart_body("files", many=True),
 )
 @limits(body_bytes=lambda s: s.max_request_bytes, content_types=MULTIPART)
-async def predict_batch(
-    request: Request,
-    state: ReadyState,
-    files: Annotated[
-        list[UploadFile],
-        File(description="Up to FISHEYE_MAX_FILES (default 32) photos, in the order to answer."),
-    ],
+async def predict_batch(request: Request, state: ReadyState) -> dict[str, Any]:
+    """Classify several photos (multipart field `files`, up to FISHEYE_MAX_FILES, default 32).
+
+    A file that cannot be used gets an inline error; the others are still answered.
+    """
+    s = state.settings
+    predictor = state.predictor
+    assert predictor is not None and state.uploads is not None
+    async with read_uploads(
+        request, "files", state.uploads, max_files=s.max_files, max_file_bytes=s.max_upload_bytes
+    ) as uploads:
+        return await _answer_batch(request, state, uploads)
+
+
+async def _answer_batch(
+    request: Request, state: ServingState, uploads: list[Upload]
 ) -> dict[str, Any]:
-    """Classify several photos (multipart field `files`); a bad file gets an inline error."""
-    if len(files) > state.settings.max_files:
-        raise APIError(
-            413, "too_many_files", f"{len(files)} files; the limit is {state.settings.max_files}"
-        )
     predictor = state.predictor
     assert predictor is not None
-    raw: dict[int, bytes] = {}
-
-    async def prepare(index: int, upload: UploadFile) -> np.ndarray:
-        data = await _read_upload(upload, state.settings)
-        raw[index] = data
-        return await run_in_threadpool(_prepare, predictor, data)
-
     prepared = await asyncio.gather(
-        *(prepare(i, f) for i, f in enumerate(files)), return_exceptions=True
+        *(_decode(state, upload) for upload in uploads), return_exceptions=True
     )
     items: list[dict[str, Any]] = []
     good: list[tuple[int, np.ndarray]] = []
-    for i, (upload, result) in enumerate(zip(files, prepared, strict=True)):
+    for i, (upload, result) in enumerate(zip(uploads, prepared, strict=True)):
         item: dict[str, Any] = {"index": i, "filename": upload.filename}
         if isinstance(result, APIError):
-            state.metrics.rejected.labels(result.error).inc()
             item.update(error=result.error, detail=result.detail, status=result.status)
         elif isinstance(result, BaseException):
             raise result
@@ -205,7 +212,7 @@ async def predict_batch(
     seen: list[Observation] = []
     if good:
         out = await _infer(state, np.concatenate([x for _, x in good]))
-        fields, seen = _answers(state, out, [raw[i] for i, _ in good])
+        fields, seen = _answers(state, out, [uploads[i].data for i, _ in good])
         for (i, _), answer in zip(good, fields, strict=True):
             items[i].update(answer)
     latency_ms = _elapsed_ms(request)
