@@ -26,31 +26,8 @@ import httpx
 
 from tests.helpers.bombs import WORST_CASES
 from tests.helpers.bundles import make_bundle
+from tests.helpers.memory import peak_mb, reset_peak, rss_mb
 from tests.helpers.server import free_port
-
-MB = 1024 * 1024
-
-
-def _status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory now, in MiB."""
-    return _status_kb(pid, "VmRSS") / 1024
-
-
-def peak_mb(pid: int) -> float:
-    """Peak resident memory since the last reset, in MiB."""
-    return _status_kb(pid, "VmHWM") / 1024
-
-
-def reset_peak(pid: int) -> None:
-    """Make VmHWM start again from the current resident memory."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 async def burst(url: str, name: str, data: bytes, n: int) -> Counter[int]:

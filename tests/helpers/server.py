@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +36,20 @@ class Server:
 
 
 @contextlib.contextmanager
-def run_server(model: Path, log_dir: Path, timeout: float = 90.0, **env: str) -> Iterator[Server]:
+def run_server(
+    model: Path,
+    log_dir: Path,
+    timeout: float = 90.0,
+    until: Callable[[httpx.Response], bool] | None = None,
+    **env: str,
+) -> Iterator[Server]:
     """Start `fisheye serve` on a free 127.0.0.1 port, wait for /readyz, stop it afterwards.
 
-    `env` adds FISHEYE_* settings; the server logs to `log_dir`/server-<port>.log.
+    `env` adds FISHEYE_* settings; the server logs to `log_dir`/server-<port>.log. `until`
+    says which /readyz answer to wait for (default: 200, the model is ready); e.g. a test
+    of a model that fails to load waits for its 503.
     """
+    until = until or (lambda res: res.status_code == 200)
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     cmd = [sys.executable, "-c", "from fisheye.cli import app; app(prog_name='fisheye')"]
@@ -55,7 +64,7 @@ def run_server(model: Path, log_dir: Path, timeout: float = 90.0, **env: str) ->
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log_tail()}")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                if until(httpx.get(f"{server.url}/readyz", timeout=2)):
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready after {timeout:.0f} s:\n{server.log_tail()}")

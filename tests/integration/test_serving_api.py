@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers.bombs import dds_named_jpg, gif_canvas
 from tests.helpers.bundles import TINY_INPUT_SIZE, TINY_METRICS, TINY_NAME
 from tests.helpers.paths import FISH_CLASSES, require_default_model, val_photos
 from tests.helpers.photos import encode, photo, truncated_jpeg
@@ -136,6 +137,9 @@ BAD_UPLOADS = {
     "form-field-not-file": ({"data": {"file": "not a file"}}, {415}),
     "multipart-field-not-file": ({"files": {"file": (None, "not a file")}}, {422}),
     "over-limit": ({"files": {"file": ("big.jpg", b"\xff" * (3 * 1024 * 1024))}}, {413}),
+    # Pillow's DDS reader would raise NotImplementedError on it: FishEye never runs it.
+    "dds-named-jpg": ({"files": {"file": ("fish.jpg", dds_named_jpg())}}, {415}),
+    "gif": ({"files": {"file": ("canvas.gif", gif_canvas())}}, {415}),
 }
 
 
@@ -195,6 +199,15 @@ def test_batch_keeps_order_and_reports_bad_files_inline(
         single = client.post("/v1/predict", files={"file": (name, data)}).json()
         assert single["label"] == r["label"]
         assert single["confidence"] == pytest.approx(r["confidence"], abs=1e-4)
+
+
+def test_batch_with_a_dds_file_answers_the_good_photo(client: httpx.Client) -> None:
+    files = [("files", ("good.jpg", _jpeg(3))), ("files", ("fish.jpg", dds_named_jpg()))]
+    res = client.post("/v1/predict/batch", files=files)
+    assert res.status_code == 200, res.text
+    good, dds = res.json()["results"]
+    assert good["label"] and good["status"] == 200
+    assert dds["status"] == 415 and dds["error"] == "unsupported_media_type" and not dds["label"]
 
 
 def test_batch_limits(client: httpx.Client) -> None:

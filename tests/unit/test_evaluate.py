@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from fisheye.data.labelled import LabelledDataError, load_labelled
 from fisheye.data.manifest import ManifestRow, write_manifest
 from fisheye.evaluate import EvaluationError, evaluate_bundle
 from fisheye.inference.predictor import Predictor
+from tests.helpers.bombs import dds_named_jpg
 from tests.helpers.bundles import TINY_NAME
 from tests.helpers.paths import FISH_CLASSES as CLASSES
 from tests.helpers.photos import write_bad_files, write_photo
@@ -198,3 +200,18 @@ def test_load_labelled_errors(tmp_path: Path) -> None:
 def test_cli_missing_data(tiny_bundle: Path, tmp_path: Path) -> None:
     result = _invoke("--data", str(tmp_path / "missing"), "--model", str(tiny_bundle))
     assert result.exit_code == 2 and "no such file or folder" in result.stderr
+
+
+def test_evaluate_counts_a_dds_file_as_unreadable(
+    tiny_bundle: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "fish"
+    shutil.copytree(data_dir, data)
+    (data / CLASSES[0] / "fish.jpg").write_bytes(dds_named_jpg())
+    result = _invoke(
+        "--data", str(data), "--model", str(tiny_bundle), "--json", "--out", str(tmp_path / "out")
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["n_unreadable"] == 1 and metrics["n_images"] == len(CLASSES) * PER_CLASS
+    assert metrics["unreadable"][0]["path"].endswith("fish.jpg")

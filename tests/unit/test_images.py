@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from fisheye.data.images import ImageDecodeError, ImageTooLargeError, decode_image
+from fisheye.data.images import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedFormatError,
+    decode_image,
+    image_size,
+    read_photo_file,
+)
+from tests.helpers.bombs import WORST_CASES, dds_named_jpg
 from tests.helpers.photos import encode, photo, truncated_jpeg
 
 SIZE = (40, 30)
@@ -155,3 +166,146 @@ def test_small_max_pixels_refused_before_decoding(monkeypatch: pytest.MonkeyPatc
 
 def test_max_pixels_boundary_is_inclusive() -> None:
     assert decode_image(encode(photo(5, SIZE), "PNG"), max_pixels=SIZE[0] * SIZE[1]).size == SIZE
+
+
+# ---------------------------------------------------------------- formats FishEye does not read
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "ICO", "TGA", "PCX", "PPM", "IM"])
+def test_formats_outside_the_allowlist_are_refused_unread(fmt: str) -> None:
+    data = encode(photo(1, (16, 16)), fmt)
+    with pytest.raises(UnsupportedFormatError, match="JPEG, PNG, WebP, BMP or TIFF"):
+        decode_image(data)
+
+
+def test_dds_named_jpg_is_a_clean_error() -> None:
+    # Pillow's DDS reader raises NotImplementedError on this 384-byte file; FishEye never
+    # hands it to that reader.
+    data = dds_named_jpg()
+    assert len(data) == 384
+    with pytest.raises(UnsupportedFormatError):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("error", [NotImplementedError, IndexError, ZeroDivisionError, KeyError])
+def test_any_decoder_failure_is_a_decode_error(
+    monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    from PIL import PngImagePlugin
+
+    def broken(self, *args, **kwargs):
+        raise error("the decoder broke")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", broken)
+    with pytest.raises(ImageDecodeError, match=error.__name__):
+        decode_image(encode(photo(2, SIZE), "PNG"))
+
+
+# ---------------------------------------------------------------- the memory budget
+
+
+def test_photos_within_the_budget_decode_exactly_as_pillow_does() -> None:
+    data = encode(photo(7, (300, 200)), "JPEG", quality=90)
+    with Image.open(io.BytesIO(data)) as img:
+        expected = np.asarray(img.convert("RGB"))
+    assert np.array_equal(np.asarray(decode_image(data)), expected)
+
+
+def test_a_large_jpeg_is_decoded_smaller_within_the_budget() -> None:
+    data = encode(Image.new("RGB", (2000, 1600), (10, 120, 200)), "JPEG")
+    full = decode_image(data)
+    small = decode_image(data, max_decode_bytes=4 * 1024 * 1024)
+    assert full.size == (2000, 1600)
+    assert small.width < 2000 and small.width * small.height * 8 <= 4 * 1024 * 1024
+    assert small.mode == "RGB" and small.getpixel((5, 5)) == full.getpixel((5, 5))
+
+
+def test_a_photo_over_the_budget_is_shrunk_before_conversion() -> None:
+    img = Image.new("RGBA", (1200, 1000), (0, 0, 0, 0))
+    out = decode_image(encode(img, "PNG"), max_decode_bytes=6 * 1024 * 1024)
+    assert out.mode == "RGB" and out.width < 1200 and out.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_a_photo_whose_decode_alone_is_over_the_budget_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = encode(Image.new("RGB", (1200, 1000)), "PNG")
+    _forbid_decoding(monkeypatch)
+    with pytest.raises(ImageTooLargeError, match="MiB of memory"):
+        decode_image(data, max_decode_bytes=1024 * 1024)
+
+
+def test_16bit_conversion_rounds_every_value_like_the_float_formula() -> None:
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    out = np.asarray(decode_image(encode(Image.fromarray(values), "PNG")))[..., 0]
+    expected = np.clip(values / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(out, expected)
+
+
+def test_float_tiff_decodes() -> None:
+    img = Image.fromarray(np.linspace(0, 1, 64 * 48, dtype=np.float32).reshape(48, 64), "F")
+    out = decode_image(encode(img, "TIFF"))
+    assert out.mode == "RGB" and out.size == (64, 48)
+
+
+def test_image_size_reads_the_header_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _png_header_only(6000, 4000)
+    _forbid_decoding(monkeypatch)
+    assert image_size(data) == (6000, 4000)
+
+
+def test_worst_case_files_decode_or_are_refused_cleanly() -> None:
+    decoded = 0
+    for name, (maker, _, readable) in WORST_CASES.items():
+        data = maker(1200)  # the same shapes, small enough for a unit test
+        if not readable:
+            with pytest.raises(UnsupportedFormatError):
+                decode_image(data)
+            continue
+        try:
+            out = decode_image(data, max_decode_bytes=8 * 1024 * 1024)
+        except ImageTooLargeError:
+            continue  # WebP's decoder needs 16 bytes a pixel: 23 MB here
+        assert out.mode == "RGB", name
+        decoded += 1
+    assert decoded >= 5
+
+
+# ---------------------------------------------------------------- reading files safely
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    with pytest.raises(ImageDecodeError, match="not a regular file \\(a FIFO\\)"):
+        decode_image(fifo)
+    assert time.monotonic() - start < 2
+
+
+def test_a_symlink_to_a_device_is_refused_unread(tmp_path: Path) -> None:
+    link = tmp_path / "zero.jpg"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(ImageDecodeError, match="character device"):
+        read_photo_file(link)
+
+
+def test_a_symlink_loop_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    with pytest.raises(ImageDecodeError, match="symbolic link loop"):
+        read_photo_file(tmp_path / "a.jpg")
+
+
+def test_a_folder_named_like_a_photo_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "x.jpg").mkdir()
+    with pytest.raises(ImageDecodeError, match="a folder"):
+        read_photo_file(tmp_path / "x.jpg")
+
+
+def test_files_over_the_size_cap_are_not_read(tmp_path: Path) -> None:
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff" * 2048)
+    with pytest.raises(ImageTooLargeError, match="limit"):
+        read_photo_file(big, max_bytes=1024)
+    assert read_photo_file(big, max_bytes=2048) == b"\xff" * 2048

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from fisheye.cli import app
 from fisheye.data.files import InputPathError, collect_image_paths
+from tests.helpers.bombs import dds_named_jpg
 from tests.helpers.paths import FISH_CLASSES as CLASSES
 from tests.helpers.photos import write_bad_files, write_photo
 
@@ -167,3 +169,27 @@ def test_bad_option_is_usage_error(tiny_bundle: Path, photos) -> None:
     _, good, _ = photos
     result = _predict(str(good[0]), "--model", str(tiny_bundle), "--format", "xml")
     assert result.exit_code == 2
+
+
+def test_a_dds_file_named_jpg_is_one_error_row(photos, tiny_bundle: Path) -> None:
+    folder, good, _ = photos
+    (folder / "fish.jpg").write_bytes(dds_named_jpg())
+    result = _predict(str(folder / "fish.jpg"), *map(str, good), "--model", str(tiny_bundle))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "fish.jpg" in result.stdout and "not a recognised image format" in result.stdout
+    assert "1 of 4 files could not be read" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_devices_and_fifos_are_reported_not_read(tmp_path: Path, tiny_bundle: Path) -> None:
+    folder = tmp_path / "photos"
+    good = write_photo(folder / "a.jpg", 1)
+    (folder / "zero.jpg").symlink_to("/dev/zero")  # would be read until memory runs out
+    fifo = tmp_path / "named.jpg"
+    os.mkfifo(fifo)  # would block forever if opened for reading
+    result = _predict(str(folder), str(fifo), "--model", str(tiny_bundle), "--format", "json")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    records = {Path(r["path"]).name: r for r in json.loads(result.stdout)}
+    assert records[good.name]["label"] in CLASSES
+    assert "character device" in records["zero.jpg"]["error"]
+    assert "FIFO" in records["named.jpg"]["error"]

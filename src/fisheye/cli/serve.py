@@ -33,6 +33,7 @@ def serve(
     from fisheye.bundle import BundleError, read_meta
     from fisheye.inference.registry import resolve
     from fisheye.serving.app import create_app
+    from fisheye.serving.http_protocol import protocol_for
     from fisheye.serving.settings import ServeSettings
 
     _, err = consoles()
@@ -60,7 +61,7 @@ def serve(
         log_level=settings.log_level.lower(),
         log_config=None,
         timeout_graceful_shutdown=10,
-        timeout_keep_alive=int(max(1, settings.keep_alive_s)),
-        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  (a float works)
+        http=protocol_for(settings),
         server_header=False,
     )

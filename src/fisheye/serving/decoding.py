@@ -10,6 +10,7 @@ other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -22,9 +23,12 @@ T = TypeVar("T")
 class DecodePool:
     """Runs decode jobs on `workers` threads with back-pressure."""
 
-    def __init__(self, workers: int, max_waiting: int) -> None:
+    def __init__(
+        self, workers: int, max_waiting: int, on_idle: Callable[[], None] | None = None
+    ) -> None:
         self.workers = workers
         self.max_waiting = max_waiting
+        self.on_idle = on_idle  # run on a decode thread when the last pending job is done
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="fisheye-decode")
         self._pending = 0  # running + waiting; only touched from the event loop
 
@@ -43,10 +47,14 @@ class DecodePool:
                 {"Retry-After": "1"},
             )
         self._pending += 1
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await loop.run_in_executor(self._executor, fn, *args)
         finally:
             self._pending -= 1
+            if self._pending == 0 and self.on_idle is not None:
+                with contextlib.suppress(RuntimeError):  # the pool is shutting down
+                    self._executor.submit(self.on_idle)
 
     def close(self) -> None:
         """Stop the threads once the running decodes finish; drop what is still waiting."""

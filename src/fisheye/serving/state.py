@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,31 +16,12 @@ from fisheye.serving.batcher import MicroBatcher
 from fisheye.serving.decoding import DecodePool
 from fisheye.serving.errors import APIError
 from fisheye.serving.live_monitor import LiveMonitor
+from fisheye.serving.memory import return_large_buffers_to_the_os, trim_freed_memory
 from fisheye.serving.metrics import Metrics
 from fisheye.serving.settings import ServeSettings
 from fisheye.serving.uploads import UploadBudget
 
 log = logging.getLogger(__name__)
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def return_large_buffers_to_the_os(threshold: int = 256 * 1024) -> None:
-    """Allocations over `threshold` bytes straight from the OS (mmap), and back when freed.
-
-    glibc raises its mmap threshold after the first large buffer is freed, so later large
-    buffers (decoded photos) come from the heap and stay resident after they are freed: a
-    burst of big photos kept gigabytes. Setting the threshold fixes it in place (glibc only;
-    elsewhere this does nothing).
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "mallopt"):
-            libc.mallopt(M_MMAP_THRESHOLD, threshold)
-    except OSError as exc:
-        log.debug("could not set the malloc mmap threshold: %s", exc)
 
 
 def limit_blas_threads() -> None:
@@ -114,7 +93,7 @@ class ServingState:
             [np.zeros((n, 3, size, size), np.float32) for n in sorted({1, s.max_batch_size})]
         )
         self.batcher = batcher
-        self.decoder = DecodePool(s.decode_workers, s.max_decode_queue)
+        self.decoder = DecodePool(s.decode_workers, s.max_decode_queue, on_idle=trim_freed_memory)
         self.uploads = UploadBudget(s.max_upload_memory_bytes)
         self.ready = True
         self.metrics.ready.set(1)

@@ -1,0 +1,174 @@
+"""Bundle verification: classes vs model outputs, plain file names, the checksum, the pin."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fisheye.bundle import (
+    BUNDLE_JSON,
+    CHECKSUM_FILE,
+    WEIGHTS_FILE,
+    BundleError,
+    bundle_sha256,
+    load_bundle,
+    read_meta,
+    sha256_file,
+)
+from fisheye.monitoring.reference import load_predictor
+from tests.helpers.bundles import rewrite_meta
+from tests.helpers.paths import FISH_CLASSES
+
+
+def _meta(bundle_dir: Path) -> dict:
+    return json.loads((bundle_dir / BUNDLE_JSON).read_text())
+
+
+def _recorded_checksum(bundle_dir: Path) -> str:
+    return (bundle_dir / CHECKSUM_FILE).read_text().split()[0]
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [FISH_CLASSES[:-1], (*FISH_CLASSES, "Goldfish")],
+    ids=["one-class-fewer", "one-class-more"],
+)
+def test_classes_that_do_not_fit_the_model_are_refused(
+    writable_tiny_bundle: Path, classes: tuple[str, ...]
+) -> None:
+    meta = _meta(writable_tiny_bundle)
+    meta["classes"] = list(classes)
+    rewrite_meta(writable_tiny_bundle, meta)  # re-sealed: only verify() can catch it
+    load_bundle(writable_tiny_bundle)  # the files themselves are intact
+    expected = (
+        f"the model gives {len(FISH_CLASSES)} class scores but bundle.json lists "
+        f"{len(classes)} classes"
+    )
+    with pytest.raises(BundleError, match=expected):
+        load_predictor(writable_tiny_bundle, backend="torch", monitored=False)
+
+
+def test_the_tiny_bundle_itself_passes_verification(tiny_bundle: Path) -> None:
+    predictor, _ = load_predictor(tiny_bundle, backend="torch", monitored=False)
+    assert predictor.classes == list(FISH_CLASSES)
+
+
+def _escape_target(bundle_dir: Path, name: str) -> Path:
+    """Where the entry `name` points if it is followed from the bundle folder."""
+    return bundle_dir / name  # an absolute name replaces the folder: /etc/passwd
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../model.safetensors", "/etc/passwd", "sub/x", "sub/../x", "./x", ".hidden", "a\\b"],
+)
+def test_file_entries_must_be_plain_names(writable_tiny_bundle: Path, name: str) -> None:
+    # Where possible the entry names a real file with the right hash, so that only the
+    # name check can refuse it.
+    target = _escape_target(writable_tiny_bundle, name)
+    if not target.is_file() and not target.is_absolute():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(writable_tiny_bundle / WEIGHTS_FILE, target)
+    digest = sha256_file(target) if target.is_file() else "0" * 64
+    meta = _meta(writable_tiny_bundle)
+    meta["files"][name] = {"sha256": digest, "bytes": 1}
+    rewrite_meta(writable_tiny_bundle, meta)
+    with pytest.raises(BundleError, match="plain names inside the bundle") as info:
+        load_bundle(writable_tiny_bundle)
+    assert repr(name) in str(info.value)
+    with pytest.raises(BundleError, match="plain names"):
+        load_predictor(writable_tiny_bundle, backend="torch", monitored=False)
+
+
+@pytest.mark.parametrize("name", [BUNDLE_JSON, CHECKSUM_FILE])
+def test_file_entries_cannot_list_the_bundle_description(
+    writable_tiny_bundle: Path, name: str
+) -> None:
+    meta = _meta(writable_tiny_bundle)
+    meta["files"][name] = {"sha256": "0" * 64, "bytes": 1}
+    rewrite_meta(writable_tiny_bundle, meta)
+    with pytest.raises(BundleError, match="plain names"):
+        load_bundle(writable_tiny_bundle)
+
+
+def test_bundle_json_edited_without_resealing_is_refused(writable_tiny_bundle: Path) -> None:
+    meta = _meta(writable_tiny_bundle)
+    meta["name"] = "someone-else"
+    (writable_tiny_bundle / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    for load in (
+        lambda: load_bundle(writable_tiny_bundle),
+        lambda: read_meta(writable_tiny_bundle),
+        lambda: load_predictor(writable_tiny_bundle, backend="torch", monitored=False),
+    ):
+        with pytest.raises(BundleError, match=f"does not match {CHECKSUM_FILE}"):
+            load()
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "not-utf8"])
+def test_a_missing_or_unreadable_checksum_is_refused(
+    writable_tiny_bundle: Path, damage: str
+) -> None:
+    checksum = writable_tiny_bundle / CHECKSUM_FILE
+    if damage == "missing":
+        checksum.unlink()
+    elif damage == "empty":
+        checksum.write_text("")
+    else:
+        checksum.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(BundleError, match=f"no readable {CHECKSUM_FILE}"):
+        load_bundle(writable_tiny_bundle)
+    with pytest.raises(BundleError, match=CHECKSUM_FILE):
+        load_predictor(writable_tiny_bundle, backend="torch", monitored=False)
+
+
+def test_a_checksum_of_another_bundle_json_is_refused(writable_tiny_bundle: Path) -> None:
+    (writable_tiny_bundle / CHECKSUM_FILE).write_text(f"{'ab' * 32}  {BUNDLE_JSON}\n")
+    with pytest.raises(BundleError, match=f"does not match {CHECKSUM_FILE}"):
+        load_bundle(writable_tiny_bundle)
+
+
+def test_bundle_sha256_is_the_sealed_hash_of_bundle_json(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    digest = hashlib.sha256((tiny_bundle / BUNDLE_JSON).read_bytes()).hexdigest()
+    assert bundle.sha256 == _recorded_checksum(tiny_bundle) == digest == bundle_sha256(tiny_bundle)
+    assert (tiny_bundle / CHECKSUM_FILE).read_text() == f"{digest}  {BUNDLE_JSON}\n"
+
+
+def test_the_right_pin_loads(tiny_bundle: Path) -> None:
+    pin = _recorded_checksum(tiny_bundle)
+    assert load_bundle(tiny_bundle, expected_sha256=pin).sha256 == pin
+    # As pasted from `sha256sum` output or a config file: case and spaces do not matter.
+    assert load_bundle(tiny_bundle, expected_sha256=f" {pin.upper()}\n").sha256 == pin
+    predictor, _ = load_predictor(
+        tiny_bundle, backend="torch", monitored=False, expected_sha256=pin
+    )
+    assert predictor.bundle.sha256 == pin
+
+
+def test_a_wrong_pin_is_refused(tiny_bundle: Path) -> None:
+    pin = _recorded_checksum(tiny_bundle)
+    wrong = ("0" if pin[0] != "0" else "1") + pin[1:]
+    for load in (
+        lambda: load_bundle(tiny_bundle, expected_sha256=wrong),
+        lambda: read_meta(tiny_bundle, wrong),
+        lambda: load_predictor(
+            tiny_bundle, backend="torch", monitored=False, expected_sha256=wrong
+        ),
+    ):
+        with pytest.raises(BundleError, match="not the pinned"):
+            load()
+
+
+def test_a_resealed_edit_passes_the_checksum_but_not_the_pin(writable_tiny_bundle: Path) -> None:
+    """Re-sealing makes an edited bundle self-consistent; the pin still tells it apart."""
+    pin = _recorded_checksum(writable_tiny_bundle)
+    meta = _meta(writable_tiny_bundle)
+    meta["metrics"] = {"accuracy": 0.99}  # a flattering edit
+    rewrite_meta(writable_tiny_bundle, meta)
+    assert load_bundle(writable_tiny_bundle).meta["metrics"] == {"accuracy": 0.99}
+    with pytest.raises(BundleError, match="not the pinned"):
+        load_bundle(writable_tiny_bundle, expected_sha256=pin)
