@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
 HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL ?= models/default
@@ -10,12 +11,21 @@ PYTEST_ARGS ?=
 
 .PHONY: install test test-unit lint format serve docs docs-serve clean
 
+# Everything: training, export, tests, docs (`make install`, `make test`).
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "FishEye needs $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(SERVE_STAMP)
+
+# The serving runtime only, without PyTorch (`make serve` on a fresh clone).
+$(SERVE_STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "FishEye needs $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(SERVE_STAMP)
 
 install: $(STAMP)
 
@@ -34,7 +44,7 @@ test: lint docs
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	@echo "FishEye: http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/docs)"
 	$(BIN)/fisheye serve --model $(MODEL) --host $(HOST) --port $(PORT)
 

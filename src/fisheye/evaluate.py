@@ -14,12 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
 
 from fisheye.data.labelled import LabelledDataError, LabelledPhoto, check_classes
 from fisheye.inference.predictor import Predictor
@@ -38,6 +32,33 @@ class EvaluationError(LabelledDataError):
 def default_out_dir(root: Path = Path("runs/evaluate")) -> Path:
     """A fresh timestamped output folder under runs/evaluate/."""
     return root / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.divide(num, den, out=np.zeros(num.shape, float), where=den > 0)
+
+
+def classification_scores(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> dict[str, Any]:
+    """Confusion matrix, per-class precision/recall/F1/support, accuracy and macro F1.
+
+    As scikit-learn computes them (zero_division=0); the macro F1 averages over the classes
+    that occur in the labels or the predictions.
+    """
+    matrix = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+    hits = np.diag(matrix).astype(float)
+    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    precision, recall = _ratio(hits, predicted), _ratio(hits, support)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    present = (support > 0) | (predicted > 0)
+    return {
+        "matrix": matrix,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": support,
+        "accuracy": float(hits.sum() / max(1, matrix.sum())),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+    }
 
 
 def evaluate_bundle(
@@ -94,14 +115,17 @@ def evaluate_bundle(
     if not y_true:
         raise EvaluationError(f"none of the {len(rows) + len(unreadable)} photos could be read")
 
-    all_labels = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=all_labels, zero_division=0
+    scores = classification_scores(np.asarray(y_true), np.asarray(y_pred), len(classes))
+    matrix, precision, recall, f1, support = (
+        scores["matrix"],
+        scores["precision"],
+        scores["recall"],
+        scores["f1"],
+        scores["support"],
     )
-    matrix = confusion_matrix(y_true, y_pred, labels=all_labels)
     metrics: dict[str, Any] = {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "accuracy": scores["accuracy"],
+        "macro_f1": scores["macro_f1"],
         "n_images": len(y_true),
         "n_errors": len(errors),
         "n_unreadable": len(skipped),

@@ -14,6 +14,27 @@ from pathlib import Path
 
 import httpx
 
+# The training extra's libraries, as if they were not installed: `import torch` fails and
+# importlib.util.find_spec("torch") is None (a module set to None in sys.modules).
+TRAIN_EXTRA_MODULES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "torchmetrics",
+    "hydra",
+    "omegaconf",
+    "sklearn",
+    "torchdrift",
+    "kagglehub",
+)
+
+
+def fisheye_command(*args: str, without: tuple[str, ...] = ()) -> list[str]:
+    """The command line that runs `fisheye ARGS`, with the modules `without` made missing."""
+    hide = "".join(f"sys.modules[{m!r}] = None; " for m in without)
+    code = f"import sys; {hide}from fisheye.cli import app; app(prog_name='fisheye')"
+    return [sys.executable, "-c", code, *args]
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -41,19 +62,22 @@ def run_server(
     log_dir: Path,
     timeout: float = 90.0,
     until: Callable[[httpx.Response], bool] | None = None,
+    without: tuple[str, ...] = (),
     **env: str,
 ) -> Iterator[Server]:
     """Start `fisheye serve` on a free 127.0.0.1 port, wait for /readyz, stop it afterwards.
 
     `env` adds FISHEYE_* settings; the server logs to `log_dir`/server-<port>.log. `until`
     says which /readyz answer to wait for (default: 200, the model is ready); e.g. a test
-    of a model that fails to load waits for its 503.
+    of a model that fails to load waits for its 503. `without` names modules the server
+    must run without (e.g. TRAIN_EXTRA_MODULES: the lean runtime).
     """
     until = until or (lambda res: res.status_code == 200)
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
-    cmd = [sys.executable, "-c", "from fisheye.cli import app; app(prog_name='fisheye')"]
-    cmd += ["serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = fisheye_command(
+        "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port), without=without
+    )
     full_env = {**os.environ, "FISHEYE_THREADS": "1", "FISHEYE_LOG_LEVEL": "warning", **env}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)

@@ -8,12 +8,13 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from fisheye.data.labelled import LabelledDataError, load_labelled
 from fisheye.data.manifest import ManifestRow, write_manifest
-from fisheye.evaluate import EvaluationError, evaluate_bundle
+from fisheye.evaluate import EvaluationError, classification_scores, evaluate_bundle
 from fisheye.inference.predictor import Predictor
 from tests.helpers.bombs import dds_named_jpg
 from tests.helpers.bundles import TINY_NAME
@@ -215,3 +216,24 @@ def test_evaluate_counts_a_dds_file_as_unreadable(
     metrics = json.loads(result.stdout)
     assert metrics["n_unreadable"] == 1 and metrics["n_images"] == len(CLASSES) * PER_CLASS
     assert metrics["unreadable"][0]["path"].endswith("fish.jpg")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_scores_equal_scikit_learns(seed: int) -> None:
+    metrics = pytest.importorskip("sklearn.metrics", reason="the comparison needs scikit-learn")
+    rng = np.random.default_rng(seed)
+    n = 6
+    y_true = rng.integers(0, n - 1, 200)  # the last class never occurs in the labels
+    y_pred = np.where(rng.random(200) < 0.7, y_true, rng.integers(0, n, 200))
+    ours = classification_scores(y_true, y_pred, n)
+    p, r, f, s = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(n)), zero_division=0
+    )
+    assert np.allclose(ours["precision"], p) and np.allclose(ours["recall"], r)
+    assert np.allclose(ours["f1"], f) and np.array_equal(ours["support"], s)
+    assert ours["accuracy"] == pytest.approx(metrics.accuracy_score(y_true, y_pred))
+    assert ours["macro_f1"] == pytest.approx(
+        metrics.f1_score(y_true, y_pred, average="macro", zero_division=0)
+    )
+    expected = metrics.confusion_matrix(y_true, y_pred, labels=list(range(n)))
+    assert np.array_equal(ours["matrix"], expected)

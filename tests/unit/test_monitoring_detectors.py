@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torchdrift.detectors import KernelMMDDriftDetector
-from torchdrift.detectors.mmd import GaussianKernel
 
-from fisheye.monitoring.drift import MAX_SCORE, DriftDetector, DriftResult
-from fisheye.monitoring.ood import OODScorer, auroc
+from fisheye.monitoring.drift import (
+    MAX_SCORE,
+    DriftDetector,
+    DriftResult,
+    gaussian_kernel,
+    mmd_squared,
+    permutation_statistics,
+    squared_distances,
+)
+from fisheye.monitoring.ood import OODScorer, auroc, ledoit_wolf
 
 DIM = 16
 
@@ -38,7 +43,7 @@ def test_same_distribution_is_not_drift(detector: DriftDetector) -> None:
 def test_shifted_distribution_is_drift_with_bounded_p_value(detector: DriftDetector) -> None:
     result = detector.test(_clusters(50, shift=1.5, seed=5)[0], seed=0)
     assert result.drift
-    # No permutation beats the observed score: report the bound 1/(n_perm+1), never 0.
+    # No permutation reaches the observed score: p = (0 + 1) / (n_perm + 1), never 0.
     assert result.p_value_is_bound
     assert result.p_value == pytest.approx(1 / 201)
     assert result.p_text().startswith("p < ")
@@ -57,16 +62,42 @@ def test_test_is_reproducible_with_a_seed(detector: DriftDetector) -> None:
 
 
 def test_matches_torchdrift_score_and_p_value(detector: DriftDetector) -> None:
+    torch = pytest.importorskip("torch", reason="comparing with TorchDrift needs PyTorch")
+    mmd = pytest.importorskip("torchdrift.detectors.mmd", reason="TorchDrift is not installed")
+    from torchdrift.detectors import KernelMMDDriftDetector
+
     x = _clusters(40, shift=0.25, seed=8)[0]
     ours = detector.test(x, seed=0)
     td = KernelMMDDriftDetector(
-        return_p_value=True, n_perm=400, kernel=GaussianKernel(lengthscale=detector.bandwidth)
+        return_p_value=True, n_perm=400, kernel=mmd.GaussianKernel(lengthscale=detector.bandwidth)
     )
     td.fit(torch.from_numpy(detector.reference))
     torch.manual_seed(0)
     score, p = td.predict_shift_from_features(td.base_outputs, torch.from_numpy(x), True, True)
-    assert ours.score == pytest.approx(float(score), rel=1e-5)
+    assert ours.score == pytest.approx(float(score), rel=1e-4)
     assert abs(ours.p_value - float(p)) < 0.12  # two Monte Carlo estimates of one p-value
+
+
+def test_each_permutation_statistic_is_torchdrifts_mmd_of_the_relabelled_sets(
+    detector: DriftDetector,
+) -> None:
+    torch = pytest.importorskip("torch", reason="comparing with TorchDrift needs PyTorch")
+    mmd = pytest.importorskip("torchdrift.detectors.mmd", reason="TorchDrift is not installed")
+    x = _clusters(30, shift=0.5, seed=12)[0]
+    pooled = np.concatenate([x, detector.reference])
+    kernel = gaussian_kernel(squared_distances(pooled, pooled), detector.bandwidth)
+    orders = np.random.default_rng(1).random((5, len(pooled))).argsort(axis=1)
+    ours = permutation_statistics(kernel, len(x), orders)
+    gk = mmd.GaussianKernel(lengthscale=detector.bandwidth)
+    for order, stat in zip(orders, ours, strict=True):
+        a = torch.from_numpy(pooled[order[: len(x)]]).double()
+        b = torch.from_numpy(pooled[order[len(x) :]]).double()
+        assert stat == pytest.approx(float(mmd.kernel_mmd(a, b, n_perm=None, kernel=gk)), rel=1e-9)
+    # And the identity permutation gives the observed statistic.
+    identity = np.arange(len(pooled))[None]
+    assert permutation_statistics(kernel, len(x), identity)[0] == pytest.approx(
+        mmd_squared(kernel, len(x)), rel=1e-12
+    )
 
 
 def test_non_finite_features_are_left_out_and_counted(detector: DriftDetector) -> None:
@@ -83,11 +114,7 @@ def test_non_finite_features_are_left_out_and_counted(detector: DriftDetector) -
 
 def test_infinite_score_is_reported_as_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     det = DriftDetector(_clusters(50)[0], n_permutations=200)
-    monkeypatch.setattr(
-        det.detector,
-        "predict_shift_from_features",
-        lambda *a, **k: (torch.tensor(float("inf")), torch.tensor(float("nan"))),
-    )
+    monkeypatch.setattr("fisheye.monitoring.drift.mmd_squared", lambda kernel, n: float("inf"))
     result = det.test(_clusters(10)[0])
     assert result.score == MAX_SCORE and result.drift and result.p_value == pytest.approx(1 / 201)
 
@@ -153,3 +180,14 @@ def test_drift_window_rate_limits_its_background_test() -> None:
         window.stop()
     assert 1 <= len(results) <= 2  # ~80 due tests requested, at most 2 run in 0.9 s
     assert all(n >= min(19, os.getpriority(os.PRIO_PROCESS, 0) + 1) for n in niceness)
+
+
+@pytest.mark.parametrize(("n", "dim"), [(50, 8), (300, 40), (30, 64)])
+def test_ledoit_wolf_equals_scikit_learns(n: int, dim: int) -> None:
+    covariance = pytest.importorskip("sklearn.covariance", reason="needs scikit-learn")
+    x = np.random.default_rng(n).normal(size=(n, dim)) * np.linspace(0.5, 3, dim)
+    x -= x.mean(axis=0)
+    ours, shrink = ledoit_wolf(x)
+    theirs, their_shrink = covariance.ledoit_wolf(x, assume_centered=True)
+    assert shrink == pytest.approx(their_shrink, rel=1e-9)
+    assert np.allclose(ours, theirs, rtol=1e-9, atol=1e-12)

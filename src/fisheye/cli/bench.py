@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fisheye.cli.common import JsonOption, ModelOption, consoles, fail
+from fisheye.cli.common import JsonOption, ModelOption, consoles, fail, require_train_extra
 
 
 def bench(
@@ -37,11 +37,12 @@ def bench(
     ] = None,
 ) -> None:
     """Measure latency (batch 1/8/32), images/s, size and accuracy of every backend."""
+    out, err = consoles()
+    require_train_extra(err, "bench")
     from fisheye.bundle import BundleError
     from fisheye.data.labelled import LabelledDataError
     from fisheye.inference.bench import run_bench
 
-    out, err = consoles()
     try:
         result = run_bench(
             model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.text import Text
 
 from fisheye.bundle import BundleError
 from fisheye.data.progress import Advance
-from fisheye.inference.registry import AUTO, NAMES, BackendChoice
+from fisheye.inference.registry import AUTO, NAMES, BackendChoice, BackendUnavailableError
 
 MAX_LISTED = 20  # unreadable files and the like listed before "... and N more"
 
@@ -28,6 +29,20 @@ def fail(err: Console, message: str, code: int = 2) -> typer.Exit:
     """Print `error: message` on stderr; return the Exit to raise (exit code 2: usage/input)."""
     err.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
     return typer.Exit(code)
+
+
+TRAIN_MODULES = ("torch", "lightning", "hydra", "sklearn")
+
+
+def require_train_extra(err: Console, command: str, modules: tuple[str, ...] = TRAIN_MODULES):
+    """Exit with one clear line when the training extra that `command` needs is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise fail(
+            err,
+            f"`fisheye {command}` needs the training extra ({', '.join(missing)} missing): "
+            "pip install 'fisheye[train]', or `make install` in a clone",
+        )
 
 
 def warn(err: Console, message: str) -> None:
@@ -91,6 +106,8 @@ def load_predictor_or_exit(err: Console, model: Path | None, **kwargs: Any):
         return load(model, **kwargs)
     except BundleError as exc:
         raise fail(err, f"cannot load the model bundle: {exc}") from None
+    except BackendUnavailableError as exc:
+        raise fail(err, str(exc)) from None
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise fail(
             err, f"the model bundle {model or 'models/default'} is invalid ({exc})"

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fisheye.cli.common import MAX_LISTED, RichProgress, consoles, fail
+from fisheye.cli.common import MAX_LISTED, RichProgress, consoles, fail, require_train_extra
 from fisheye.data.download import DownloadError, download_dataset
 from fisheye.data.manifest import SPLITS, groups_across_splits, manifest_hash
 from fisheye.data.pipelines import ImportReport, import_dataset
@@ -80,6 +80,7 @@ def import_cmd(
 ) -> None:
     """Index a photo tree into OUT/manifest.csv with near-duplicate groups and splits."""
     console, err_console = consoles()
+    require_train_extra(err_console, "data import", ("sklearn",))
     try:
         report = import_dataset(
             src,
@@ -102,6 +103,7 @@ def download_cmd(
 ) -> None:
     """Download the Kaggle 'A Large Scale Fish Dataset' (needs network and Kaggle credentials)."""
     console, err_console = consoles()
+    require_train_extra(err_console, "data download", ("kagglehub",))
     try:
         path = download_dataset(out)
     except DownloadError as exc:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from fisheye.cli.common import ModelOption, consoles, fail
+from fisheye.cli.common import ModelOption, consoles, fail, require_train_extra
 from fisheye.inference.registry import EXPORT_FORMATS
 
 ExportFormat = StrEnum("ExportFormat", [(f.replace("-", "_"), f) for f in EXPORT_FORMATS])
@@ -41,12 +41,13 @@ def export(
     ] = "minmax",
 ) -> None:
     """Export the model into its bundle (checked, measured and recorded in bundle.json)."""
+    out, err = consoles()
+    require_train_extra(err, "export")
     from fisheye.bundle import BundleError, default_bundle_dir
     from fisheye.data.labelled import LabelledDataError
     from fisheye.inference.export import ExportError
     from fisheye.inference.export import export as run_export
 
-    out, err = consoles()
     bundle_dir = model if model is not None else default_bundle_dir()
     try:
         entry = run_export(

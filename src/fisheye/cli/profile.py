@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from fisheye.cli.common import ModelOption, consoles, fail
+from fisheye.cli.common import ModelOption, consoles, fail, require_train_extra
 
 
 def profile(
@@ -22,10 +22,11 @@ def profile(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Photos.")] = 8,
 ) -> None:
     """Profile an inference batch and a training step; write Chrome traces, print top ops."""
+    out, err = consoles()
+    require_train_extra(err, "profile")
     from fisheye.bundle import BundleError
     from fisheye.inference.profile import run_profile
 
-    out, err = consoles()
     try:
         report = run_profile(model, out_dir, data=data, batch_size=batch_size)
     except (BundleError, OSError) as exc:

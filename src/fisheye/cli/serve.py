@@ -31,7 +31,7 @@ def serve(
     from pydantic import ValidationError
 
     from fisheye.bundle import BundleError, read_meta
-    from fisheye.inference.registry import resolve
+    from fisheye.inference.registry import BackendUnavailableError, require_installed, resolve
     from fisheye.serving.app import create_app
     from fisheye.serving.http_protocol import protocol_for
     from fisheye.serving.settings import ServeSettings
@@ -46,9 +46,12 @@ def serve(
         ) from None
     try:
         # Fail fast on a wrong path or a missing export; the weights load in the server.
-        resolve(read_meta(settings.model, settings.model_sha256), settings.backend)
+        name = resolve(read_meta(settings.model, settings.model_sha256), settings.backend)
+        require_installed(name)
     except BundleError as exc:
         raise fail(err, f"cannot serve the model bundle {settings.model}: {exc}") from None
+    except BackendUnavailableError as exc:
+        raise fail(err, str(exc)) from None
     err.print(
         f"FishEye serving {settings.model} at http://{settings.host}:{settings.port} "
         f"(API docs at /docs)",

@@ -13,6 +13,7 @@ only needed by those who use it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class BackendSpec:
     # "module:function" writing export_file: f(bundle_dir, **options) -> bundle.json entry.
     exporter: str | None = None
     summary: str = ""
+    # Top-level modules the backend needs at run time, and the extra that installs them.
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
 
     @property
     def needs_export(self) -> bool:
@@ -59,6 +63,8 @@ BACKENDS: dict[str, BackendSpec] = {
             family="torch",
             factory="fisheye.inference.torch_backend:create",
             summary="eager PyTorch, fp32 (needs the train extra)",
+            requires=("torch",),
+            extra="train",
         ),
         BackendSpec(
             "onnx",
@@ -67,6 +73,7 @@ BACKENDS: dict[str, BackendSpec] = {
             export_file="model.onnx",
             exporter="fisheye.inference.export:export_onnx",
             summary="ONNX Runtime, fp32",
+            requires=("onnxruntime",),
         ),
         BackendSpec(
             "onnx-int8",
@@ -75,6 +82,7 @@ BACKENDS: dict[str, BackendSpec] = {
             export_file="model.int8.onnx",
             exporter="fisheye.inference.export:export_onnx_int8",
             summary="ONNX Runtime, static int8 (QDQ), calibrated on training photos",
+            requires=("onnxruntime",),
         ),
     )
 }
@@ -93,6 +101,27 @@ def _enum_member(name: str) -> str:
 # Choice types for Typer and pydantic, derived from the table.
 BackendName = StrEnum("BackendName", [(_enum_member(n), n) for n in NAMES])
 BackendChoice = StrEnum("BackendChoice", [(AUTO, AUTO), *((_enum_member(n), n) for n in NAMES)])
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend's runtime library is not installed (e.g. PyTorch without the train extra)."""
+
+
+def installed(name: str) -> bool:
+    """Whether the libraries backend `name` needs are installed."""
+    return all(importlib.util.find_spec(module) is not None for module in spec(name).requires)
+
+
+def require_installed(name: str) -> None:
+    """Raise BackendUnavailableError, saying what to install, unless `name` can run here."""
+    row = spec(name)
+    if not installed(name):
+        missing = ", ".join(m for m in row.requires if importlib.util.find_spec(m) is None)
+        how = f"pip install 'fisheye[{row.extra}]'" if row.extra else f"pip install {missing}"
+        raise BackendUnavailableError(
+            f"the {name} backend needs {missing}, which is not installed: {how}, or run an "
+            "exported backend (`--backend auto` picks one the bundle has)"
+        )
 
 
 def spec(name: str) -> BackendSpec:
@@ -141,10 +170,10 @@ def export_file(meta: dict[str, Any], name: str) -> str | None:
 
 
 def reference_backends(meta: dict[str, Any]) -> list[str]:
-    """One backend per feature family the bundle can run: what drift references are fitted on."""
+    """One backend per feature family the bundle can run here: what references are fitted on."""
     chosen: dict[str, str] = {}
     for name, row in BACKENDS.items():
-        if row.family not in chosen and has_export(meta, name):
+        if row.family not in chosen and has_export(meta, name) and installed(name):
             chosen[row.family] = name
     return list(chosen.values())
 
@@ -198,6 +227,7 @@ def create_backend(
 ) -> Backend:
     """Build the named backend (or the `auto` choice) for a loaded bundle."""
     name = resolve(bundle.meta, backend)
+    require_installed(name)
     factory = _load(spec(name).factory)
     return factory(bundle, name, export_file(bundle.meta, name), threads=threads, spinning=spinning)
 

@@ -19,6 +19,28 @@ DEFAULT_FALSE_ALARM_RATE = 0.05
 DEFAULT_COMPONENTS = 128
 
 
+def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ledoit-Wolf shrunk covariance of centred rows, and the shrinkage (scikit-learn's formula).
+
+    Shrinks the empirical covariance towards mu * I, mu the mean variance, by the amount
+    that minimises the expected squared error (Ledoit & Wolf, 2004).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, p = x.shape
+    x2 = x * x
+    emp_cov_trace = x2.sum(axis=0) / n
+    mu = emp_cov_trace.sum() / p
+    delta_ = float(((x.T @ x) ** 2).sum()) / n**2
+    beta_ = float((x2.T @ x2).sum())
+    beta = (beta_ / n - delta_) / (p * n)
+    delta = (delta_ - 2.0 * mu * emp_cov_trace.sum() + p * mu**2) / p
+    beta = min(beta, delta)
+    shrinkage = 0.0 if beta == 0 else beta / delta
+    cov = (1.0 - shrinkage) * (x.T @ x) / n
+    cov.flat[:: p + 1] += shrinkage * mu
+    return cov, shrinkage
+
+
 @dataclass
 class OODScorer:
     """Scores features by their distance to the training classes; above threshold = OOD."""
@@ -36,8 +58,6 @@ class OODScorer:
         cls, features: np.ndarray, labels: np.ndarray, n_components: int = DEFAULT_COMPONENTS
     ) -> OODScorer:
         """Fit class means and a shrunk shared covariance on training features."""
-        from sklearn.covariance import ledoit_wolf
-
         x = np.asarray(features, dtype=np.float64)
         labels = np.asarray(labels)
         classes = np.unique(labels)
@@ -45,7 +65,7 @@ class OODScorer:
             raise ValueError("need at least two feature rows to fit the OOD scorer")
         means = np.stack([x[labels == c].mean(axis=0) for c in classes])
         centred = x - means[np.searchsorted(classes, labels)]
-        cov, shrinkage = ledoit_wolf(centred, assume_centered=True)
+        cov, shrinkage = ledoit_wolf(centred)
         eigvals, eigvecs = np.linalg.eigh(cov)
         order = np.argsort(eigvals)[::-1]
         eigvals, eigvecs = eigvals[order], eigvecs[:, order]

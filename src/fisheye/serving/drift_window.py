@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from fisheye.monitoring.drift import DriftDetector, DriftResult
 
@@ -92,10 +91,9 @@ class DriftWindow:
             self._thread = None
 
     def _lower_priority(self) -> None:
-        # One intra-op thread (per-thread setting) and a higher nice value for this thread
-        # only (Linux: a thread id is a valid PRIO_PROCESS target): the test is background
-        # work and must not take cores from the model under load.
-        torch.set_num_threads(1)
+        # A higher nice value for this thread only (Linux: a thread id is a valid
+        # PRIO_PROCESS target): the test is background work and must not take cores from
+        # the model under load. (NumPy's BLAS runs one thread in the server.)
         if self.nice > 0 and hasattr(os, "setpriority"):
             with contextlib.suppress(OSError, AttributeError):
                 tid = threading.get_native_id()
