@@ -92,11 +92,12 @@ def test_each_permutation_statistic_is_torchdrifts_mmd_of_the_relabelled_sets(
     for order, stat in zip(orders, ours, strict=True):
         a = torch.from_numpy(pooled[order[: len(x)]]).double()
         b = torch.from_numpy(pooled[order[len(x) :]]).double()
-        assert stat == pytest.approx(float(mmd.kernel_mmd(a, b, n_perm=None, kernel=gk)), rel=1e-9)
+        expected = float(mmd.kernel_mmd(a, b, n_perm=None, kernel=gk))
+        assert stat == pytest.approx(expected, abs=1e-7)
     # And the identity permutation gives the observed statistic.
     identity = np.arange(len(pooled))[None]
     assert permutation_statistics(kernel, len(x), identity)[0] == pytest.approx(
-        mmd_squared(kernel, len(x)), rel=1e-12
+        mmd_squared(kernel, len(x)), abs=1e-7
     )
 
 

@@ -63,6 +63,7 @@ def serve(
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,
+        access_log=settings.access_log,
         timeout_graceful_shutdown=10,
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  (a float works)
         http=protocol_for(settings),

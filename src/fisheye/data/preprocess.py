@@ -84,11 +84,19 @@ def to_chw_uint8(img: Image.Image) -> np.ndarray:
 
 
 def normalize(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
-    """uint8 (N)CHW pixels to normalised float32: (x - 255 mean) / (255 std)."""
+    """uint8 (N)CHW pixels to normalised float32: (x - 255 mean) / (255 std).
+
+    One output array and two passes; the float32 arithmetic (and so every value) is that of
+    `(pixels.astype(np.float32) - mean) / std`.
+    """
     mean, std = spec.scale()
-    return (pixels.astype(np.float32) - mean) / std
+    out = np.empty(pixels.shape, dtype=np.float32)
+    np.subtract(pixels, mean, out=out)
+    return np.divide(out, std, out=out)
 
 
 def preprocess(img: Image.Image, spec: Preprocessing) -> np.ndarray:
     """The evaluation transform: decoded RGB photo to a normalised (3, H, W) float32 array."""
-    return normalize(to_chw_uint8(resize_image(img, spec)), spec)
+    hwc = np.asarray(resize_image(img, spec), dtype=np.uint8)
+    # Normalising the CHW view of the HWC pixels writes the CHW array in one pass.
+    return normalize(hwc.transpose(2, 0, 1), spec)

@@ -24,12 +24,21 @@ def session_options(threads: int | None = None, *, spinning: bool = True) -> ort
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Spinning pool threads answer faster but burn CPU that a busy server needs elsewhere.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    # With spinning on: the pool threads stop spinning at the end of each run, so they spin
+    # only while a model call is under way, not between calls.
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.log_severity_level = 3
     return opts
 
 
 class OnnxBackend:
-    """One ONNX Runtime session over a graph with outputs `logits` and `features`."""
+    """ONNX Runtime over a graph with outputs `logits` and `features`.
+
+    With `spinning`, a single photo runs in a session whose `threads` spin while the call
+    is under way (about 1 ms less per photo than waking them from sleep), and batches run in
+    a session of `batch_threads` (default `threads`) that sleep when they wait, which leaves
+    more CPU for decoding photos under load. Both hold the same graph.
+    """
 
     def __init__(
         self,
@@ -38,14 +47,15 @@ class OnnxBackend:
         *,
         threads: int | None = None,
         spinning: bool = True,
+        batch_threads: int | None = None,
     ):
         self.name = name
         self.threads = threads or default_threads()
+        self.batch_threads = batch_threads or self.threads
         source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(
-            source,
-            sess_options=session_options(self.threads, spinning=spinning),
-            providers=["CPUExecutionProvider"],
+        self.session = self._session(source, self.batch_threads, spinning=False)
+        self.single = (
+            self._session(source, self.threads, spinning=True) if spinning else self.session
         )
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
@@ -55,17 +65,39 @@ class OnnxBackend:
                 "Re-export it with `fisheye export --format onnx`."
             )
 
+    def _session(
+        self, source: bytes | str, threads: int, *, spinning: bool
+    ) -> ort.InferenceSession:
+        return ort.InferenceSession(
+            source,
+            sess_options=session_options(threads, spinning=spinning),
+            providers=["CPUExecutionProvider"],
+        )
+
     def run(self, batch: np.ndarray) -> InferenceOutput:
         """Probabilities and features for a preprocessed (N, 3, H, W) float32 batch."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        logits, features = self.session.run(list(ONNX_OUTPUTS), {self.input_name: x})
+        session = self.single if len(x) == 1 else self.session
+        logits, features = session.run(list(ONNX_OUTPUTS), {self.input_name: x})
         return InferenceOutput(softmax(logits), features.astype(np.float32, copy=False))
 
 
 def create(
-    bundle: Bundle, name: str, file_name: str | None, *, threads: int | None, spinning: bool
+    bundle: Bundle,
+    name: str,
+    file_name: str | None,
+    *,
+    threads: int | None,
+    spinning: bool,
+    batch_threads: int | None = None,
 ) -> OnnxBackend:
     """The registry's factory: the bundle's exported graph `file_name`, hash-checked."""
     if file_name is None:
         raise BundleError(f"the {name} backend needs an exported file in the bundle")
-    return OnnxBackend(bundle.read_file(file_name), name, threads=threads, spinning=spinning)
+    return OnnxBackend(
+        bundle.read_file(file_name),
+        name,
+        threads=threads,
+        spinning=spinning,
+        batch_threads=batch_threads,
+    )

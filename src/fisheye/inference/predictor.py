@@ -110,6 +110,7 @@ class Predictor:
         max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
         threads: int | None = None,
         spinning: bool = True,
+        batch_threads: int | None = None,
         ood: FeatureScorer | None = None,
     ):
         self.bundle = bundle
@@ -120,7 +121,9 @@ class Predictor:
         self.max_decode_bytes = max_decode_bytes
         self.ood = ood
         self.backend: Backend = (
-            create_backend(bundle, backend, threads=threads, spinning=spinning)
+            create_backend(
+                bundle, backend, threads=threads, spinning=spinning, batch_threads=batch_threads
+            )
             if isinstance(backend, str)
             else backend
         )

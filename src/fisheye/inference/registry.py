@@ -38,7 +38,8 @@ class BackendSpec:
     # Backends of one family compute the same features (to ~1e-5), so they share one drift
     # reference; a quantised backend's features differ enough to need its own.
     family: str
-    # "module:function" building the backend: f(bundle, name, file_name, *, threads, spinning).
+    # "module:function" building the backend:
+    # f(bundle, name, file_name, *, threads, spinning, batch_threads).
     factory: str
     # The file `fisheye export --format <name>` writes into the bundle; None: runs the weights.
     export_file: str | None = None
@@ -223,13 +224,28 @@ def resolve(meta: dict[str, Any], requested: str = AUTO) -> str:
 
 
 def create_backend(
-    bundle: Bundle, backend: str = AUTO, *, threads: int | None = None, spinning: bool = True
+    bundle: Bundle,
+    backend: str = AUTO,
+    *,
+    threads: int | None = None,
+    spinning: bool = True,
+    batch_threads: int | None = None,
 ) -> Backend:
-    """Build the named backend (or the `auto` choice) for a loaded bundle."""
+    """Build the named backend (or the `auto` choice) for a loaded bundle.
+
+    `threads` run a lone photo, `batch_threads` (default: `threads`) a batch.
+    """
     name = resolve(bundle.meta, backend)
     require_installed(name)
     factory = _load(spec(name).factory)
-    return factory(bundle, name, export_file(bundle.meta, name), threads=threads, spinning=spinning)
+    return factory(
+        bundle,
+        name,
+        export_file(bundle.meta, name),
+        threads=threads,
+        spinning=spinning,
+        batch_threads=batch_threads,
+    )
 
 
 def exporter(name: str) -> Callable[..., dict[str, Any]]:

@@ -36,7 +36,13 @@ class TorchBackend:
 
 
 def create(
-    bundle: Bundle, name: str, file_name: str | None, *, threads: int | None, spinning: bool
+    bundle: Bundle,
+    name: str,
+    file_name: str | None,
+    *,
+    threads: int | None,
+    spinning: bool,
+    batch_threads: int | None = None,
 ) -> TorchBackend:
     """The registry's factory: the bundle's weights in eager PyTorch."""
     return TorchBackend(bundle.build_model(), name, threads)

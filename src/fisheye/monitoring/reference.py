@@ -341,6 +341,7 @@ def load_predictor(
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
     threads: int | None = None,
     spinning: bool = True,
+    batch_threads: int | None = None,
     expected_sha256: str | None = None,
 ) -> tuple[Predictor, Monitor | None]:
     """A verified bundle's Predictor and, when `monitored` and it has one, its Monitor.
@@ -367,6 +368,7 @@ def load_predictor(
         max_decode_bytes=max_decode_bytes,
         threads=threads,
         spinning=spinning,
+        batch_threads=batch_threads,
         ood=monitor.ood if monitor is not None else None,
     )
     predictor.verify()

@@ -15,12 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from fisheye import __version__
 from fisheye.serving.errors import install_error_handlers
-from fisheye.serving.metrics import MetricsMiddleware
-from fisheye.serving.middleware import (
-    HeadMiddleware,
-    SecurityHeadersMiddleware,
-    ServerLimitsMiddleware,
-)
+from fisheye.serving.middleware import ServingMiddleware
 from fisheye.serving.routes import ROUTERS
 from fisheye.serving.settings import ServeSettings
 from fisheye.serving.state import ServingState
@@ -71,7 +66,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
         app.mount("/static/swagger", StaticFiles(directory=SWAGGER_DIR), name="swagger")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # Added innermost first: metrics see every response, the limits' ones included.
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -79,10 +73,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Authorization"],
         )
-    app.add_middleware(HeadMiddleware)
-    app.add_middleware(ServerLimitsMiddleware, settings=settings)
-    app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(ServingMiddleware, settings=settings, metrics=state.metrics)
     return app
 
 

@@ -58,7 +58,9 @@ class MicroBatcher:
     `run_batch` (e.g. `Predictor.infer`) is only ever called from one dedicated thread, so
     the model never runs concurrently with itself and the event loop never waits on it. A
     job of several photos (a batch request) is never split across model calls; each job
-    gets its own rows of the batch's `InferenceOutput`.
+    gets its own rows of the batch's `InferenceOutput`. After the first job, the worker
+    waits up to `max_wait_ms` for more only while `incoming()` says photos are on their way,
+    so a lone request is never delayed.
     """
 
     def __init__(
@@ -70,8 +72,12 @@ class MicroBatcher:
         max_queue: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
+        incoming: Callable[[], int] = lambda: 1,
+        workers: int = 1,
     ) -> None:
         self._run_batch = run_batch
+        self.workers = workers  # threads running batches; run_batch must be thread-safe if >1
+        self.incoming = incoming  # photos about to be submitted (e.g. decoding right now)
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -81,7 +87,7 @@ class MicroBatcher:
         self._queued = 0
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._warmup_error: BaseException | None = None
 
     @property
@@ -91,20 +97,28 @@ class MicroBatcher:
 
     @property
     def running(self) -> bool:
-        """Whether the worker thread is alive and accepting work."""
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
+        """Whether the worker threads are alive and accepting work."""
+        return any(t.is_alive() for t in self._threads) and not self._stopping
 
     def start(self, warmup: list[np.ndarray] | None = None) -> None:
-        """Start the worker thread; run `warmup` batches in it first and wait for them."""
-        if self._thread is not None:
+        """Start the worker threads; each runs the `warmup` batches first; wait for them."""
+        if self._threads:
             raise RuntimeError("the batcher is already started")
         self._stopping = False
-        warmed = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(warmup or [], warmed), name="fisheye-batcher", daemon=True
-        )
-        self._thread.start()
-        warmed.wait()
+        events = []
+        for i in range(self.workers):
+            warmed = threading.Event()
+            thread = threading.Thread(
+                target=self._run,
+                args=(warmup or [], warmed),
+                name=f"fisheye-batcher-{i}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+            events.append(warmed)
+        for warmed in events:
+            warmed.wait()
         if self._warmup_error is not None:
             self.stop()
             raise self._warmup_error
@@ -114,9 +128,9 @@ class MicroBatcher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
 
     async def submit(self, inputs: np.ndarray) -> InferenceOutput:
         """Queue a (n, C, H, W) batch of photos and wait for its n rows of model output."""
@@ -160,7 +174,9 @@ class MicroBatcher:
                     n += job.size
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stopping:
+                # Wait only for photos that are on their way (being decoded now): with none
+                # coming, waiting would only add latency.
+                if remaining <= 0 or self._stopping or self.incoming() <= 0:
                     break
                 self._cond.wait(remaining)
             self._queued -= n

@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the app's shared state, and the same once the model is ready."""
+"""FastAPI dependencies: the app's shared state, and the same once the model is ready.
+
+They are `async` so FastAPI calls them on the event loop (a plain `def` dependency would
+cost every request a hop to the thread pool and back).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,18 @@ from fisheye.serving.errors import APIError
 from fisheye.serving.state import ServingState
 
 
-def get_state(request: Request) -> ServingState:
+async def get_state(request: Request) -> ServingState:
     """The app's ServingState."""
     return request.app.state.serving
 
 
-def require_ready(request: Request) -> ServingState:
+async def require_ready(request: Request) -> ServingState:
     """The ServingState, or 503 while the model is still loading (or failed to load)."""
+    return ready_state(request)
+
+
+def ready_state(request: Request) -> ServingState:
+    """`require_ready` as a plain call, for the prediction routes' hot path."""
     state: ServingState = request.app.state.serving
     if not state.ready or state.predictor is None or state.batcher is None or state.decoder is None:
         detail = (

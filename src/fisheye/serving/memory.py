@@ -33,7 +33,7 @@ _LIBC = _libc()
 _last_trim = 0.0
 
 
-def return_large_buffers_to_the_os(threshold: int = 256 * 1024) -> None:
+def return_large_buffers_to_the_os(threshold: int = 2 * 1024 * 1024) -> None:
     """Allocations over `threshold` bytes come straight from the OS and go back when freed."""
     if _LIBC is not None:
         _LIBC.mallopt(M_MMAP_THRESHOLD, threshold)

@@ -1,12 +1,11 @@
-"""Prometheus metrics on a per-app registry, and the ASGI middleware that records requests."""
+"""Prometheus metrics on a per-app registry (`ServingMiddleware` records the requests)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -112,40 +111,10 @@ class Metrics:
         self.batch_seconds.observe(seconds)
 
 
-def _route_label(scope: Scope) -> str:
+def route_label(scope: Scope) -> str:
+    """The route template that answered (never the raw path, which would explode labels)."""
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
     if isinstance(path, str) and path:
         return path
     return "static" if scope.get("path", "").startswith("/static/") else "unmatched"
-
-
-class MetricsMiddleware:
-    """Counts and times every HTTP request by route template (not raw path) and status."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        start = time.perf_counter()
-        scope[START_KEY] = start
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        self.metrics.in_flight.inc()
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            self.metrics.in_flight.dec()
-            labels = (_route_label(scope), scope.get("method", ""), str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

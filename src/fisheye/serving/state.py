@@ -68,10 +68,13 @@ class ServingState:
             max_pixels=s.max_pixels,
             max_decode_bytes=s.max_decode_bytes,
             threads=s.threads,
+            spinning=s.spin_wait,
+            batch_threads=s.batch_threads,
             expected_sha256=s.model_sha256,
         )
         limit_blas_threads()
         return_large_buffers_to_the_os()
+        decoder = DecodePool(s.decode_workers, s.max_decode_queue, on_idle=trim_freed_memory)
         batcher = MicroBatcher(
             predictor.infer,
             max_batch_size=s.max_batch_size,
@@ -79,6 +82,8 @@ class ServingState:
             max_queue=s.max_queue,
             on_batch=self.metrics.observe_batch,
             on_queue=self.metrics.queue_depth.set,
+            incoming=lambda: decoder.pending,
+            workers=s.model_workers,
         )
         self.predictor = predictor
         if s.monitoring:
@@ -93,7 +98,7 @@ class ServingState:
             [np.zeros((n, 3, size, size), np.float32) for n in sorted({1, s.max_batch_size})]
         )
         self.batcher = batcher
-        self.decoder = DecodePool(s.decode_workers, s.max_decode_queue, on_idle=trim_freed_memory)
+        self.decoder = decoder
         self.uploads = UploadBudget(s.max_upload_memory_bytes)
         self.ready = True
         self.metrics.ready.set(1)

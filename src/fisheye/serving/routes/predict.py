@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from starlette.background import BackgroundTask
 
 from fisheye.data.images import (
     FORMATS_TEXT,
@@ -20,12 +22,12 @@ from fisheye.data.images import (
 from fisheye.inference.backend import InferenceOutput
 from fisheye.inference.predictor import Predictor
 from fisheye.serving.batcher import BatcherStoppedError, QueueFullError
-from fisheye.serving.deps import ReadyState
+from fisheye.serving.deps import ready_state
 from fisheye.serving.errors import APIError
 from fisheye.serving.limits import MULTIPART_OVERHEAD, LimitedRoute, limits
 from fisheye.serving.live_monitor import Observation
 from fisheye.serving.metrics import START_KEY
-from fisheye.serving.schemas import BatchItem, BatchOut, ModelRef, PredictionOut, error_responses
+from fisheye.serving.schemas import BatchItem, BatchOut, PredictionOut, error_responses
 from fisheye.serving.state import ServingState
 from fisheye.serving.uploads import Upload, read_uploads
 
@@ -40,12 +42,25 @@ def _elapsed_ms(request: Request) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
-def model_ref(predictor: Predictor) -> ModelRef:
-    """Which model answered."""
-    return ModelRef(
-        name=predictor.bundle.name,
-        version=predictor.bundle.version,
-        backend=predictor.backend_name,
+def model_ref(predictor: Predictor) -> dict[str, str]:
+    """Which model answered (the `ModelRef` schema)."""
+    return {
+        "name": predictor.bundle.name,
+        "version": predictor.bundle.version,
+        "backend": predictor.backend_name,
+    }
+
+
+def _respond(answer: dict[str, Any], state: ServingState, seen: list[Observation]) -> Response:
+    """The answer as JSON, with monitoring run after it is sent (off the response path).
+
+    The dict already has the shape of the route's response model, so it is encoded
+    directly instead of being validated again.
+    """
+    return Response(
+        json.dumps(answer, separators=(",", ":")).encode(),
+        media_type="application/json",
+        background=BackgroundTask(_observe, state, seen, answer["latency_ms"]),
     )
 
 
@@ -115,8 +130,12 @@ def _answers(
     return fields, seen
 
 
-def _observe(state: ServingState, seen: list[Observation], latency_ms: float) -> None:
-    """Hand answered photos to monitoring (window, OOD metric, prediction log); never raises."""
+async def _observe(state: ServingState, seen: list[Observation], latency_ms: float) -> None:
+    """Hand answered photos to monitoring (window, OOD metric, prediction log); never raises.
+
+    A coroutine, so the background task runs on the event loop right after the response is
+    sent (a plain function would be sent to the thread pool and back).
+    """
     if state.monitoring is None or not seen:
         return
     try:
@@ -153,8 +172,11 @@ def _multipart_body(field_name: str, many: bool) -> dict[str, Any]:
     openapi_extra=_multipart_body("file", many=False),
 )
 @limits(body_bytes=lambda s: s.max_upload_bytes + MULTIPART_OVERHEAD, content_types=MULTIPART)
-async def predict(request: Request, state: ReadyState) -> dict[str, Any]:
+async def predict(request: Request) -> Response:
     """Classify one photo (multipart field `file`: JPEG, PNG, WebP, BMP or TIFF)."""
+    # The prediction routes check readiness themselves: FastAPI's dependency resolution
+    # costs more than the check on the busiest path.
+    state = ready_state(request)
     s = state.settings
     assert state.predictor is not None and state.uploads is not None
     async with read_uploads(
@@ -164,8 +186,7 @@ async def predict(request: Request, state: ReadyState) -> dict[str, Any]:
         out = await _infer(state, inputs)
         (fields,), seen = _answers(state, out, [upload.data])
     answer = {**fields, "model": model_ref(state.predictor), "latency_ms": _elapsed_ms(request)}
-    _observe(state, seen, answer["latency_ms"])
-    return answer
+    return _respond(answer, state, seen)
 
 
 @router.post(
@@ -176,11 +197,12 @@ async def predict(request: Request, state: ReadyState) -> dict[str, Any]:
     openapi_extra=_multipart_body("files", many=True),
 )
 @limits(body_bytes=lambda s: s.max_request_bytes, content_types=MULTIPART)
-async def predict_batch(request: Request, state: ReadyState) -> dict[str, Any]:
+async def predict_batch(request: Request) -> Response:
     """Classify several photos (multipart field `files`, up to FISHEYE_MAX_FILES, default 32).
 
     A file that cannot be used gets an inline error; the others are still answered.
     """
+    state = ready_state(request)
     s = state.settings
     predictor = state.predictor
     assert predictor is not None and state.uploads is not None
@@ -190,9 +212,7 @@ async def predict_batch(request: Request, state: ReadyState) -> dict[str, Any]:
         return await _answer_batch(request, state, uploads)
 
 
-async def _answer_batch(
-    request: Request, state: ServingState, uploads: list[Upload]
-) -> dict[str, Any]:
+async def _answer_batch(request: Request, state: ServingState, uploads: list[Upload]) -> Response:
     predictor = state.predictor
     assert predictor is not None
     prepared = await asyncio.gather(
@@ -215,11 +235,10 @@ async def _answer_batch(
         fields, seen = _answers(state, out, [uploads[i].data for i, _ in good])
         for (i, _), answer in zip(good, fields, strict=True):
             items[i].update(answer)
-    latency_ms = _elapsed_ms(request)
-    _observe(state, seen, latency_ms)
-    return {
+    answer = {
         "model": model_ref(predictor),
-        "latency_ms": latency_ms,
+        "latency_ms": _elapsed_ms(request),
         "count": len(items),
-        "results": [BatchItem(**it) for it in items],
+        "results": [BatchItem(**it).model_dump() for it in items],
     }
+    return _respond(answer, state, seen)
