@@ -9,7 +9,17 @@ PORT ?= 8000
 MODEL ?= models/default
 PYTEST_ARGS ?=
 
-.PHONY: install test test-unit lint format serve docs docs-serve clean
+.PHONY: install test test-unit lint format serve docs docs-serve clean \
+	image-base image-serve image-train test-images
+
+# Container images (docs/deployment.md). BASE_IMAGE=fisheye-base:bookworm (`make image-base`)
+# builds without an image registry.
+BASE_IMAGE ?= python:3.11-slim
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+IMAGE_VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+DOCKER_BUILD = docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	--build-arg VERSION=$(IMAGE_VERSION) --build-arg GIT_COMMIT=$(GIT_COMMIT)
 
 # Everything: training, export, tests, docs (`make install`, `make test`).
 $(STAMP): pyproject.toml
@@ -17,6 +27,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# checkov, in a virtualenv of its own (it pins packages FishEye uses): tests/helpers/deploy_tools.py
+	$(BIN)/python -m tests.helpers.deploy_tools || echo "checkov not installed: its tests will skip"
 	touch $(STAMP) $(SERVE_STAMP)
 
 # The serving runtime only, without PyTorch (`make serve` on a fresh clone).
@@ -55,6 +67,30 @@ docs: $(STAMP)
 docs-serve: $(STAMP)
 	@echo "FishEye docs: http://$(HOST):8001"
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr $(HOST):8001
+
+image-base:
+	dockerfiles/debian-base.sh
+
+image-serve:
+	$(DOCKER_BUILD) -f dockerfiles/serve.Dockerfile \
+		-t fisheye-serve:$(IMAGE_VERSION) -t fisheye-serve:latest .
+
+image-train:
+	$(DOCKER_BUILD) --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) -f dockerfiles/train.Dockerfile \
+		-t fisheye-train:$(IMAGE_VERSION) -t fisheye-train:latest .
+
+# The container tests plus the train image: built, then 1 epoch on synthetic photos inside it.
+# PyTorch's CPU index when reachable, else PyPI's (CUDA) build, unless TORCH_INDEX_URL is set.
+test-images: $(STAMP)
+	@index="$(filter-out https://download.pytorch.org/whl/cpu,$(TORCH_INDEX_URL))"; \
+	if [ -z "$$index" ]; then \
+		if curl -fsS -m 10 -o /dev/null https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null; \
+		then index=https://download.pytorch.org/whl/cpu; \
+		else index=https://pypi.org/simple; \
+			echo "PyTorch's CPU index is unreachable: the train image gets PyPI's CUDA build"; fi; \
+	fi; \
+	FISHEYE_TEST_TRAIN_IMAGE=1 TORCH_INDEX_URL=$$index $(BIN)/pytest \
+		tests/integration/test_container.py tests/integration/test_compose.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

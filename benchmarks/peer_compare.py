@@ -196,9 +196,13 @@ class Server:
 
 
 def clean_env() -> dict[str, str]:
-    """This environment without FISHEYE_*, PEER_* and BENTOML_* variables."""
+    """This environment without FISHEYE_*, PEER_* and BENTOML_* variables.
+
+    ONNX Runtime's usage telemetry is off in every server, as FishEye turns it off for itself.
+    """
     prefixes = ("FISHEYE_", "PEER_", "BENTOML_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    return {"ORT_DISABLE_TELEMETRY": "1", **env}
 
 
 def server_specs(args: argparse.Namespace, tmp: Path) -> dict[str, dict]:

@@ -16,6 +16,7 @@ from fisheye.inference.export import INT8_FILE, ONNX_FILE
 from fisheye.inference.onnx_backend import OnnxBackend, session_options
 from fisheye.inference.predictor import Predictor
 from fisheye.inference.registry import create_backend, select_backend
+from tests.helpers.paths import require_default_model
 from tests.helpers.photos import photo
 
 runner = CliRunner()
@@ -166,3 +167,45 @@ def test_cli_predict_and_evaluate_take_backend(
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["backend"] == "onnx-int8"
+
+
+# Variables under which ONNX Runtime keeps its telemetry quiet by itself (CI systems).
+_ORT_QUIET_VARS = (
+    "ORT_DISABLE_TELEMETRY",
+    "ORT_TELEMETRY_DISABLED",
+    "CI",
+    "GITHUB_ACTIONS",
+    "TF_BUILD",
+)
+
+
+def _telemetry_state(tmp_path: Path, name: str, code: str) -> list[Path]:
+    """Files ONNX Runtime left under a fresh HOME after running `code` in a new process."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / name
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in _ORT_QUIET_VARS}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    return [p for p in home.rglob("*") if p.is_file()]
+
+
+def test_fisheye_turns_off_onnxruntime_telemetry(tmp_path: Path) -> None:
+    model = require_default_model() / INT8_FILE
+    bare = (
+        "import onnxruntime as ort\n"
+        f"ort.InferenceSession({str(model)!r}, providers=['CPUExecutionProvider'])\n"
+    )
+    if not _telemetry_state(tmp_path, "bare", bare):
+        pytest.skip("this ONNX Runtime build keeps no telemetry state: nothing to turn off")
+    through_fisheye = (
+        "from PIL import Image\n"
+        "from fisheye.bundle import load_bundle\n"
+        "from fisheye.inference.predictor import Predictor\n"
+        f"p = Predictor(load_bundle({str(model.parent)!r}), backend='onnx-int8')\n"
+        "p.predict_images([Image.new('RGB', (64, 64))])\n"
+    )
+    assert _telemetry_state(tmp_path, "fisheye", through_fisheye) == []
