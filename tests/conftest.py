@@ -25,6 +25,15 @@ def _prediction_log_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["FISHEYE_PREDICTION_DB"] = str(db)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tracking_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Training runs started by tests track to a temp MLflow store, never runs/ or a server;
+    Weights & Biases, when a test selects it, stays offline."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    os.environ["WANDB_MODE"] = "offline"
+
+
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SYNTHETIC class-per-folder set: 3 classes x 12 images (4 sources x 3 variants)."""

@@ -1,6 +1,9 @@
 """Evaluate a model bundle on labelled photos: metrics, confusion matrix and error list.
 
-Everything goes through the Predictor, so evaluation sees exactly what serving sees.
+Everything goes through the Predictor, so evaluation sees exactly what serving sees. Besides
+`metrics.json` (top-level scalars first, for `dvc metrics`), it writes the plot tables that
+DVC's templates read (`dvc plots`): one `actual,predicted` row per photo for the confusion
+template and one row per class for the per-class F1 bars.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
 ERRORS_FILE = "errors.csv"
+PREDICTIONS_FILE = "confusion.csv"  # actual,predicted per photo: DVC's `confusion` template
+PER_CLASS_FILE = "per_class.csv"  # class,precision,recall,f1,support: the per-class F1 plot
+OUTPUT_FILES = (METRICS_FILE, CONFUSION_FILE, ERRORS_FILE, PREDICTIONS_FILE, PER_CLASS_FILE)
 
 
 class EvaluationError(LabelledDataError):
@@ -71,7 +77,7 @@ def evaluate_bundle(
     unreadable: Sequence[tuple[Path, str]] = (),
     on_done: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Predict every row, write metrics.json, confusion_matrix.png and errors.csv; return metrics.
+    """Predict every row, write the evaluation files (OUTPUT_FILES) into out_dir; return metrics.
 
     Unreadable photos (`unreadable`: found while listing the data, plus any the Predictor
     cannot decode) are counted and listed, not fatal. `macro_f1` averages over the classes
@@ -158,6 +164,10 @@ def evaluate_bundle(
         matrix, classes, out_dir / CONFUSION_FILE, title=f"accuracy {metrics['accuracy']:.2%}"
     )
     write_errors_csv(errors, out_dir / ERRORS_FILE)
+    write_predictions_csv(
+        [classes[i] for i in y_true], [classes[i] for i in y_pred], out_dir / PREDICTIONS_FILE
+    )
+    write_per_class_csv(metrics["per_class"], out_dir / PER_CLASS_FILE)
     log.debug("wrote evaluation to %s", out_dir)
     return metrics
 
@@ -169,6 +179,26 @@ def write_errors_csv(errors: Sequence[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=["path", "true", "predicted", "confidence"])
         writer.writeheader()
         writer.writerows(ordered)
+
+
+def write_predictions_csv(actual: Sequence[str], predicted: Sequence[str], path: Path) -> None:
+    """Write one `actual,predicted` row per photo (what DVC's confusion templates read)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows(zip(actual, predicted, strict=True))
+
+
+def write_per_class_csv(per_class: dict[str, dict[str, Any]], path: Path) -> None:
+    """Write one `class,precision,recall,f1,support` row per class, in the bundle's order."""
+    fields = ["precision", "recall", "f1", "support"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", *fields])
+        for cls, m in per_class.items():
+            writer.writerow(
+                [cls, *(round(m[k], 6) if isinstance(m[k], float) else m[k] for k in fields)]
+            )
 
 
 def plot_confusion_matrix(

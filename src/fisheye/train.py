@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fisheye.bundle import save_bundle
 from fisheye.data.datamodule import FishDataModule
 from fisheye.monitoring.reference import FitOptions, fit_bundle, load_predictor
+from fisheye.tracking.runs import record_training_run
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     log.info("model bundle written to %s", bundle_dir)
     _fit_drift_reference(cfg, bundle_dir, dm)
+    record_training_run(
+        trainer.loggers,
+        cfg,
+        bundle_dir,
+        net=model.net,
+        val_batches=dm.val_dataloader(),
+        classes=dm.classes,
+    )
     return {"metrics": metrics, "bundle": str(bundle_dir)}
 
 

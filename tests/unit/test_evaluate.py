@@ -78,6 +78,30 @@ def _check_outputs(metrics: dict, out: Path, n_images: int) -> None:
     matrix = metrics["confusion_matrix"]["matrix"]
     assert sum(map(sum, matrix)) == n_images
     assert n_images - sum(matrix[i][i] for i in range(len(CLASSES))) == wrong
+    _check_plot_tables(metrics, out)
+
+
+def _check_plot_tables(metrics: dict, out: Path) -> None:
+    """confusion.csv and per_class.csv (what `dvc plots` draws) agree with metrics.json."""
+    with open(out / "confusion.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["actual", "predicted"]
+        pairs = [(r["actual"], r["predicted"]) for r in reader]
+    labels = metrics["confusion_matrix"]["labels"]
+    counted = [[0] * len(labels) for _ in labels]
+    for actual, predicted in pairs:
+        counted[labels.index(actual)][labels.index(predicted)] += 1
+    assert counted == metrics["confusion_matrix"]["matrix"]
+    with open(out / "per_class.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["class", "precision", "recall", "f1", "support"]
+        rows = list(reader)
+    assert [r["class"] for r in rows] == list(metrics["per_class"])
+    for r in rows:
+        m = metrics["per_class"][r["class"]]
+        assert int(r["support"]) == m["support"]
+        for key in ("precision", "recall", "f1"):
+            assert float(r[key]) == pytest.approx(m[key], abs=1e-6)
 
 
 def test_evaluate_bundle_matches_predictor(tiny_bundle: Path, data_dir: Path, tmp_path) -> None:

@@ -15,6 +15,7 @@ from fisheye.cli import bench, evaluate, export, predict, profile, serve, train
 from fisheye.cli.data import data_app
 from fisheye.cli.drift import drift_app
 from fisheye.cli.monitor import monitor_app
+from fisheye.cli.registry import registry_app
 
 app = typer.Typer(
     name="fisheye",
@@ -50,5 +51,6 @@ app.command("profile")(profile.profile)
 app.add_typer(data_app, name="data")
 app.add_typer(drift_app, name="drift")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(registry_app, name="registry")
 
 __all__ = ["app"]

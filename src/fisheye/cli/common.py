@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,8 @@ from rich.text import Text
 from fisheye.bundle import BundleError
 from fisheye.data.progress import Advance
 from fisheye.inference.registry import AUTO, NAMES, BackendChoice, BackendUnavailableError
+from fisheye.tracking.registry import is_registry_uri, resolve
+from fisheye.tracking.store import TrackingError, TrackingUnavailableError, default_tracking_uri
 
 MAX_LISTED = 20  # unreadable files and the like listed before "... and N more"
 
@@ -83,6 +86,16 @@ ModelOption = Annotated[
         "--model", "-m", help="Model bundle folder (default: $FISHEYE_MODEL, else models/default)."
     ),
 ]
+# Commands that only read a model (predict, serve) also take a registry URI.
+ModelRefOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model bundle folder, or a registry URI models:/NAME@ALIAS or models:/NAME/VERSION "
+        "(default: $FISHEYE_MODEL, else models/default).",
+    ),
+]
 BackendOption = Annotated[
     BackendChoice,
     typer.Option(
@@ -95,15 +108,55 @@ AUTO_CHOICE = BackendChoice(AUTO)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object, nothing else.")]
 
 
-def load_predictor_or_exit(err: Console, model: Path | None, **kwargs: Any):
+def resolve_model_or_exit(
+    err: Console, model: Path | str | None, pinned: str | None = None
+) -> tuple[Path | None, str | None]:
+    """A `--model` value (else $FISHEYE_MODEL) as (bundle folder, sha256 to pin it to).
+
+    A registry URI (`models:/NAME@ALIAS`) is resolved through MLflow to a verified local
+    copy of the registered bundle, pinned to its registered hash; a folder is returned as
+    it is, with `pinned`. Any failure exits with one clear line.
+    """
+    ref = model if model is not None else os.environ.get("FISHEYE_MODEL")
+    if ref is None or not is_registry_uri(ref):
+        return (Path(model) if model is not None else None), pinned
+    try:
+        resolved = resolve(str(ref))
+    except TrackingUnavailableError as exc:
+        raise fail(err, str(exc)) from None
+    except (TrackingError, BundleError) as exc:
+        raise fail(err, f"cannot use {ref}: {exc}") from None
+    except Exception as exc:  # MLflow's own errors: an unreachable server, a bad URI
+        raise fail(
+            err,
+            f"cannot resolve {ref} in the MLflow registry at {default_tracking_uri()} "
+            f"({type(exc).__name__}: {exc})",
+        ) from None
+    if pinned is not None and pinned.strip().lower() != resolved.sha256:
+        raise fail(
+            err,
+            f"{ref} is the bundle {resolved.sha256[:12]}..., not the pinned "
+            f"{pinned.strip()[:12]}... (FISHEYE_MODEL_SHA256)",
+        )
+    version = resolved.version
+    err.print(
+        Text(f"{ref}: {version.name} version {version.version}, bundle {resolved.sha256[:12]}"),
+        soft_wrap=True,
+    )
+    return resolved.path, resolved.sha256
+
+
+def load_predictor_or_exit(err: Console, model: Path | str | None, **kwargs: Any):
     """The bundle's Predictor and Monitor (`fisheye.monitoring.reference.load_predictor`).
 
-    A missing, tampered or malformed bundle exits with one clear line, no traceback.
+    `model` is a bundle folder or a registry URI (`resolve_model_or_exit`). A missing,
+    tampered or malformed bundle exits with one clear line, no traceback.
     """
     from fisheye.monitoring.reference import load_predictor as load
 
+    path, pinned = resolve_model_or_exit(err, model, kwargs.pop("expected_sha256", None))
     try:
-        return load(model, **kwargs)
+        return load(path, expected_sha256=pinned, **kwargs)
     except BundleError as exc:
         raise fail(err, f"cannot load the model bundle: {exc}") from None
     except BackendUnavailableError as exc:

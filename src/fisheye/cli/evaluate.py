@@ -43,7 +43,11 @@ def evaluate(
     ] = 32,
     backend: BackendOption = AUTO_CHOICE,
 ) -> None:
-    """Evaluate a model bundle on labelled photos; write metrics, confusion matrix, errors."""
+    """Evaluate a model bundle on labelled photos; write metrics, confusion matrix, errors.
+
+    Also writes the tables `dvc plots` draws: confusion.csv (actual,predicted per photo) and
+    per_class.csv (precision, recall, F1, support per class).
+    """
     from fisheye import evaluate as ev
     from fisheye.data.labelled import LabelledDataError, check_classes, load_labelled
 
@@ -79,7 +83,7 @@ def evaluate(
             f"{metrics['n_unreadable']} unreadable"
         )
         out.print(Text(summary, style="bold"), soft_wrap=True)
-        written = f"wrote {target}/ (metrics.json, confusion_matrix.png, errors.csv)"
+        written = f"wrote {target}/ ({', '.join(ev.OUTPUT_FILES)})"
         out.print(Text(written), soft_wrap=True)
     for item in metrics["unreadable"][:MAX_LISTED]:
         warn(err, f"cannot read {item['path']}: {item['error']}")

@@ -16,7 +16,7 @@ from rich.text import Text
 from fisheye.cli.common import (
     AUTO_CHOICE,
     BackendOption,
-    ModelOption,
+    ModelRefOption,
     RichProgress,
     consoles,
     fail,
@@ -36,7 +36,7 @@ def predict(
     paths: Annotated[
         list[Path], typer.Argument(help="Photos and/or folders (searched recursively).")
     ],
-    model: ModelOption = None,
+    model: ModelRefOption = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to list.")] = 3,
     output_format: Annotated[
         OutputFormat,

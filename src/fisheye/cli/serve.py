@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 
-from fisheye.cli.common import ModelOption, consoles, fail
+from fisheye.cli.common import ModelRefOption, consoles, fail, resolve_model_or_exit
 from fisheye.inference.registry import BackendChoice
 
 
 def serve(
-    model: ModelOption = None,
+    model: ModelRefOption = None,
     host: Annotated[
         str | None, typer.Option("--host", help="Interface [default: $FISHEYE_HOST or 127.0.0.1].")
     ] = None,
@@ -35,6 +35,7 @@ def serve(
     from fisheye.serving.app import create_app
     from fisheye.serving.http_protocol import protocol_for
     from fisheye.serving.settings import ServeSettings
+    from fisheye.tracking.registry import is_registry_uri
 
     _, err = consoles()
     options = {"model": model, "host": host, "port": port, "backend": backend}
@@ -44,6 +45,11 @@ def serve(
         raise fail(
             err, f"invalid server settings (FISHEYE_* variables or options):\n{exc}"
         ) from None
+    source = settings.model
+    if is_registry_uri(source):
+        # The server loads the verified local copy, pinned to the registered hash.
+        path, pinned = resolve_model_or_exit(err, source, settings.model_sha256)
+        settings = settings.model_copy(update={"model": path, "model_sha256": pinned})
     try:
         # Fail fast on a wrong path or a missing export; the weights load in the server.
         name = resolve(read_meta(settings.model, settings.model_sha256), settings.backend)
@@ -52,9 +58,9 @@ def serve(
         raise fail(err, f"cannot serve the model bundle {settings.model}: {exc}") from None
     except BackendUnavailableError as exc:
         raise fail(err, str(exc)) from None
+    shown = f"{source} ({settings.model})" if source != settings.model else settings.model
     err.print(
-        f"FishEye serving {settings.model} at http://{settings.host}:{settings.port} "
-        f"(API docs at /docs)",
+        f"FishEye serving {shown} at http://{settings.host}:{settings.port} (API docs at /docs)",
         soft_wrap=True,
     )
     uvicorn.run(

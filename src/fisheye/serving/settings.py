@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fisheye.bundle import default_bundle_dir
 from fisheye.data.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
 from fisheye.inference.registry import AUTO, BackendChoice
+from fisheye.tracking.registry import is_registry_uri
 
 MB = 1024 * 1024
 
@@ -33,8 +34,13 @@ class ServeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FISHEYE_", extra="ignore")
 
-    model: Path = Field(
-        default_factory=default_bundle_dir, description="Model bundle folder (FISHEYE_MODEL)."
+    model: Path | str = Field(
+        default_factory=default_bundle_dir,
+        validate_default=True,
+        description="Model bundle folder, or a registry URI models:/NAME@ALIAS or "
+        "models:/NAME/VERSION (FISHEYE_MODEL); `fisheye serve` resolves a URI through MLflow "
+        "($MLFLOW_TRACKING_URI, else runs/mlflow.db) to a verified bundle pinned to its "
+        "registered hash.",
     )
     model_sha256: str | None = Field(
         None,
@@ -162,6 +168,12 @@ class ServeSettings(BaseSettings):
     image_dir: Path | None = Field(
         None, description="Where stored photos go (default: <prediction_db>.images/)."
     )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _folder_or_registry_uri(cls, value: object) -> Path | str:
+        """A registry URI stays a string (a Path would fold its `//`); anything else a Path."""
+        return str(value) if is_registry_uri(value) else Path(str(value))
 
     @model_validator(mode="after")
     def _check_limits(self) -> ServeSettings:
