@@ -202,7 +202,9 @@ def _predict_to_file(
         batches = local_batches(predictor, todo, batch_size=batch_size, top_k=top_k)
     skipped = len(files) - len(todo)
     if skipped:
-        err.print(f"resuming {out_file}: {skipped} of {len(files)} photos already there")
+        err.print(
+            f"resuming {out_file}: {skipped} of {len(files)} photos already there", soft_wrap=True
+        )
     try:
         with writer, RichProgress(err).task("predicting", len(todo), unit="photos") as advance:
             summary = write_rows(
@@ -218,7 +220,8 @@ def _predict_to_file(
         raise fail(err, f"cannot write {out_file}: {exc}") from None
     err.print(
         Text(f"wrote {summary.written} rows to {out_file}")
-        + Text(f" ({summary.skipped} already there)" if summary.skipped else "")
+        + Text(f" ({summary.skipped} already there)" if summary.skipped else ""),
+        soft_wrap=True,
     )
     if summary.failed:
         err.print(
@@ -226,7 +229,8 @@ def _predict_to_file(
                 f"{summary.failed} of {summary.written} files could not be read "
                 f"(rows with an error in {out_file})",
                 style="yellow",
-            )
+            ),
+            soft_wrap=True,
         )
         raise typer.Exit(1)
 
