@@ -7,8 +7,10 @@ the module and stopped at its end. S3 is reached through the standard AWS variab
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +19,11 @@ import pytest
 from typer.testing import CliRunner
 
 from fisheye.cli import app
+from fisheye.data.manifest import manifest_hash, read_manifest
 from fisheye.inference.results import read_results
 from tests.helpers.emulators import Emulator, moto_s3
 from tests.helpers.photos import write_bad_files
+from tests.helpers.server import fisheye_command
 
 ray = pytest.importorskip("ray", reason="the Ray tests need the scale extra (ray[data])")
 s3fs = pytest.importorskip("s3fs", reason="the S3 tests need the scale extra (s3fs)")
@@ -144,3 +148,46 @@ def test_photos_and_results_in_s3(
     assert again.exit_code == 0 and f"({len(expected)} already there)" in again.stderr
     missing = _predict(f"s3://{BUCKET}/no-such-survey", *model, "--out", local_out)
     assert missing.exit_code == 2 and "no such object or prefix" in missing.stderr
+
+
+def test_import_and_train_from_s3(s3: Emulator, synthetic_dataset: Path, tmp_path: Path) -> None:
+    fs = s3fs.S3FileSystem()
+    fs.put(str(synthetic_dataset) + "/", f"{BUCKET}/labelled/", recursive=True)
+    dataset = tmp_path / "dataset"
+    result = runner.invoke(
+        app, ["data", "import", f"s3://{BUCKET}/labelled", "--out", str(dataset)], env=ENV
+    )
+    assert result.exit_code == 0, result.output
+    rows = read_manifest(dataset / "manifest.csv")
+    local = [p for p in synthetic_dataset.rglob("*") if p.suffix in (".png", ".jpg")]
+    assert len(rows) == len(local)
+    assert all(str(r.path).startswith(f"s3://{BUCKET}/labelled/") for r in rows)
+    assert {r.split for r in rows} == {"train", "val"} and all(r.group for r in rows)
+
+    # Training reads the photos from S3 through the manifest.
+    run_dir = tmp_path / "run"
+    train = subprocess.run(
+        fisheye_command(
+            "train",
+            "experiment=smoke",
+            f"data.root={dataset / 'manifest.csv'}",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "logger=csv",
+            "drift.enabled=false",
+            f"hydra.run.dir={run_dir}",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    meta = json.loads((run_dir / "bundle" / "bundle.json").read_text())
+    assert sum(meta["data"]["counts"].values()) == len(rows)
+    assert meta["data"]["manifest_hash"] == manifest_hash(rows)
+
+    missing = runner.invoke(
+        app, ["data", "import", f"s3://{BUCKET}/nothing-here", "--out", str(tmp_path / "x")]
+    )
+    assert missing.exit_code == 2 and "no such object-storage prefix" in missing.stderr

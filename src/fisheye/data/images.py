@@ -239,13 +239,15 @@ def _guarded(decode, *args) -> Image.Image:
         raise ImageDecodeError(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
 
 
-def _read(source: bytes | str | Path, max_file_bytes: int) -> bytes:
+def read_photo(source: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """A photo's bytes from a local file (`read_photo_file`) or an s3:// / gs:// URL."""
     if is_url(source):
-        data = _read_url(source, max_file_bytes)
-    elif isinstance(source, str | Path):
-        data = read_photo_file(source, max_file_bytes)
-    else:
-        data = source
+        return _read_url(source, max_bytes)
+    return read_photo_file(source, max_bytes)
+
+
+def _read(source: bytes | str | Path, max_file_bytes: int) -> bytes:
+    data = read_photo(source, max_file_bytes) if isinstance(source, str | Path) else source
     if not data:
         raise ImageDecodeError("empty file")
     return data
