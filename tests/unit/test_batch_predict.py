@@ -187,3 +187,27 @@ def test_a_run_killed_halfway_resumes_with_every_photo_once(
     assert len(counts) == total and set(counts.values()) == {1}
     assert f"wrote {total - written} rows" in resumed.stderr
     assert f"({written} already there)" in resumed.stderr
+
+
+def test_ray_engine_steps_give_the_local_rows(tiny_bundle: Path, photos) -> None:
+    """The Ray engine's task and actor code, run here without Ray (its tests run a real one)."""
+    pytest.importorskip("ray", reason="needs the scale extra (ray[data])")
+    import functools
+
+    import numpy as np
+
+    from fisheye.cli.predict import load_actor_predictor
+    from fisheye.inference.batch import local_batches
+    from fisheye.inference.ray_engine import PredictActor, bundle_files, prepare_batch
+
+    folder, good, bad = photos
+    files = [*good[:3], *bad.values()]
+    load = functools.partial(load_actor_predictor, backend="auto", top_k=3)
+    predictor = load(tiny_bundle)
+    prepared = prepare_batch({"path": np.asarray([str(f) for f in files])}, predictor.preparer)
+    assert prepared["pixels"].shape[0] == len(files)
+    assert [bool(e) for e in prepared["error"]] == [False] * 3 + [True] * len(bad)
+    actor = PredictActor(bundle_files(tiny_bundle), load, top_k=3)
+    rows = [json.loads(r) for r in actor(prepared)["row"]]
+    (expected,) = local_batches(predictor, files, batch_size=len(files), top_k=3)
+    assert rows == json.loads(json.dumps(expected))

@@ -181,6 +181,7 @@ def _predict_to_file(
 ) -> None:
     """Stream rows to `out_file` with the chosen engine; summary and exit code at the end."""
     from fisheye.inference.batch import local_batches, pending, write_rows
+    from fisheye.inference.ray_engine import RayUnavailableError
     from fisheye.inference.results import ResultsError, ResultWriter
 
     try:
@@ -218,6 +219,10 @@ def _predict_to_file(
         ) from None
     except (ResultsError, OSError) as exc:
         raise fail(err, f"cannot write {out_file}: {exc}") from None
+    except RayUnavailableError as exc:  # a Ray pipeline that failed on the cluster
+        raise fail(
+            err, f"{exc}\nwhat was written to {out_file} is kept; add --resume to continue", code=1
+        ) from None
     err.print(
         Text(f"wrote {summary.written} rows to {out_file}")
         + Text(f" ({summary.skipped} already there)" if summary.skipped else ""),

@@ -38,7 +38,7 @@ PredictorLoader = Callable[[Path], Predictor]
 
 
 class RayUnavailableError(RuntimeError):
-    """Ray is not installed or the cluster cannot be reached."""
+    """Ray is not installed, the cluster cannot be reached, or the pipeline failed on it."""
 
 
 def _ray():
@@ -174,5 +174,8 @@ def ray_batches(
         batch_size=batch_size,
         batch_format="numpy",
     )
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        yield [json.loads(r) for r in batch["row"]]
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            yield [json.loads(r) for r in batch["row"]]
+    except ray.exceptions.RayError as exc:  # a task or actor failed, a node was lost
+        raise RayUnavailableError(f"the Ray pipeline failed: {exc}") from exc
