@@ -8,7 +8,8 @@ each count through symbolic links in a temporary folder (nothing is copied). Fig
 
 - photos/s of `--engine local` and of `--engine ray` with 1 and 2 model actors, measured in
   this process from the first photo asked for to the last row written (Ray's start-up is
-  outside the timing; its actors' start-up, inside). The output is a Parquet folder.
+  outside the timing; its actors' start-up, inside), over `--repeat` interleaved rounds.
+  The output is a Parquet folder.
 - peak resident memory (VmHWM) of a whole `fisheye predict --out preds.csv` process for
   each of `--memory-counts` photos: the results stream to the file, so it should not grow.
 """
@@ -19,6 +20,7 @@ import argparse
 import functools
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,7 +84,8 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=1790, help="photos for the photos/s runs")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--memory-counts", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the photos/s runs")
+    parser.add_argument("--memory-counts", type=int, nargs="*", default=[2000, 20000])
     args = parser.parse_args()
     if not VAL.is_dir():
         raise SystemExit(f"the shared photos are not at {VAL}")
@@ -95,27 +98,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fisheye-batch-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
         files = collect_image_paths([linked_photos(tmp / "rate", args.photos)])
-        print("\n| engine | photos | photos/s |\n|---|---:|---:|")
-        local = rate(
-            files,
-            tmp / "local.parquet",
-            local_batches(predictor, files, batch_size=args.batch_size, top_k=3),
-        )
-        print(f"| local (1 process) | {len(files)} | {local:.1f} |", flush=True)
         connect(None)
-        for actors in args.actors:
-            batches = ray_batches(
-                files,
-                bundle_dir=args.model,
-                load=load,
-                preparer=predictor.preparer,
-                actors=actors,
-                batch_size=args.batch_size,
-                top_k=3,
-            )
-            speed = rate(files, tmp / f"ray-{actors}.parquet", batches)
-            print(f"| ray, {actors} actor{'s' * (actors > 1)} | {len(files)} | {speed:.1f} |")
+        # 0 actors: the local engine.
+        engines = [0, *args.actors]
+        speeds: dict[int, list[float]] = {e: [] for e in engines}
+        # Rounds interleave the engines, so a burst of other work on the machine is shared.
+        for round_ in range(args.repeat):
+            for actors in engines:
+                out = tmp / f"{actors}-{round_}.parquet"
+                if actors == 0:
+                    batches = local_batches(predictor, files, batch_size=args.batch_size, top_k=3)
+                else:
+                    batches = ray_batches(
+                        files,
+                        bundle_dir=args.model,
+                        load=load,
+                        preparer=predictor.preparer,
+                        actors=actors,
+                        batch_size=args.batch_size,
+                        top_k=3,
+                    )
+                speeds[actors].append(rate(files, out, batches))
+        print(f"\n{args.repeat} rounds of {len(files)} photos; median (min-max):")
+        print("\n| engine | photos/s |\n|---|---:|")
+        for actors, values in speeds.items():
+            name = f"ray, {actors} actor{'s' * (actors > 1)}" if actors else "local (1 process)"
+            low, mid, high = min(values), statistics.median(values), max(values)
+            print(f"| {name} | {mid:.1f} ({low:.1f}-{high:.1f}) |", flush=True)
 
+        if not args.memory_counts:
+            return
         print("\n| photos | peak RSS of `fisheye predict --out` (MiB) | wall time (s) |")
         print("|---:|---:|---:|")
         for count in args.memory_counts:
