@@ -148,6 +148,23 @@ def test_engine_ray_and_resume_need_out(tiny_bundle: Path, photos) -> None:
         assert result.exit_code == 2 and "--out" in result.stderr
 
 
+def test_an_unknown_output_format_is_refused_up_front(tmp_path: Path, photos) -> None:
+    folder, _, _ = photos
+    out = tmp_path / "preds.xlsx"
+    result = runner.invoke(app, ["predict", str(folder), "-m", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 2 and "must end in .csv, .jsonl, .parquet" in result.stderr
+    assert not out.exists()
+
+
+def test_a_run_that_writes_nothing_leaves_a_reusable_file(tmp_path: Path) -> None:
+    out = tmp_path / "preds.csv"
+    ResultWriter(out).close()  # e.g. the Ray cluster could not be reached
+    with ResultWriter(out) as writer:  # no --resume needed: nothing was written
+        writer.write([_row("a.jpg")])
+    assert [r["path"] for r in read_results(out)] == ["a.jpg"]
+    assert out.read_text().splitlines()[0] == ",".join(COLUMNS)
+
+
 def _rows_in(out: Path) -> int:
     if out.is_dir():
         return sum(1 for _ in read_results(out))

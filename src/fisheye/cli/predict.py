@@ -95,6 +95,13 @@ def predict(
     out, err = consoles()
     if out_file is None and (resume or engine is Engine.ray):
         raise fail(err, "--resume and --engine ray write to a file: add --out FILE")
+    if out_file is not None:
+        from fisheye.inference.results import ResultsError, result_format
+
+        try:
+            result_format(out_file)
+        except ResultsError as exc:
+            raise fail(err, str(exc)) from None
     try:
         files = collect_image_paths(paths)
     except InputPathError as exc:

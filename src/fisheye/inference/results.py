@@ -273,9 +273,9 @@ class ResultWriter:
         self._file = open(path, "r+b" if path.exists() else "wb")  # noqa: SIM115 (closed in close)
         self._file.truncate(len(whole))
         self._file.seek(len(whole))
-        if not whole and self.fmt == "csv":
-            self._file.write(encode([], "csv"))
-            self._file.flush()
+        # The CSV header comes with the first rows: a run that fails before any leaves an
+        # empty file, which the next run may reuse without --resume.
+        self._header = not whole
 
     def _decode(self, data: bytes, where: str) -> list[dict[str, Any]]:
         try:
@@ -292,8 +292,9 @@ class ResultWriter:
         rows = list(rows)
         self.written += len(rows)
         if self._file is not None:
-            self._file.write(encode(rows, self.fmt, header=False))
+            self._file.write(encode(rows, self.fmt, header=self._header))
             self._file.flush()
+            self._header = False
             return
         self._pending += rows
         while len(self._pending) >= self.rows_per_part:
