@@ -41,6 +41,16 @@ def _spawned(trainer: L.Trainer) -> bool:
     return getattr(trainer.strategy, "_start_method", None) in ("spawn", "fork", "forkserver")
 
 
+def _cpu_overrides(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """Settings that only work on GPUs, turned off when the run is on CPUs (e.g. a CPU DDP)."""
+    accelerator = trainer_cfg.get("accelerator", "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and trainer_cfg.get("sync_batchnorm"):
+        log.info("sync_batchnorm needs GPUs; training on CPUs without it")
+        return {"sync_batchnorm": False}
+    return {}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train as `cfg` says and write a bundle; returns the metrics and the bundle path."""
     L.seed_everything(cfg.seed, workers=True)
@@ -54,7 +64,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, **_cpu_overrides(cfg.trainer)
+    )
 
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     if trainer.interrupted:

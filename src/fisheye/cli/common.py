@@ -53,6 +53,19 @@ def warn(err: Console, message: str) -> None:
     err.print(Text(message, style="yellow"), soft_wrap=True)
 
 
+class _RateColumn(rich_progress.ProgressColumn):
+    """Steps per second, e.g. "41.2 photos/s"."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: rich_progress.Task) -> Text:
+        """The task's current rate."""
+        speed = task.finished_speed or task.speed
+        return Text("?" if speed is None else f"{speed:.1f} {self.unit}/s", style="cyan")
+
+
 class RichProgress:
     """Progress bars on stderr (transient; nothing is shown when it is not a terminal)."""
 
@@ -60,13 +73,17 @@ class RichProgress:
         self._console = console
 
     @contextmanager
-    def task(self, description: str, total: int) -> Iterator[Advance]:
-        """A progress bar for one task; yields its `advance(n=1)` function."""
+    def task(self, description: str, total: int, unit: str | None = None) -> Iterator[Advance]:
+        """A progress bar for one task; yields its `advance(n=1)` function.
+
+        With a `unit` (e.g. "photos") the bar also shows the rate, e.g. "41.2 photos/s".
+        """
         console = self._console or Console(stderr=True)
         columns = (
             rich_progress.TextColumn("{task.description}"),
             rich_progress.BarColumn(),
             rich_progress.MofNCompleteColumn(),
+            *([_RateColumn(unit)] if unit else []),
             rich_progress.TimeRemainingColumn(),
         )
         with rich_progress.Progress(

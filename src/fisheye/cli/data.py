@@ -68,7 +68,12 @@ def print_import_report(report: ImportReport, console: Console | None = None) ->
 
 @data_app.command("import")
 def import_cmd(
-    src: Annotated[Path, typer.Argument(help="Photo tree: class folders, pre-split or Kaggle.")],
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="Photo tree: class folders, pre-split or Kaggle; or an s3:// / gs:// prefix."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder for manifest.csv (and copies).")],
     copy: Annotated[bool, typer.Option("--copy", help="Copy photos into OUT/images/.")] = False,
     val_fraction: Annotated[float, typer.Option(help="Share of each class for val.")] = 0.15,
@@ -92,7 +97,7 @@ def import_cmd(
             resplit=resplit,
             progress=RichProgress(err_console),
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         raise fail(err_console, str(exc)) from None
     print_import_report(report, console)
 

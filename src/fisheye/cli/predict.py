@@ -24,6 +24,13 @@ from fisheye.cli.common import (
 )
 
 
+class Engine(StrEnum):
+    """Where `fisheye predict --out` runs the model."""
+
+    local = "local"
+    ray = "ray"
+
+
 class OutputFormat(StrEnum):
     """How `fisheye predict` writes its results."""
 
@@ -34,7 +41,11 @@ class OutputFormat(StrEnum):
 
 def predict(
     paths: Annotated[
-        list[Path], typer.Argument(help="Photos and/or folders (searched recursively).")
+        list[str],
+        typer.Argument(
+            help="Photos and/or folders (searched recursively); s3:// or gs:// URLs of "
+            "photos or prefixes."
+        ),
     ],
     model: ModelRefOption = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to list.")] = 3,
@@ -46,11 +57,51 @@ def predict(
         int, typer.Option("--batch-size", min=1, help="Photos per model call.")
     ] = 16,
     backend: BackendOption = AUTO_CHOICE,
+    out_file: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Stream results to this .csv, .jsonl or .parquet (a folder of parts) as they "
+            "are produced; a local path or an s3:// / gs:// URL.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an interrupted --out: skip photos already in it."),
+    ] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option("--engine", help="local (this process) or ray (Ray Data; needs --out)."),
+    ] = Engine.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Join this Ray cluster (e.g. auto, ray://head:10001); default: start a local Ray.",
+        ),
+    ] = None,
+    actors: Annotated[
+        int, typer.Option("--actors", min=1, help="--engine ray: model replicas (actors).")
+    ] = 1,
+    rows_per_part: Annotated[
+        int,
+        typer.Option("--rows-per-part", min=1, help="Rows per part file of a folder output."),
+    ] = 1000,
 ) -> None:
     """Predict the species in photos. Exit code 1 if any file could not be read."""
     from fisheye.data.files import InputPathError, collect_image_paths
 
     out, err = consoles()
+    if out_file is None and (resume or engine is Engine.ray):
+        raise fail(err, "--resume and --engine ray write to a file: add --out FILE")
+    if out_file is not None:
+        from fisheye.inference.results import ResultsError, result_format
+
+        try:
+            result_format(out_file)
+        except ResultsError as exc:
+            raise fail(err, str(exc)) from None
     try:
         files = collect_image_paths(paths)
     except InputPathError as exc:
@@ -58,6 +109,21 @@ def predict(
     if not files:
         raise fail(err, f"no photos found in {', '.join(map(str, paths))}")
     predictor, _ = load_predictor_or_exit(err, model, top_k=top_k, backend=backend)
+    if out_file is not None:
+        _predict_to_file(
+            err,
+            predictor,
+            files,
+            out_file,
+            resume=resume,
+            engine=engine,
+            top_k=top_k,
+            batch_size=batch_size,
+            ray_address=ray_address,
+            actors=actors,
+            rows_per_part=rows_per_part,
+        )
+        return
 
     with RichProgress(err).task("predicting", len(files)) as advance:
         results = list(predictor.predict_files(files, batch_size=batch_size, on_done=advance))
@@ -104,3 +170,110 @@ def _table(results: list) -> Table:
         others = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top_k)
         table.add_row(Text(str(r.path)), Text(p.label), f"{p.confidence:.1%}", Text(others))
     return table
+
+
+def _predict_to_file(
+    err,
+    predictor,
+    files,
+    out_file: str,
+    *,
+    resume: bool,
+    engine: Engine,
+    top_k: int,
+    batch_size: int,
+    ray_address: str | None,
+    actors: int,
+    rows_per_part: int,
+) -> None:
+    """Stream rows to `out_file` with the chosen engine; summary and exit code at the end."""
+    from fisheye.inference.batch import local_batches, pending, write_rows
+    from fisheye.inference.ray_engine import RayUnavailableError
+    from fisheye.inference.results import ResultsError, ResultWriter
+
+    try:
+        writer = ResultWriter(out_file, resume=resume, rows_per_part=rows_per_part)
+    except (ResultsError, OSError) as exc:
+        raise fail(err, str(exc)) from None
+    todo = pending(files, writer)
+    if engine is Engine.ray:
+        batches = _ray_batches(
+            err,
+            predictor,
+            todo,
+            top_k=top_k,
+            batch_size=batch_size,
+            address=ray_address,
+            actors=actors,
+        )
+    else:
+        batches = local_batches(predictor, todo, batch_size=batch_size, top_k=top_k)
+    skipped = len(files) - len(todo)
+    if skipped:
+        err.print(
+            f"resuming {out_file}: {skipped} of {len(files)} photos already there", soft_wrap=True
+        )
+    try:
+        with writer, RichProgress(err).task("predicting", len(todo), unit="photos") as advance:
+            summary = write_rows(
+                batches, writer, total=len(files), skipped=skipped, on_done=advance
+            )
+    except KeyboardInterrupt:
+        raise fail(
+            err,
+            f"interrupted: what was written to {out_file} is kept; add --resume to continue",
+            code=130,
+        ) from None
+    except (ResultsError, OSError) as exc:
+        raise fail(err, f"cannot write {out_file}: {exc}") from None
+    except RayUnavailableError as exc:  # a Ray pipeline that failed on the cluster
+        raise fail(
+            err, f"{exc}\nwhat was written to {out_file} is kept; add --resume to continue", code=1
+        ) from None
+    err.print(
+        Text(f"wrote {summary.written} rows to {out_file}")
+        + Text(f" ({summary.skipped} already there)" if summary.skipped else ""),
+        soft_wrap=True,
+    )
+    if summary.failed:
+        err.print(
+            Text(
+                f"{summary.failed} of {summary.written} files could not be read "
+                f"(rows with an error in {out_file})",
+                style="yellow",
+            ),
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+def _ray_batches(
+    err, predictor, todo, *, top_k: int, batch_size: int, address: str | None, actors: int
+):
+    """The Ray Data engine's batches of rows, after joining or starting Ray."""
+    import functools
+
+    from fisheye.inference.ray_engine import RayUnavailableError, connect, ray_batches
+
+    try:
+        connect(address)
+    except RayUnavailableError as exc:
+        raise fail(err, str(exc)) from None
+    # The actors get a copy of the bundle this process has already verified.
+    load = functools.partial(load_actor_predictor, backend=predictor.backend_name, top_k=top_k)
+    return ray_batches(
+        todo,
+        bundle_dir=predictor.bundle.path,
+        load=load,
+        preparer=predictor.preparer,
+        actors=actors,
+        batch_size=batch_size,
+        top_k=top_k,
+    )
+
+
+def load_actor_predictor(bundle_dir: Path, *, backend: str, top_k: int):
+    """The Predictor one Ray actor runs (the bundle's monitor included, as in this process)."""
+    from fisheye.monitoring.reference import load_predictor
+
+    return load_predictor(bundle_dir, backend=backend, top_k=top_k)[0]

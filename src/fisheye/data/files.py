@@ -8,6 +8,7 @@ from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from fisheye.data.images import IMAGE_SUFFIXES
+from fisheye.data.storage import PhotoRef, is_url, list_files
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,41 @@ def walk_image_files(
     return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
-def collect_image_paths(inputs: Iterable[str | Path]) -> list[Path]:
+def _url_photos(url: str) -> list[str]:
+    """The photos under an object-storage prefix (by name, hidden ones skipped), or the object."""
+    try:
+        found = list_files(url)
+    except OSError as exc:
+        raise InputPathError(f"cannot list {url}: {exc}") from exc
+    if found is None:
+        raise InputPathError(f"no such object or prefix: {url}")
+    if found == [url]:
+        return found
+    prefix = url.rstrip("/") + "/"
+    return [
+        u
+        for u in found
+        if not any(_is_hidden(part) for part in u[len(prefix) :].split("/"))
+        and is_image_like(Path(u))
+    ]
+
+
+def collect_image_paths(inputs: Iterable[str | Path]) -> list[PhotoRef]:
     """Photo paths from files (taken as given) and folders (recursive, sorted, no hidden files).
 
     Files named explicitly are always attempted, whatever their suffix. Duplicates keep
-    their first position. Raises InputPathError for a path that does not exist.
+    their first position. `s3://` and `gs://` URLs name an object or a prefix (a "folder").
+    Raises InputPathError for a path that does not exist.
     """
-    out: list[Path] = []
-    seen: set[Path] = set()
+    out: list[PhotoRef] = []
+    seen: set[PhotoRef] = set()
     for item in inputs:
+        if is_url(item):
+            for url in _url_photos(item):
+                if url not in seen:
+                    seen.add(url)
+                    out.append(url)
+            continue
         path = Path(item)
         if path.is_dir():
             candidates = walk_image_files(path, IMAGE_LIKE_SUFFIXES, recursive=True)

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fisheye.data.storage import is_url, read_url
+
 MB = 1024 * 1024
 # Photos larger than this are refused before their pixels are decoded (decompression bombs).
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -237,8 +239,15 @@ def _guarded(decode, *args) -> Image.Image:
         raise ImageDecodeError(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
 
 
+def read_photo(source: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """A photo's bytes from a local file (`read_photo_file`) or an s3:// / gs:// URL."""
+    if is_url(source):
+        return _read_url(source, max_bytes)
+    return read_photo_file(source, max_bytes)
+
+
 def _read(source: bytes | str | Path, max_file_bytes: int) -> bytes:
-    data = read_photo_file(source, max_file_bytes) if isinstance(source, str | Path) else source
+    data = read_photo(source, max_file_bytes) if isinstance(source, str | Path) else source
     if not data:
         raise ImageDecodeError("empty file")
     return data
@@ -272,3 +281,15 @@ def decode_thumbnail(
     """A cheap size x size RGB thumbnail, aspect squashed (JPEG decoded at reduced scale)."""
     data = _read(source, max_file_bytes)
     return _guarded(_thumbnail, data, size, max_pixels, max_decode_bytes)
+
+
+def _read_url(url: str, max_file_bytes: int) -> bytes:
+    try:
+        data = read_url(url, max_file_bytes)
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(f"no such object: {url}") from exc
+    except OSError as exc:  # StorageError included: a missing driver, no access
+        raise ImageDecodeError(f"cannot read {url}: {exc}") from exc
+    if len(data) > max_file_bytes:
+        raise ImageTooLargeError(f"the object is over the {max_file_bytes / MB:g} MiB limit")
+    return data

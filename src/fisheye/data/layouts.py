@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from fisheye.data.files import walk_image_files
 from fisheye.data.images import IMAGE_SUFFIXES, is_image_path
 from fisheye.data.manifest import SPLITS
+from fisheye.data.storage import list_files
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +92,33 @@ def enumerate_photos(src: Path, layout: str) -> list[tuple[Path, str, str]]:
     else:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     return items
+
+
+def enumerate_url_photos(prefix: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """The layout and (url, class, split) items of photos under an object-storage prefix.
+
+    Class folders (`<prefix>/<Class>/...`) or pre-split (`<prefix>/train|val|test/<Class>/...`);
+    hidden names are skipped and photos are picked by suffix, as for local folders.
+    """
+    root = prefix.rstrip("/") + "/"
+    found = list_files(prefix.rstrip("/"))
+    if found is None:
+        raise ValueError(f"no such object-storage prefix: {prefix}")
+    parts = []
+    for url in found:
+        rel = url[len(root) :].split("/") if url.startswith(root) else []
+        if (
+            len(rel) >= 2
+            and not any(p.startswith(".") for p in rel)
+            and is_image_path(PurePosixPath(url))
+        ):
+            parts.append((url, rel))
+    presplit = bool(parts) and all(r[0].lower() in SPLITS and len(r) >= 3 for _, r in parts)
+    if presplit:
+        return "presplit", [(url, r[1], r[0].lower()) for url, r in parts]
+    if not parts:
+        raise ValueError(
+            f"no photos in class folders under {prefix}: expected <prefix>/<Class>/*.jpg "
+            "or <prefix>/train|val|test/<Class>/*.jpg"
+        )
+    return "class_folders", [(url, r[0], "") for url, r in parts]

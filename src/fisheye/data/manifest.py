@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fisheye.data.storage import PhotoRef, as_ref, is_url
+
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.csv"
 COLUMNS = ("path", "class", "split", "sha256", "width", "height", "group")
@@ -24,7 +26,7 @@ class ManifestError(ValueError):
 class ManifestRow:
     """One photo of the dataset."""
 
-    path: Path
+    path: PhotoRef  # a local path, or an s3:// / gs:// URL
     label: str
     split: str
     sha256: str
@@ -33,7 +35,9 @@ class ManifestRow:
     group: str = ""
 
 
-def _relative_if_possible(path: Path, folder: Path) -> str:
+def _relative_if_possible(path: PhotoRef, folder: Path) -> str:
+    if is_url(path):
+        return str(path)
     path = Path(path)
     if path.is_absolute():
         try:
@@ -68,7 +72,10 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> None:
 
 
 def read_manifest(path: Path) -> list[ManifestRow]:
-    """Read a CSV manifest; relative paths are resolved against the manifest's folder."""
+    """Read a CSV manifest; relative paths are resolved against the manifest's folder.
+
+    A path may also be an object-storage URL (s3://bucket/photo.jpg), kept as it is.
+    """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
@@ -89,8 +96,8 @@ def read_manifest(path: Path) -> list[ManifestRow]:
                 split = (rec["split"] or "").strip()
                 if split and split not in SPLITS:
                     raise ValueError(f"split must be one of {SPLITS} or empty, got {split!r}")
-                p = Path(rec["path"])
-                if not p.is_absolute():
+                p = as_ref(rec["path"])
+                if isinstance(p, Path) and not p.is_absolute():
                     p = folder / p
                 rows.append(
                     ManifestRow(

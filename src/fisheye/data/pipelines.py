@@ -10,11 +10,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from fisheye.data.grouping import group_near_duplicates
-from fisheye.data.images import ImageDecodeError, decode_image, image_size, read_photo_file
-from fisheye.data.layouts import detect_layout, enumerate_photos
+from fisheye.data.images import ImageDecodeError, decode_image, image_size, read_photo
+from fisheye.data.layouts import detect_layout, enumerate_photos, enumerate_url_photos
 from fisheye.data.manifest import (
     MANIFEST_NAME,
     ManifestRow,
@@ -24,6 +24,7 @@ from fisheye.data.manifest import (
 )
 from fisheye.data.progress import NO_PROGRESS, Progress
 from fisheye.data.splits import grouped_split
+from fisheye.data.storage import PhotoRef, is_url, list_files
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,10 @@ class ImportReport:
 # --------------------------------------------------------------------------- scanning
 
 
-def _inspect(path: Path) -> tuple[str, int, int] | str:
+def _inspect(path: PhotoRef) -> tuple[str, int, int] | str:
     """(sha256, width, height) of a photo, or the reason it cannot be read."""
     try:
-        data = read_photo_file(path)
+        data = read_photo(path)
         decode_image(data)  # a photo that cannot be decoded is reported, not indexed
         width, height = image_size(data)  # its own size, even if it was decoded smaller
     except ImageDecodeError as exc:
@@ -97,11 +98,17 @@ def _map_threaded(fn: Callable, items: Iterable, on_done: Callable[[], None]) ->
     return out
 
 
-def scan_source(src: Path, progress: Progress = NO_PROGRESS) -> ScanResult:
-    """Hash and decode every photo of a tree; report unreadable, duplicate and tiny photos."""
-    src = Path(src).resolve()
-    layout = detect_layout(src)
-    items = enumerate_photos(src, layout)
+def scan_source(src: PhotoRef, progress: Progress = NO_PROGRESS) -> ScanResult:
+    """Hash and decode every photo of a tree; report unreadable, duplicate and tiny photos.
+
+    `src` is a local folder or an s3:// / gs:// prefix (class folders or pre-split).
+    """
+    if is_url(src):
+        layout, items = enumerate_url_photos(str(src))
+    else:
+        src = Path(src).resolve()
+        layout = detect_layout(src)
+        items = enumerate_photos(src, layout)
     with progress.task("Hashing and decoding photos", len(items)) as advance:
         results = _map_threaded(_inspect, [p for p, _, _ in items], advance)
     rows: list[ManifestRow] = []
@@ -130,18 +137,22 @@ def _copy_photos(rows: list[ManifestRow], images_dir: Path) -> list[ManifestRow]
     taken: set[Path] = set()
     for row in rows:
         folder = images_dir / row.label
-        target = folder / row.path.name
+        name = PurePosixPath(str(row.path))
+        target = folder / name.name
         if target in taken:
-            target = folder / f"{row.path.stem}-{row.sha256[:12]}{row.path.suffix}"
+            target = folder / f"{name.stem}-{row.sha256[:12]}{name.suffix}"
         taken.add(target)
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(row.path, target)
+        if is_url(row.path):
+            target.write_bytes(read_photo(row.path))
+        else:
+            shutil.copy2(row.path, target)
         out.append(replace(row, path=target))
     return out
 
 
 def import_dataset(
-    src: Path,
+    src: PhotoRef,
     out: Path,
     *,
     copy: bool = False,
@@ -154,10 +165,12 @@ def import_dataset(
     """Scan a photo tree, group near-duplicates, split, and write `out/manifest.csv`.
 
     A pre-split tree keeps its split unless `resplit`, which replaces it with the grouped one.
+    `src` may be an s3:// or gs:// prefix: the manifest then lists the photos' URLs (or,
+    with `copy`, the local copies).
     """
-    src = Path(src).resolve()
+    src = src if is_url(src) else Path(src).resolve()
     out = Path(out).resolve()
-    if out == src or src in out.parents:
+    if isinstance(src, Path) and (out == src or src in out.parents):
         raise ValueError(f"the output folder {out} must not be inside the source folder {src}")
     scan = scan_source(src, progress=progress)
     if not scan.rows:
@@ -193,10 +206,23 @@ def import_dataset(
 # --------------------------------------------------------------------------- loading
 
 
+def _listed_urls(rows: list[ManifestRow]) -> set[str]:
+    """The objects that exist among the rows' URLs (one listing per folder, not per photo)."""
+    folders = {str(r.path).rsplit("/", 1)[0] for r in rows if is_url(r.path)}
+    found: set[str] = set()
+    for folder in sorted(folders):
+        try:
+            found.update(list_files(folder) or [])
+        except OSError as exc:
+            log.warning("cannot list %s: %s", folder, exc)
+    return found
+
+
 def _existing(rows: list[ManifestRow]) -> list[ManifestRow]:
+    urls = _listed_urls(rows)
     kept = []
     for row in rows:
-        if row.path.is_file():
+        if (row.path in urls) if is_url(row.path) else row.path.is_file():
             kept.append(row)
         else:
             log.warning("skipping %s: listed in the manifest but not found", row.path)

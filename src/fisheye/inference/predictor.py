@@ -21,11 +21,19 @@ from fisheye.data.images import (
     ImageDecodeError,
     decode_image,
 )
-from fisheye.data.preprocess import preprocess
+from fisheye.data.preprocess import Preprocessing, preprocess
+from fisheye.data.storage import PhotoRef, as_ref
 from fisheye.inference.backend import Backend, InferenceOutput
 from fisheye.inference.registry import AUTO, create_backend
 
-__all__ = ["FileOutput", "FileResult", "FeatureScorer", "Prediction", "Predictor"]
+__all__ = [
+    "FileOutput",
+    "FileResult",
+    "FeatureScorer",
+    "PhotoPreparer",
+    "Prediction",
+    "Predictor",
+]
 
 Source = bytes | str | Path
 
@@ -71,7 +79,7 @@ class Prediction:
 class FileOutput:
     """The model's raw output for one file, or the reason the file could not be read."""
 
-    path: Path
+    path: PhotoRef
     probabilities: np.ndarray | None = None
     features: np.ndarray | None = None
     ood_score: float | None = None
@@ -87,9 +95,29 @@ class FileOutput:
 class FileResult:
     """A prediction for one file, or the reason it could not be read."""
 
-    path: Path
+    path: PhotoRef
     prediction: Prediction | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class PhotoPreparer:
+    """Decode within limits + the bundle's preprocessing: a photo becomes a model input."""
+
+    preprocessing: Preprocessing
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
+
+    def decode(self, source: Source) -> Image.Image:
+        """Decode a photo (bytes, path or URL) within the limits (ImageDecodeError)."""
+        return decode_image(
+            source, max_pixels=self.max_pixels, max_decode_bytes=self.max_decode_bytes
+        )
+
+    def __call__(self, source: Source | Image.Image) -> np.ndarray:
+        """The (3, H, W) float32 model input for one photo (raises ImageDecodeError)."""
+        img = source if isinstance(source, Image.Image) else self.decode(source)
+        return preprocess(img, self.preprocessing)
 
 
 class Predictor:
@@ -161,16 +189,18 @@ class Predictor:
         """Which backend runs the model, e.g. torch, onnx or onnx-int8."""
         return self.backend.name
 
+    @property
+    def preparer(self) -> PhotoPreparer:
+        """This Predictor's decode + preprocess step alone (picklable, for parallel workers)."""
+        return PhotoPreparer(self.preprocessing, self.max_pixels, self.max_decode_bytes)
+
     def decode(self, source: Source) -> Image.Image:
         """Decode a photo within this Predictor's pixel and memory limits (ImageDecodeError)."""
-        return decode_image(
-            source, max_pixels=self.max_pixels, max_decode_bytes=self.max_decode_bytes
-        )
+        return self.preparer.decode(source)
 
     def prepare(self, source: Source | Image.Image) -> np.ndarray:
         """The (3, H, W) float32 model input for one photo (raises ImageDecodeError)."""
-        img = source if isinstance(source, Image.Image) else self.decode(source)
-        return preprocess(img, self.preprocessing)
+        return self.preparer(source)
 
     def infer(self, batch: np.ndarray) -> InferenceOutput:
         """One model call on a preprocessed (N, 3, H, W) batch, with OOD scores if scored."""
@@ -207,18 +237,19 @@ class Predictor:
         return self.predictions(self.infer(np.stack([self.prepare(im) for im in images])), top_k)
 
     def prepare_files(
-        self, paths: Iterable[Path]
-    ) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+        self, paths: Iterable[PhotoRef]
+    ) -> Iterator[tuple[PhotoRef, np.ndarray | None, str | None]]:
         """(path, model input, None) per readable file, (path, None, error) per unreadable one."""
         for path in paths:
+            ref = as_ref(path)
             try:
-                yield Path(path), self.prepare(path), None
+                yield ref, self.prepare(ref), None
             except ImageDecodeError as exc:
-                yield Path(path), None, str(exc)
+                yield ref, None, str(exc)
 
     def run_files(
         self,
-        paths: Iterable[Path],
+        paths: Iterable[PhotoRef],
         *,
         batch_size: int = 16,
         transform: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -229,7 +260,7 @@ class Predictor:
         `transform` (e.g. a corruption in a benchmark) maps each preprocessed batch before
         the model call; `on_done(n)` is called after each batch of n files.
         """
-        pending: list[tuple[Path, np.ndarray | None, str | None]] = []
+        pending: list[tuple[PhotoRef, np.ndarray | None, str | None]] = []
 
         def flush() -> Iterator[FileOutput]:
             good = [x for _, x, _ in pending if x is not None]
@@ -258,7 +289,7 @@ class Predictor:
 
     def predict_files(
         self,
-        paths: Iterable[Path],
+        paths: Iterable[PhotoRef],
         *,
         batch_size: int = 16,
         top_k: int | None = None,

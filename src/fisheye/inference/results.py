@@ -1,0 +1,323 @@
+"""Batch prediction results streamed to a file as they are produced, and resumed after a kill.
+
+The format follows the name: `.csv`, `.jsonl` or `.parquet`. Whatever the format, what is
+on disk after a kill (SIGKILL, OOM, a lost node) is only whole rows, so a resumed run skips
+exactly the photos already written and every photo ends up in the output once:
+
+- a local CSV or JSON Lines file is appended to and flushed after every batch; a row cut
+  short by a kill is the text after the last newline, which `resume` cuts off;
+- Parquet (whose footer is written last) and every object-storage output are a folder of
+  part files, each made complete before it appears (written beside its final name then
+  renamed; an object-storage PUT is atomic), `rows_per_part` rows each.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from fisheye.data.storage import filesystem, is_url, url_of
+from fisheye.inference.predictor import FileResult
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+COLUMNS = ("path", "label", "confidence", "top_k", "ood_score", "in_distribution", "error")
+ROWS_PER_PART = 1000
+_PART = re.compile(r"^part-(\d{6})\.(csv|jsonl|parquet)$")
+
+
+class ResultsError(ValueError):
+    """An output cannot be written or resumed (unknown format, exists, unreadable)."""
+
+
+def result_format(out: str | Path) -> str:
+    """csv, jsonl or parquet, from the output's name (ResultsError otherwise)."""
+    name = str(out).rstrip("/")
+    for suffix, fmt in FORMATS.items():
+        if name.lower().endswith(suffix):
+            return fmt
+    raise ResultsError(f"{out}: the output's name must end in {', '.join(FORMATS)}")
+
+
+def result_row(result: FileResult) -> dict[str, Any]:
+    """One photo's output row (every column present; None where it does not apply)."""
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row["path"] = str(result.path)
+    if result.prediction is None:
+        row["error"] = result.error or "unreadable"
+        return row
+    row.update(result.prediction.to_dict())
+    return row
+
+
+def _parquet():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ResultsError(
+            "Parquet output needs pyarrow: pip install 'fisheye[scale]' (or use .csv/.jsonl)"
+        ) from exc
+    return pa, pq
+
+
+def _parquet_schema(pa):
+    top_k = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float64())]))
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("label", pa.string()),
+            ("confidence", pa.float64()),
+            ("top_k", top_k),
+            ("ood_score", pa.float64()),
+            ("in_distribution", pa.bool_()),
+            ("error", pa.string()),
+        ]
+    )
+
+
+def _csv_cell(column: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    if column == "top_k":
+        return json.dumps(value)
+    if column == "in_distribution":
+        return "true" if value else "false"
+    return value
+
+
+def _csv_value(column: str, text: str) -> Any:
+    if text == "":
+        return None
+    if column == "top_k":
+        return json.loads(text)
+    if column in ("confidence", "ood_score"):
+        return float(text)
+    if column == "in_distribution":
+        return text == "true"
+    return text
+
+
+def encode(rows: list[dict[str, Any]], fmt: str, *, header: bool = True) -> bytes:
+    """Rows as the bytes of a CSV, JSON Lines or Parquet file."""
+    if fmt == "parquet":
+        pa, pq = _parquet()
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=_parquet_schema(pa)), buf)
+        return buf.getvalue()
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    if header:
+        writer.writerow(COLUMNS)
+    writer.writerows([_csv_cell(c, r[c]) for c in COLUMNS] for r in rows)
+    return text.getvalue().encode()
+
+
+def decode(data: bytes, fmt: str) -> list[dict[str, Any]]:
+    """The rows of one CSV, JSON Lines or Parquet file (as `encode` writes them)."""
+    if fmt == "parquet":
+        _, pq = _parquet()
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    text = data.decode()
+    if fmt == "jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is not None and "path" not in reader.fieldnames:
+        raise ResultsError("not a FishEye results file: no `path` column")
+    return [{c: _csv_value(c, r.get(c) or "") for c in COLUMNS} for r in reader]
+
+
+def _whole_lines(data: bytes) -> bytes:
+    """The bytes up to and including the last newline (a row cut short by a kill dropped)."""
+    return data[: data.rfind(b"\n") + 1]
+
+
+class _Parts:
+    """A folder (local or object storage) of part files, each complete before it appears."""
+
+    def __init__(self, out: str | Path, fmt: str):
+        self.fmt = fmt
+        self.url = str(out).rstrip("/") if is_url(out) else None
+        if self.url is not None:
+            self.fs, self.root = filesystem(self.url)
+        else:
+            self.fs, self.root = None, str(out)
+
+    def _join(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def names(self) -> list[str]:
+        """The finished part files' names, in order; temporaries and other files ignored."""
+        if self.fs is None:
+            listed = os.listdir(self.root) if os.path.isdir(self.root) else []
+        else:
+            listed = [p.rsplit("/", 1)[-1] for p in self.fs.find(self.root)]
+        return sorted(n for n in listed if _PART.match(n))
+
+    def exists(self) -> bool:
+        """Whether anything is at the output's location."""
+        if self.fs is None:
+            return os.path.exists(self.root) and (
+                not os.path.isdir(self.root) or bool(os.listdir(self.root))
+            )
+        return bool(self.fs.exists(self.root) and self.fs.find(self.root))
+
+    def read(self, name: str) -> bytes:
+        """One part file's bytes."""
+        if self.fs is None:
+            return Path(self.root, name).read_bytes()
+        return self.fs.cat_file(self._join(name))
+
+    def write(self, name: str, data: bytes) -> None:
+        """Make the part file `name` appear whole (rename locally; one PUT in object storage)."""
+        if self.fs is not None:
+            self.fs.pipe_file(self._join(name), data)
+            return
+        os.makedirs(self.root, exist_ok=True)
+        tmp = Path(self.root, f".{name}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, Path(self.root, name))
+
+    def remove_temporaries(self) -> None:
+        """Delete half-written local parts a killed run left behind."""
+        if self.fs is None and os.path.isdir(self.root):
+            for name in os.listdir(self.root):
+                if name.startswith(".part-") and name.endswith(".tmp"):
+                    os.remove(Path(self.root, name))
+
+    def location(self, name: str) -> str:
+        """Where a part file is, as the user would spell it."""
+        if self.fs is None:
+            return str(Path(self.root, name))
+        return url_of(self.fs, self._join(name), self.url)
+
+
+def _is_parts(out: str | Path, fmt: str) -> bool:
+    return fmt == "parquet" or is_url(out)
+
+
+def read_results(out: str | Path) -> Iterator[dict[str, Any]]:
+    """Every row written to an output so far (a file, or a folder of part files)."""
+    fmt = result_format(out)
+    if _is_parts(out, fmt):
+        parts = _Parts(out, fmt)
+        for name in parts.names():
+            yield from decode(parts.read(name), fmt)
+        return
+    path = Path(out)
+    if path.exists():
+        yield from decode(_whole_lines(path.read_bytes()), fmt)
+
+
+class ResultWriter:
+    """Streams result rows to `out`; with `resume`, continues an earlier run's output.
+
+    `done` holds the paths (as written) already in the output: skip them. Without `resume`
+    an existing, non-empty output is refused rather than overwritten.
+    """
+
+    def __init__(
+        self, out: str | Path, *, resume: bool = False, rows_per_part: int = ROWS_PER_PART
+    ):
+        if rows_per_part < 1:
+            raise ResultsError(f"rows_per_part must be at least 1, got {rows_per_part}")
+        self.out = out
+        self.fmt = result_format(out)
+        self.rows_per_part = rows_per_part
+        self.done: set[str] = set()
+        self.written = 0
+        self._pending: list[dict[str, Any]] = []
+        self._file = None
+        self._parts = _Parts(out, self.fmt) if _is_parts(out, self.fmt) else None
+        if self._parts is not None:
+            self._open_parts(resume)
+        else:
+            self._open_file(Path(out), resume)
+
+    def _refuse_existing(self) -> None:
+        raise ResultsError(
+            f"{self.out} already exists: pass --resume to continue it, or choose a new name"
+        )
+
+    def _open_parts(self, resume: bool) -> None:
+        parts = self._parts
+        if parts.exists() and not resume:
+            self._refuse_existing()
+        if parts.fs is None and os.path.isfile(parts.root):
+            raise ResultsError(f"{self.out} is a file; Parquet output is a folder of parts")
+        parts.remove_temporaries()
+        names = parts.names()
+        for name in names:
+            self.done.update(r["path"] for r in self._decode(parts.read(name), name))
+        self._next_part = int(_PART.match(names[-1]).group(1)) + 1 if names else 0
+
+    def _open_file(self, path: Path, resume: bool) -> None:
+        if path.is_dir():
+            raise ResultsError(f"{path} is a folder; give a file name ending in .{self.fmt}")
+        existing = path.read_bytes() if path.exists() else b""
+        if existing and not resume:
+            self._refuse_existing()
+        whole = _whole_lines(existing)
+        self.done.update(r["path"] for r in self._decode(whole, str(path)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "r+b" if path.exists() else "wb")  # noqa: SIM115 (closed in close)
+        self._file.truncate(len(whole))
+        self._file.seek(len(whole))
+        # The CSV header comes with the first rows: a run that fails before any leaves an
+        # empty file, which the next run may reuse without --resume.
+        self._header = not whole
+
+    def _decode(self, data: bytes, where: str) -> list[dict[str, Any]]:
+        try:
+            return decode(data, self.fmt)
+        except ResultsError:
+            raise
+        except Exception as exc:  # a format library's own errors: not a results file
+            raise ResultsError(
+                f"cannot resume from {where}: not a FishEye results file ({exc})"
+            ) from exc
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Add rows; a file is flushed at once, parts are written every `rows_per_part` rows."""
+        rows = list(rows)
+        self.written += len(rows)
+        if self._file is not None:
+            self._file.write(encode(rows, self.fmt, header=self._header))
+            self._file.flush()
+            self._header = False
+            return
+        self._pending += rows
+        while len(self._pending) >= self.rows_per_part:
+            self._write_part(self._pending[: self.rows_per_part])
+            self._pending = self._pending[self.rows_per_part :]
+
+    def _write_part(self, rows: list[dict[str, Any]]) -> None:
+        name = f"part-{self._next_part:06d}.{self.fmt}"
+        self._parts.write(name, encode(rows, self.fmt))
+        self._next_part += 1
+
+    def close(self) -> None:
+        """Write what is pending and close the output."""
+        if self._pending:
+            self._write_part(self._pending)
+            self._pending = []
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # On an exception (Ctrl-C included) the rows produced so far are still written.
+        self.close()
