@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -149,9 +148,9 @@ def test_hot_swap_changes_the_answering_model_and_rollback_restores_it(
     # One step only: the model rolled back from is not kept.
     res = _call(client, "POST", "/v1/admin/rollback", None, _auth(TOKEN))
     assert res.status_code == 409 and res.json()["error"] == "nothing_to_roll_back"
-    actions = [c["action"] for c in client.get("/v1/admin/status", headers=_auth(TOKEN)).json()[
-        "changes"
-    ]]
+    actions = [
+        c["action"] for c in client.get("/v1/admin/status", headers=_auth(TOKEN)).json()["changes"]
+    ]
     assert actions[:2] == ["swap", "rollback"]
 
 
