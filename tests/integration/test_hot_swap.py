@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from fisheye.cli import app
 from tests.helpers.bundles import TINY_NAME, make_bundle
 from tests.helpers.photos import encode, photo
 from tests.helpers.server import fisheye_command, run_server
@@ -132,6 +134,20 @@ def test_swaps_under_concurrent_load_fail_no_request(
             timeout=60,
         )
         assert out.returncode == 1 and "no_challenger" in out.stderr
+        runner = CliRunner()
+        url = ["--url", server.url]
+        for args, shown in (
+            (["attach", str(second_bundle), "--mode", "shadow", "--share", "0.5"], SECOND_NAME),
+            (["detach"], TINY_NAME),
+            (["swap", str(second_bundle)], SECOND_NAME),
+            (["rollback"], TINY_NAME),
+            (["reload"], TINY_NAME),
+        ):
+            res = runner.invoke(app, ["admin", *args, *url], env=cli_env)
+            assert res.exit_code == 0, res.output
+            assert shown in res.output, res.output
+        res = runner.invoke(app, ["admin", "status", *url], env={"FISHEYE_ADMIN_TOKEN": ""})
+        assert res.exit_code == 2 and "FISHEYE_ADMIN_TOKEN" in res.output
     statuses = {status for status, _ in load.answers}
     assert not load.errors and statuses == {200}, (load.errors[:5], statuses)
     assert {name for _, name in load.answers} == {TINY_NAME, SECOND_NAME}

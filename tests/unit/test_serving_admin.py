@@ -315,3 +315,32 @@ def test_the_rate_limit_answers_429_with_retry_after(serve, tiny_bundle: Path) -
     assert all(client.get("/healthz").status_code == 200 for _ in range(5))
     assert _predict(client, headers={"X-API-Key": "someone-else"}).status_code == 200
     assert "fisheye_rate_limited_requests_total 1.0" in client.get("/metrics").text
+
+
+def test_registry_uris_load_through_the_same_resolver_at_start_and_on_swap(
+    serve,
+    tiny_bundle: Path,
+    second_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fisheye.tracking import registry
+    from fisheye.tracking.store import local_store_uri
+
+    store = local_store_uri(tmp_path / "runs")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for bundle, alias in ((tiny_bundle, "champion"), (second_bundle, "challenger")):
+        version, _ = registry.register(bundle, "fisheye", tracking_uri=store)
+        registry.promote("fisheye", version.version, alias, tracking_uri=store)
+    # The uvicorn factory path (no `fisheye serve` to resolve it first) takes a URI too.
+    client = serve("models:/fisheye@champion", admin_token=TOKEN)
+    assert _live_name(client) == TINY_NAME
+    body = {"model": "models:/fisheye@challenger"}
+    res = _call(client, "POST", "/v1/admin/model", body, _auth(TOKEN))
+    assert res.status_code == 200, res.text
+    assert res.json()["live"]["source"] == "models:/fisheye@challenger"
+    assert _live_name(client) == SECOND_NAME
+    res = _call(client, "POST", "/v1/admin/model", {"model": "models:/fisheye@gone"}, _auth(TOKEN))
+    assert res.status_code == 422 and res.json()["error"] == "bundle_invalid", res.text
+    assert _live_name(client) == SECOND_NAME
