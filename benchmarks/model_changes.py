@@ -16,9 +16,10 @@ after it, the worst latency, and the failed requests (anything but a 200).
 
 shadow: alternates --rounds phases of --phase-s without a challenger and with a shadow
 challenger at --share (attached, then detached, through the admin endpoints); prints
-requests/s of each phase and the throughput cost of shadowing (mean of the shadow phases
-against the mean of the plain ones). Alternating phases keeps slow drifts of a shared
-machine out of the comparison.
+requests/s of each phase and the throughput cost of shadowing: the mean of the shadow
+phases against the mean of the plain ones, and the median over rounds of each shadow phase
+against the plain phase just before it (alternating phases keeps slow drifts of a shared
+machine out of the comparison).
 """
 
 from __future__ import annotations
@@ -167,6 +168,9 @@ async def shadow_run(args: argparse.Namespace, bodies, headers) -> dict:
                 print(json.dumps(phase), file=sys.stderr)
     plain = [p["requests_per_s"] for p in phases if not p["shadow"]]
     shadowed = [p["requests_per_s"] for p in phases if p["shadow"]]
+    # Each round's shadow phase against the plain phase just before it: the machine's
+    # slow drifts (other jobs) cancel out of the median of these.
+    paired = [1 - b / a for a, b in zip(plain, shadowed, strict=True)]
     return {
         "concurrency": args.concurrency,
         "share": args.share,
@@ -175,6 +179,8 @@ async def shadow_run(args: argparse.Namespace, bodies, headers) -> dict:
         "plain_requests_per_s": round(statistics.mean(plain), 1),
         "shadow_requests_per_s": round(statistics.mean(shadowed), 1),
         "throughput_cost": round(1 - statistics.mean(shadowed) / statistics.mean(plain), 3),
+        "throughput_cost_per_round": [round(c, 3) for c in paired],
+        "throughput_cost_median_of_rounds": round(statistics.median(paired), 3),
     }
 
 

@@ -37,6 +37,7 @@ from fisheye.tracking.registry import PinMismatchError, RegistryError, resolve_r
 from fisheye.tracking.store import TrackingError, TrackingUnavailableError
 
 log = logging.getLogger(__name__)
+RETIRE_GRACE_S = 0.5
 
 
 def limit_blas_threads() -> None:
@@ -455,6 +456,9 @@ class ServingState:
         deadline = time.monotonic() + self.settings.request_timeout_s + 5
 
         def wait_then_stop() -> None:
+            # A request that read the old `live` just before the switch counts itself in
+            # `active` right after (no await in between); the grace covers that instant.
+            time.sleep(RETIRE_GRACE_S)
             while slot.active > 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
             self._stop(slot)
