@@ -344,3 +344,19 @@ def test_registry_uris_load_through_the_same_resolver_at_start_and_on_swap(
     res = _call(client, "POST", "/v1/admin/model", {"model": "models:/fisheye@gone"}, _auth(TOKEN))
     assert res.status_code == 422 and res.json()["error"] == "bundle_invalid", res.text
     assert _live_name(client) == SECOND_NAME
+
+
+def test_a_shadow_with_other_preprocessing_decodes_again_and_busy_shadows_are_skipped(
+    serve, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    wider = make_bundle(tmp_path / "wider", input_size=48, seed=2, name="tiny-test-48")
+    client = serve(tiny_bundle, admin_token=TOKEN, shadow_max_pending=2)
+    body = {"model": str(wider), "mode": "shadow", "share": 1.0}
+    assert _call(client, "POST", "/v1/admin/challenger", body, _auth(TOKEN)).status_code == 200
+    files = [("files", (f"{i}.png", encode(photo(i), "PNG"))) for i in range(10)]
+    res = client.post("/v1/predict/batch", files=files)
+    assert res.status_code == 200 and res.json()["model"]["name"] == TINY_NAME
+    shadow = _wait_shadowed(client, 10)["shadow"]
+    # Ten photos at once, room for two: two shadowed (decoded again at 48 px), eight skipped.
+    assert shadow["photos"] == 2 and shadow["skipped"] == 8 and shadow["errors"] == 0
+    assert "fisheye_challenger_skipped_total 8.0" in client.get("/metrics").text
