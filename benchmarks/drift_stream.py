@@ -2,9 +2,10 @@
 
     python -m benchmarks.drift_stream --model models/default
 
-Replays what the server does (docs/monitoring.md): a window of the last --window photos,
-tested every --every photos, each test at level alpha = (false alarms per photo) x (photos
-added since the previous test), with the class-mix test beside the MMD test. Features and
+Replays what the server does with the server's own `DriftWindow` (docs/monitoring.md): a
+window of the last --window photos, tested every --every photos, each test at level
+alpha = (false alarms per photo) x (photos not yet spent), with the class-mix test beside
+the MMD test. Features and
 predicted classes come from the served backend, extracted once per photo (cached in
 --cache); the streams are then drawn from them:
 
@@ -34,6 +35,7 @@ from fisheye.data.files import collect_image_paths
 from fisheye.inference.registry import AUTO, NAMES
 from fisheye.monitoring.drift import DriftDetector
 from fisheye.monitoring.reference import extract_features, load_predictor
+from fisheye.serving.drift_window import DriftWindow
 
 log = logging.getLogger("drift_stream")
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,42 +85,49 @@ class Stream:
 
 
 class Simulator:
-    """The server's window and schedule over a stream of (features, class) rows."""
+    """The server's own `DriftWindow` (window, schedule, budget) over a stream of rows."""
 
     def __init__(self, detector: DriftDetector, window: int, every: int, rate: float) -> None:
         self.detector = detector
         self.window = window
         self.every = every
         self.rate = rate
-        self.tests = 0
 
-    def test(self, feats: np.ndarray, labels: np.ndarray, new: int):
-        self.tests += 1
-        alpha = min(0.5, self.rate * new)
-        return self.detector.test(feats, seed=self.tests, alpha=alpha, labels=labels)
+    def new_window(self) -> DriftWindow:
+        return DriftWindow(
+            self.detector,
+            size=self.window,
+            every_requests=self.every,
+            min_samples=self.window,
+            false_alarms_per_photo=self.rate,
+        )
 
 
 def healthy(sim: Simulator, x: np.ndarray, y: np.ndarray, n_tests: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     stream = Stream(np.arange(len(x)), sim.window, rng)
-    window: deque[int] = deque([stream.next() for _ in range(sim.window)], maxlen=sim.window)
+    window = sim.new_window()
+    first = [stream.next() for _ in range(sim.window - sim.every)]
+    window.observe(x[first], None, y[first])
     alarms = mmd_alarms = mix_alarms = fixed = 0
+    levels = []
     for _ in range(n_tests):
-        for _ in range(sim.every):
-            window.append(stream.next())
-        idx = np.array(window)
-        r = sim.test(x[idx], y[idx], sim.every)
+        idx = [stream.next() for _ in range(sim.every)]
+        window.observe(x[idx], None, y[idx])
+        r = window.run_test()
+        assert r is not None
         alarms += r.alarm
         mmd_alarms += r.drift
         mix_alarms += r.class_mix_drift
         fixed += r.p_value < 0.01
+        levels.append(r.alpha)
     photos = n_tests * sim.every
     return {
         "window": sim.window,
         "every": sim.every,
         "tests": n_tests,
         "photos": photos,
-        "alpha_per_test": min(0.5, sim.rate * sim.every),
+        "alpha_per_test": sorted(set(round(a, 6) for a in levels)),
         "false_alarms": alarms,
         "false_alarms_mmd": mmd_alarms,
         "false_alarms_class_mix": mix_alarms,
@@ -143,23 +152,23 @@ def delays(
     for _ in range(switches):
         before = Stream(np.arange(len(bx)), sim.window, rng)
         post = Stream(after_pool, sim.window, rng)
-        rows = deque(
-            [(bx[i], by[i]) for i in (before.next() for _ in range(sim.window))],
-            maxlen=sim.window,
-        )
-        since_test = int(rng.integers(sim.every))  # where in the schedule the switch falls
+        window = sim.new_window()
+        idx = [before.next() for _ in range(sim.window)]
+        window.observe(bx[idx], None, by[idx])
+        window.run_test()  # a healthy full window, tested (it may itself alarm: rare)
+        phase = int(rng.integers(sim.every))  # where in the schedule the switch falls
+        idx = [before.next() for _ in range(phase)]
+        if idx:
+            window.observe(bx[idx], None, by[idx])
         delay = None
         for n in range(1, max_photos + 1):
             i = post.next()
-            rows.append((ax[i], ay[i]))
-            since_test += 1
-            if since_test >= sim.every:
-                feats = np.stack([r[0] for r in rows])
-                labels = np.array([r[1] for r in rows])
-                if sim.test(feats, labels, since_test).alarm:
+            window.observe(ax[i : i + 1], None, ay[i : i + 1])
+            if (phase + n) % sim.every == 0:
+                result = window.run_test()
+                if result is not None and result.alarm:
                     delay = n
                     break
-                since_test = 0
         found.append(delay)
     hit = [d for d in found if d is not None]
     return {

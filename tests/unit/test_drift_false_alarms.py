@@ -52,12 +52,15 @@ def test_labels_add_the_class_mix_test_at_half_the_level_each() -> None:
 
 
 def test_each_window_test_spends_the_photos_it_adds() -> None:
-    detector = DriftDetector(_normal(100, 1), n_permutations=199)
+    detector = DriftDetector(_normal(100, 1), n_permutations=999)  # p-values down to 0.001
     window = DriftWindow(detector, size=50, min_samples=10, false_alarms_per_photo=1e-4)
     window.observe(_normal(40, 2))
     assert window.run_test().alpha == pytest.approx(40e-4)
     window.observe(_normal(5, 3))
-    assert window.run_test().alpha == pytest.approx(5e-4)  # overlapping: a small share
+    below = window.run_test()  # 0.0005: under the p-value's resolution, it cannot alarm...
+    assert below.alpha == pytest.approx(5e-4) and not below.drift
+    window.observe(_normal(5, 4))
+    assert window.run_test().alpha == pytest.approx(10e-4)  # ...so its photos carry over
     assert window.run_test().alpha == pytest.approx(1e-4)  # nothing new: the least
 
 

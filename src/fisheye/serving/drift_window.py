@@ -25,10 +25,12 @@ class DriftWindow:
     every `every_requests` photos or every `interval_s` seconds (whichever comes first),
     once the window holds at least `min_samples` photos.
 
-    With `false_alarms_per_photo` (r), each test runs at level alpha = r x (photos added
-    since the previous test): the levels of all tests over N photos add up to r x N, so on
-    a healthy stream the expected number of false alarms is at most r x N whatever the
-    windows' overlap or the test schedule (docs/monitoring.md).
+    With `false_alarms_per_photo` (r), each test runs at level alpha = r x (photos not yet
+    spent): the levels of all tests over N photos add up to at most r x N, so on a healthy
+    stream the expected number of false alarms is at most r x N whatever the windows'
+    overlap or the test schedule (docs/monitoring.md). A test whose level is below what its
+    p-value can reach (1 / (permutations + 1)) cannot alarm, so it spends nothing: its
+    photos stay in the budget of the next test.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class DriftWindow:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._since_test = 0
+        self._unspent = 0  # photos whose share of the false-alarm budget no test used yet
         self._last_test = time.monotonic()
         self._last_run: float | None = None  # when the last test ran (the rate limit)
         self._thread: threading.Thread | None = None
@@ -159,7 +162,8 @@ class DriftWindow:
             self._last_test = self._last_run = time.monotonic()
         alpha = None
         if self.false_alarms_per_photo is not None:
-            alpha = min(0.5, self.false_alarms_per_photo * max(1, new_photos))
+            self._unspent += new_photos
+            alpha = min(0.5, self.false_alarms_per_photo * max(1, self._unspent))
         result = self.detector.test(
             feats,
             seed=self.tests,
@@ -168,6 +172,9 @@ class DriftWindow:
             labels=labels if (labels >= 0).all() else None,
         )
         self.tests += 1
+        level = result.alpha / (2 if result.class_mix_p_value is not None else 1)
+        if level >= 1 / (result.n_permutations + 1):
+            self._unspent = 0
         self.latest, self.latest_window = result, window
         log.info(
             "drift test on the last %d photos: MMD %.4f, %s, class mix p = %s (alpha %.3g)%s",
