@@ -205,6 +205,7 @@ def test_a_shadow_challenger_sees_photos_and_never_answers(
     view = _wait_shadowed(client, 12)
     shadow = view["shadow"]
     assert view["attached"] and view["mode"] == "shadow"
+    assert view["model"]["name"] == SECOND_NAME and "path" not in view["model"]
     assert shadow["photos"] == 12 and shadow["errors"] == 0
     disagreeing = sum(d["count"] for d in shadow["disagreements"])
     assert shadow["agreement"] == pytest.approx((12 - disagreeing) / 12)

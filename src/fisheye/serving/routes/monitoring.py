@@ -31,7 +31,10 @@ async def challenger(state: ReadyState) -> dict[str, Any]:
     disagreements, its latency and its own drift and OOD view."""
     if state.challenger is None:
         return {"attached": False, "detail": "no challenger is attached (fisheye admin attach)"}
-    return {"attached": True, **state.challenger.describe()}
+    view = state.challenger.describe()
+    # Anyone may read monitoring: where the bundle lies on the server is for admins only.
+    view["model"] = {k: v for k, v in view["model"].items() if k not in ("path", "source")}
+    return {"attached": True, **view}
 
 
 @router.get("/summary", responses=error_responses(404, 422, 503))
