@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from fisheye.cli import bench, evaluate, export, predict, profile, serve, train
+from fisheye.cli.admin import admin_app
 from fisheye.cli.data import data_app
 from fisheye.cli.drift import drift_app
 from fisheye.cli.monitor import monitor_app
@@ -52,5 +53,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(drift_app, name="drift")
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(registry_app, name="registry")
+app.add_typer(admin_app, name="admin")
 
 __all__ = ["app"]

@@ -17,7 +17,7 @@ from rich.text import Text
 from fisheye.bundle import BundleError
 from fisheye.data.progress import Advance
 from fisheye.inference.registry import AUTO, NAMES, BackendChoice, BackendUnavailableError
-from fisheye.tracking.registry import is_registry_uri, resolve
+from fisheye.tracking.registry import PinMismatchError, is_registry_uri, resolve_reference
 from fisheye.tracking.store import TrackingError, TrackingUnavailableError, default_tracking_uri
 
 MAX_LISTED = 20  # unreadable files and the like listed before "... and N more"
@@ -138,8 +138,10 @@ def resolve_model_or_exit(
     if ref is None or not is_registry_uri(ref):
         return (Path(model) if model is not None else None), pinned
     try:
-        resolved = resolve(str(ref))
+        _, _, resolved = resolve_reference(ref, pinned)
     except TrackingUnavailableError as exc:
+        raise fail(err, str(exc)) from None
+    except PinMismatchError as exc:
         raise fail(err, str(exc)) from None
     except (TrackingError, BundleError) as exc:
         raise fail(err, f"cannot use {ref}: {exc}") from None
@@ -149,12 +151,7 @@ def resolve_model_or_exit(
             f"cannot resolve {ref} in the MLflow registry at {default_tracking_uri()} "
             f"({type(exc).__name__}: {exc})",
         ) from None
-    if pinned is not None and pinned.strip().lower() != resolved.sha256:
-        raise fail(
-            err,
-            f"{ref} is the bundle {resolved.sha256[:12]}..., not the pinned "
-            f"{pinned.strip()[:12]}... (FISHEYE_MODEL_SHA256)",
-        )
+    assert resolved is not None
     version = resolved.version
     err.print(
         Text(f"{ref}: {version.name} version {version.version}, bundle {resolved.sha256[:12]}"),

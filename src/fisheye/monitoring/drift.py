@@ -41,8 +41,18 @@ class DriftResult:
     n_permutations: int = DEFAULT_PERMUTATIONS
     alpha: float = DEFAULT_ALPHA
     n_invalid: int = 0  # rows with non-finite features, left out of the test
+    # The chi-square test of the predicted-class mix against the training prior (label
+    # shift); None when the reference has no prior or no labels were given.
+    class_mix_statistic: float | None = None
+    class_mix_p_value: float | None = None
+    class_mix_drift: bool = False
     computed_at: float = field(default_factory=time.time)
     seconds: float = 0.0
+
+    @property
+    def alarm(self) -> bool:
+        """Whether either test (features or class mix) rejected "same as the reference"."""
+        return self.drift or self.class_mix_drift
 
     def p_text(self) -> str:
         """Human-readable p-value: `p < 0.000999` when it is only a bound."""
@@ -133,6 +143,32 @@ def permutation_p_value(
     return (exceed + 1) / (n_perm + 1), exceed
 
 
+def chi_square(counts: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Pearson's chi-square statistic of count rows against expected counts (last axis)."""
+    return (((counts - expected) ** 2) / expected).sum(axis=-1)
+
+
+def class_mix_p_value(
+    counts: np.ndarray, prior: np.ndarray, n_sims: int, rng: np.random.Generator
+) -> tuple[float, float]:
+    """(chi-square statistic, p-value) of class counts against a prior, by simulation.
+
+    The null distribution is drawn from the multinomial of the prior itself, so the
+    p-value, (exceedances + 1) / (n_sims + 1), is valid for small windows and rare classes
+    where the chi-square approximation is not; no SciPy needed at serve time.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    # Half a photo added to each class, so a class the training sample happened to miss
+    # does not make one photo of it an infinitely strong alarm.
+    p = np.asarray(prior, dtype=np.float64) + 0.5
+    p = p / p.sum()
+    n = int(counts.sum())
+    expected = n * p
+    observed = chi_square(counts, expected)
+    null = chi_square(rng.multinomial(n, p, size=n_sims).astype(np.float64), expected)
+    return float(observed), float(((null >= observed).sum() + 1) / (n_sims + 1))
+
+
 class DriftDetector:
     """A kernel-MMD drift test against stored reference features, with a fixed bandwidth."""
 
@@ -143,6 +179,7 @@ class DriftDetector:
         *,
         n_permutations: int = DEFAULT_PERMUTATIONS,
         alpha: float = DEFAULT_ALPHA,
+        class_prior: np.ndarray | None = None,
     ) -> None:
         ref = np.asarray(reference, dtype=np.float32)
         ref = ref[np.isfinite(ref).all(axis=1)]
@@ -154,6 +191,8 @@ class DriftDetector:
         self.n_permutations = n_permutations
         self.alpha = alpha
         self.reference = ref
+        # Training photos per class (the bundle's class order): the class-mix test's prior.
+        self.class_prior = None if class_prior is None else np.asarray(class_prior, np.float64)
         # The reference block of the kernel matrix never changes: compute it once.
         self._ref_kernel = gaussian_kernel(squared_distances(ref, ref), self.bandwidth)
 
@@ -173,9 +212,20 @@ class DriftDetector:
         *,
         seed: int | None = 0,
         ood_fraction: float | None = None,
+        alpha: float | None = None,
+        labels: np.ndarray | None = None,
     ) -> DriftResult:
-        """Test a batch of features against the reference (p-value from permutations)."""
+        """Test a batch of features against the reference (p-value from permutations).
+
+        `alpha` overrides the detector's level for this test. With `labels` (predicted
+        class indices) and a class prior, the class mix is tested too, and `alpha` is split
+        evenly between the two tests (Bonferroni), so the chance of any false alarm stays
+        at most `alpha`.
+        """
         start = time.perf_counter()
+        alpha = self.alpha if alpha is None else alpha
+        mix = labels is not None and self.class_prior is not None and len(labels) > 0
+        level = alpha / 2 if mix else alpha
         x = np.asarray(features, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.reference.shape[1]:
             raise ValueError(
@@ -199,15 +249,28 @@ class DriftDetector:
             else:
                 log.warning("drift score was %s; reporting it as the bound %s", score, MAX_SCORE)
                 score, p_value, exceed = MAX_SCORE, 1.0 / (self.n_permutations + 1), 0
+        statistic = mix_p = None
+        if mix:
+            assert labels is not None and self.class_prior is not None
+            counts = np.bincount(np.asarray(labels, np.int64), minlength=len(self.class_prior))
+            statistic, mix_p = class_mix_p_value(
+                counts[: len(self.class_prior)],
+                self.class_prior,
+                self.n_permutations,
+                np.random.default_rng(None if seed is None else seed + 1),
+            )
         return DriftResult(
             n=int(len(x)) + n_invalid,
             score=score,
             p_value=p_value,
-            drift=p_value < self.alpha,
+            drift=p_value <= level,
             p_value_is_bound=exceed == 0,
             ood_fraction=ood_fraction,
             n_permutations=self.n_permutations,
-            alpha=self.alpha,
+            alpha=alpha,
             n_invalid=n_invalid,
             seconds=time.perf_counter() - start,
+            class_mix_statistic=statistic,
+            class_mix_p_value=mix_p,
+            class_mix_drift=mix_p is not None and mix_p <= level,
         )

@@ -22,7 +22,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     id TEXT PRIMARY KEY,
@@ -93,6 +93,20 @@ CREATE TABLE IF NOT EXISTS drift (
     ood_fraction REAL
 );
 CREATE INDEX IF NOT EXISTS drift_ts ON drift (ts);
+-- What a shadow challenger answered for a logged prediction (docs/serving.md).
+CREATE TABLE IF NOT EXISTS shadow (
+    id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    model_version TEXT,
+    label TEXT NOT NULL,
+    confidence REAL,
+    ood_score REAL,
+    in_distribution INTEGER,
+    latency_ms REAL,
+    live_label TEXT NOT NULL,
+    agree INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shadow_ts ON shadow (ts);
 """
 # Latency histogram of the rollups: bucket k holds latencies up to LATENCY_BASE_MS * 1.05**k,
 # so a percentile read from it is within 5% (bucket 0 holds everything up to the base).
@@ -117,6 +131,22 @@ class PredictionRow:
     latency_ms: float
     sha256: str
     image_path: str | None = None
+
+
+@dataclass
+class ShadowRow:
+    """A shadow challenger's answer for the logged prediction `id` (the live model's)."""
+
+    id: str
+    ts: float
+    model_version: str
+    label: str
+    confidence: float
+    ood_score: float | None
+    in_distribution: bool | None
+    latency_ms: float
+    live_label: str
+    agree: bool
 
 
 class FeedbackError(ValueError):
@@ -284,6 +314,10 @@ class PredictionLog:
         """Queue a drift-test result for the report."""
         self._put(("drift", result, None))
 
+    def record_shadow(self, row: ShadowRow) -> None:
+        """Queue a shadow challenger's answer for a logged prediction."""
+        self._put(("shadow", row, None))
+
     def _put(self, item: Any) -> bool:
         try:
             self._queue.put_nowait(item)
@@ -339,7 +373,7 @@ class PredictionLog:
                     )
                 except queue.Empty:
                     break
-            rows, drifts, barriers = [], [], []
+            rows, drifts, shadows, barriers = [], [], [], []
             for item in items:
                 if item is None:
                     stop = True
@@ -347,11 +381,13 @@ class PredictionLog:
                     barriers.append(item)
                 elif item[0] == "prediction":
                     rows.append((item[1], item[2]))
+                elif item[0] == "shadow":
+                    shadows.append(item[1])
                 else:
                     drifts.append(item[1])
-            if conn is None and (rows or drifts):
+            if conn is None and (rows or drifts or shadows):
                 conn = self._open()
-            self._write(conn, rows, drifts)
+            self._write(conn, rows, drifts, shadows)
             with self._pending_lock:
                 for row, _ in rows:
                     self._pending.pop(row.id, None)
@@ -374,11 +410,15 @@ class PredictionLog:
             log.warning("could not store the photo of prediction %s: %s", row.id, exc)
             return None
 
-    def _write(self, conn: sqlite3.Connection | None, rows: list, drifts: list) -> None:
-        if not rows and not drifts:
+    def _write(
+        self, conn: sqlite3.Connection | None, rows: list, drifts: list, shadows: list = ()
+    ) -> None:
+        if not rows and not drifts and not shadows:
             return
         if conn is None:
-            self._count_lost(len(rows) + len(drifts), "the database cannot be opened")
+            self._count_lost(
+                len(rows) + len(drifts) + len(shadows), "the database cannot be opened"
+            )
             return
         for row, image in rows:
             if image is not None and self.image_dir is not None:
@@ -401,8 +441,11 @@ class PredictionLog:
                         for d in drifts
                     ],
                 )
+                conn.executemany(
+                    "INSERT INTO shadow VALUES (?,?,?,?,?,?,?,?,?,?)", [astuple(s) for s in shadows]
+                )
         except (sqlite3.Error, OSError) as exc:
-            self._count_lost(len(rows) + len(drifts), f"{type(exc).__name__}: {exc}")
+            self._count_lost(len(rows) + len(drifts) + len(shadows), f"{type(exc).__name__}: {exc}")
 
     def _maybe_retain(self, conn: sqlite3.Connection | None) -> None:
         now = time.monotonic()

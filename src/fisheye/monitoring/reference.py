@@ -171,7 +171,10 @@ def fit_monitor(
     calib_scores = ood.score(calib)
     ood.calibrate(calib_scores, false_alarm_rate)
     ref = x[: min(reference_size, len(x))]
-    drift = DriftDetector(ref)
+    # The class mix of the training sample: the prior of the class-mix (label shift) test.
+    index = {c: i for i, c in enumerate(classes)}
+    prior = np.bincount([index[c] for c in labels if c in index], minlength=len(classes))
+    drift = DriftDetector(ref, class_prior=prior)
     info = {
         "n_reference": int(len(ref)),
         "n_fit": int(len(fit_x)),
@@ -230,6 +233,9 @@ def save_reference(
         bandwidth=monitor.drift.bandwidth,
         n_permutations=monitor.drift.n_permutations,
         alpha=monitor.drift.alpha,
+        class_prior=None
+        if monitor.drift.class_prior is None
+        else [int(c) for c in monitor.drift.class_prior],
         ood={
             "method": "mahalanobis_shared_cov_ledoit_wolf_ppca",
             "threshold": ood.threshold,
@@ -294,6 +300,7 @@ def load_monitor(
         entry["bandwidth"],
         n_permutations=n_permutations or int(entry.get("n_permutations", DEFAULT_PERMUTATIONS)),
         alpha=alpha or float(entry.get("alpha", DEFAULT_ALPHA)),
+        class_prior=entry.get("class_prior"),
     )
     return Monitor(drift, ood, dict(entry.get("fitted", {})), family, backend)
 

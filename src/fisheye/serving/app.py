@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,8 +21,9 @@ from fisheye.serving.errors import install_error_handlers
 from fisheye.serving.middleware import ServingMiddleware
 from fisheye.serving.routes import ROUTERS
 from fisheye.serving.settings import ServeSettings
-from fisheye.serving.state import ServingState
+from fisheye.serving.state import ModelChangeError, ServingState
 
+log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 # Swagger UI's files, from the fastapi-offline package: the API docs work with no network.
 SWAGGER_DIR = Path(fastapi_offline.__file__).parent / "static"
@@ -30,12 +34,34 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     state = ServingState(settings)
 
+    reloads: set[asyncio.Task] = set()
+
+    async def reload() -> None:
+        try:
+            await asyncio.to_thread(state.reload)
+        except ModelChangeError as exc:
+            log.error("SIGHUP reload of %s refused: %s", settings.model, exc.detail)
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.create_task(asyncio.to_thread(state.load_or_report))
+        loop = asyncio.get_running_loop()
+        # SIGHUP reloads the configured model (only where the loop may own signals: the
+        # main thread of a Unix process; not, e.g., under a test client's thread).
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
         try:
             yield
         finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            if reloads:
+                await asyncio.wait(reloads, timeout=60)
             if not loader.done():
                 await asyncio.wait([loader], timeout=60)
             await asyncio.to_thread(state.close)

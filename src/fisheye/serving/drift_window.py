@@ -24,6 +24,13 @@ class DriftWindow:
     `observe` is cheap and safe to call from any thread. The test runs in its own thread
     every `every_requests` photos or every `interval_s` seconds (whichever comes first),
     once the window holds at least `min_samples` photos.
+
+    With `false_alarms_per_photo` (r), each test runs at level alpha = r x (photos not yet
+    spent): the levels of all tests over N photos add up to at most r x N, so on a healthy
+    stream the expected number of false alarms is at most r x N whatever the windows'
+    overlap or the test schedule (docs/monitoring.md). A test whose level is below what its
+    p-value can reach (1 / (permutations + 1)) cannot alarm, so it spends nothing: its
+    photos stay in the budget of the next test.
     """
 
     def __init__(
@@ -36,6 +43,7 @@ class DriftWindow:
         min_samples: int = 30,
         min_interval_s: float = 0.0,
         nice: int = 10,
+        false_alarms_per_photo: float | None = None,
         on_result: Callable[[DriftResult], None] | None = None,
     ) -> None:
         self.detector = detector
@@ -46,13 +54,16 @@ class DriftWindow:
         self.min_interval_s = min_interval_s
         self.nice = nice
         self.on_result = on_result
+        self.false_alarms_per_photo = false_alarms_per_photo
         self._features: deque[np.ndarray] = deque(maxlen=size)
         self._ood: deque[bool] = deque(maxlen=size)
         self._times: deque[float] = deque(maxlen=size)
+        self._labels: deque[int] = deque(maxlen=size)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._since_test = 0
+        self._unspent = 0  # photos whose share of the false-alarm budget no test used yet
         self._last_test = time.monotonic()
         self._last_run: float | None = None  # when the last test ran (the rate limit)
         self._thread: threading.Thread | None = None
@@ -63,8 +74,13 @@ class DriftWindow:
     def __len__(self) -> int:
         return len(self._features)
 
-    def observe(self, features: np.ndarray, in_distribution: np.ndarray | None = None) -> None:
-        """Add accepted photos' features (n, D) to the window."""
+    def observe(
+        self,
+        features: np.ndarray,
+        in_distribution: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+    ) -> None:
+        """Add accepted photos' features (n, D) and predicted class indices to the window."""
         now = time.time()
         with self._lock:
             for i, row in enumerate(np.asarray(features, dtype=np.float32)):
@@ -72,6 +88,7 @@ class DriftWindow:
                 ood = in_distribution is not None and not bool(in_distribution[i])
                 self._ood.append(ood)
                 self._times.append(now)
+                self._labels.append(-1 if labels is None else int(labels[i]))
             self._since_test += len(features)
             due = self._since_test >= self.every_requests
         if due:
@@ -133,6 +150,8 @@ class DriftWindow:
                 return None
             feats = np.stack(self._features)
             ood = np.array(self._ood)
+            labels = np.array(self._labels)
+            new_photos = self._since_test
             window = {
                 "size": len(feats),
                 "capacity": self.size,
@@ -141,15 +160,30 @@ class DriftWindow:
             }
             self._since_test = 0
             self._last_test = self._last_run = time.monotonic()
-        result = self.detector.test(feats, seed=self.tests, ood_fraction=float(ood.mean()))
+        alpha = None
+        if self.false_alarms_per_photo is not None:
+            self._unspent += new_photos
+            alpha = min(0.5, self.false_alarms_per_photo * max(1, self._unspent))
+        result = self.detector.test(
+            feats,
+            seed=self.tests,
+            ood_fraction=float(ood.mean()),
+            alpha=alpha,
+            labels=labels if (labels >= 0).all() else None,
+        )
         self.tests += 1
+        level = result.alpha / (2 if result.class_mix_p_value is not None else 1)
+        if level >= 1 / (result.n_permutations + 1):
+            self._unspent = 0
         self.latest, self.latest_window = result, window
         log.info(
-            "drift test on the last %d photos: MMD %.4f, %s%s",
+            "drift test on the last %d photos: MMD %.4f, %s, class mix p = %s (alpha %.3g)%s",
             result.n,
             result.score,
             result.p_text(),
-            " DRIFT" if result.drift else "",
+            "n/a" if result.class_mix_p_value is None else f"{result.class_mix_p_value:.3g}",
+            result.alpha,
+            " DRIFT" if result.alarm else "",
         )
         if self.on_result is not None:
             self.on_result(result)

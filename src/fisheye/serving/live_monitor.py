@@ -40,8 +40,28 @@ class Observation:
     data: bytes | None
 
 
+def open_prediction_log(settings: ServeSettings, metrics: Metrics) -> PredictionLog | None:
+    """The app's prediction log (shared by every loaded model), or None when it is off."""
+    if not settings.prediction_log:
+        return None
+    image_dir = None
+    if settings.store_images:
+        image_dir = settings.image_dir or Path(f"{settings.prediction_db}.images")
+    return PredictionLog(
+        settings.prediction_db,
+        retention_days=settings.log_retention_days,
+        max_rows=settings.log_max_rows,
+        image_dir=image_dir,
+        on_lost=metrics.log_lost_rows.inc,
+    )
+
+
 class LiveMonitor:
-    """Owns the drift window and the prediction log of one app."""
+    """Owns one model's drift window, and writes to the app's prediction log.
+
+    The live model's monitor sets the drift metrics; a challenger's (`role="challenger"`)
+    sets the challenger's, so the two never overwrite each other.
+    """
 
     def __init__(
         self,
@@ -49,11 +69,15 @@ class LiveMonitor:
         metrics: Metrics,
         predictor: Predictor,
         monitor: Monitor | None,
+        prediction_log: PredictionLog | None = None,
+        role: str = "live",
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.predictor = predictor
         self.monitor = monitor
+        self.role = role
+        self._class_index = {c: i for i, c in enumerate(predictor.classes)}
         if self.monitor is None:
             log.warning(
                 "the bundle %s has no drift reference: answers carry no OOD score and no drift "
@@ -69,34 +93,20 @@ class LiveMonitor:
                 interval_s=settings.drift_interval_s,
                 min_samples=settings.drift_min_samples,
                 min_interval_s=settings.drift_min_interval_s,
+                false_alarms_per_photo=settings.drift_false_alarms_per_10k / 10_000,
                 on_result=self._on_drift,
             )
-        self.log: PredictionLog | None = None
-        if settings.prediction_log:
-            image_dir = None
-            if settings.store_images:
-                image_dir = settings.image_dir or Path(f"{settings.prediction_db}.images")
-            self.log = PredictionLog(
-                settings.prediction_db,
-                retention_days=settings.log_retention_days,
-                max_rows=settings.log_max_rows,
-                image_dir=image_dir,
-                on_lost=metrics.log_lost_rows.inc,
-            )
+        self.log = prediction_log
 
     def start(self) -> None:
-        """Start the background drift test and the log writer."""
+        """Start the background drift test (the app starts and stops the shared log)."""
         if self.window is not None:
             self.window.start()
-        if self.log is not None:
-            self.log.start()
 
     def stop(self) -> None:
-        """Stop the background threads (the log writes what is queued first)."""
+        """Stop the background drift test."""
         if self.window is not None:
             self.window.stop()
-        if self.log is not None:
-            self.log.stop()
 
     def observe(self, items: list[Observation], latency_ms: float) -> None:
         """After answering: feed the drift window, count OOD photos, queue the log rows."""
@@ -105,7 +115,10 @@ class LiveMonitor:
             flags = np.array(
                 [it.in_distribution is not False for it in items if it.features is not None]
             )
-            self.window.observe(np.stack(feats), flags)
+            labels = np.array(
+                [self._class_index.get(it.label, -1) for it in items if it.features is not None]
+            )
+            self.window.observe(np.stack(feats), flags, labels)
         n_ood = sum(it.in_distribution is False for it in items)
         if n_ood:
             self.metrics.ood_predictions.inc(n_ood)
@@ -131,7 +144,17 @@ class LiveMonitor:
             self.log.record(row, it.data if self.settings.store_images else None)
 
     def _on_drift(self, result: DriftResult) -> None:
+        if self.role != "live":
+            self.metrics.challenger_drift_p_value.set(result.p_value)
+            return
         self.metrics.drift_p_value.set(result.p_value)
+        self.metrics.drift_alarm.set(int(result.alarm))
+        if result.class_mix_p_value is not None:
+            self.metrics.class_mix_p_value.set(result.class_mix_p_value)
+        if result.drift:
+            self.metrics.drift_alarms.labels("mmd").inc()
+        if result.class_mix_drift:
+            self.metrics.drift_alarms.labels("class_mix").inc()
         self.metrics.drift_score.set(result.score)
         self.metrics.drift_tests.inc()
         if self.log is not None:
@@ -157,7 +180,9 @@ class LiveMonitor:
                 "min_samples": self.window.min_samples,
                 "min_interval_s": self.window.min_interval_s,
                 "tested": self.window.latest_window,
+                "false_alarms_per_10k": self.settings.drift_false_alarms_per_10k,
             },
+            "class_prior": self.monitor.drift.class_prior is not None,
             "tests": self.window.tests,
             "latest": None
             if latest is None

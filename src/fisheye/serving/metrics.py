@@ -105,6 +105,100 @@ class Metrics:
             registry=r,
         )
 
+        # Access control and rate limiting (fisheye.serving.auth, .rate_limit).
+        self.auth_failures = Counter(
+            "fisheye_auth_failures",
+            "Requests refused for their credentials, by scope (admin, feedback, predict) and "
+            "reason (missing, wrong, disabled).",
+            ["scope", "reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "fisheye_rate_limited_requests",
+            "Requests refused with 429 by the per-client rate limit.",
+            registry=r,
+        )
+        # Model changes and the challenger (fisheye.serving.state, .challenger).
+        self.model_swaps = Counter(
+            "fisheye_model_swaps",
+            "Changes of the live model, by action (swap, reload, promote, rollback) and "
+            "result (ok, failed).",
+            ["action", "result"],
+            registry=r,
+        )
+        self.model_loaded_at = Gauge(
+            "fisheye_model_loaded_timestamp_seconds",
+            "When the live model started answering (Unix time).",
+            registry=r,
+        )
+        self.challenger_info = Gauge(
+            "fisheye_challenger_info",
+            "The attached challenger model (value: its share of traffic), by name, version "
+            "and mode (shadow, canary).",
+            ["name", "version", "mode"],
+            registry=r,
+        )
+        self.challenger_predictions = Counter(
+            "fisheye_challenger_predictions",
+            "Photos the challenger answered, by mode and whether it agreed with the live "
+            'model (shadow only; canary answers: agree="n/a").',
+            ["mode", "agree"],
+            registry=r,
+        )
+        self.challenger_disagreements = Counter(
+            "fisheye_challenger_disagreements",
+            "Shadow photos the two models labelled differently, by live and challenger label.",
+            ["live", "challenger"],
+            registry=r,
+        )
+        self.challenger_latency = Histogram(
+            "fisheye_challenger_inference_seconds",
+            "Time the challenger took on a shadow photo (decode excluded).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.challenger_ood = Counter(
+            "fisheye_challenger_ood_predictions",
+            "Shadow photos the challenger's own OOD scorer flagged.",
+            registry=r,
+        )
+        self.challenger_skipped = Counter(
+            "fisheye_challenger_skipped",
+            "Shadow photos not sent to the challenger because it was busy.",
+            registry=r,
+        )
+        self.challenger_errors = Counter(
+            "fisheye_challenger_errors",
+            "Shadow photos the challenger failed on.",
+            registry=r,
+        )
+        self.class_mix_p_value = Gauge(
+            "fisheye_class_mix_p_value",
+            "p-value of the latest chi-square test of the predicted-class mix against the "
+            "training prior (NaN before one, or without a prior).",
+            registry=r,
+        )
+        self.class_mix_p_value.set(float("nan"))
+        self.drift_alarm = Gauge(
+            "fisheye_drift_alarm",
+            "1 when the latest drift test (features or class mix) raised an alarm at its "
+            "level (the false-alarm budget spent on it), else 0.",
+            registry=r,
+        )
+        self.challenger_drift_p_value = Gauge(
+            "fisheye_challenger_drift_p_value",
+            "p-value of the latest MMD drift test on the challenger's own features and "
+            "reference (shadow photos; NaN before one).",
+            registry=r,
+        )
+        self.challenger_drift_p_value.set(float("nan"))
+        self.drift_alarms = Counter(
+            "fisheye_drift_alarms",
+            "Drift tests that raised an alarm, by test (mmd, class_mix).",
+            ["test"],
+            registry=r,
+        )
+
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one model call (called from the batcher thread)."""
         self.batch_size.observe(size)

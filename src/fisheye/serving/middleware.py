@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 
+from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fisheye.serving.auth import presented_secret
 from fisheye.serving.errors import error_response
 from fisheye.serving.metrics import START_KEY, Metrics, route_label
+from fisheye.serving.rate_limit import RateLimiter
 from fisheye.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -38,8 +42,8 @@ class ServingMiddleware:
     """Everything the server does around each HTTP request, in one ASGI layer.
 
     - limits: 431 for headers over `max_header_bytes`, 503 past `max_concurrent_requests`
-      (probes and scrapes exempt), 408 when a request is not answered within
-      `request_timeout_s`;
+      (probes and scrapes exempt), 429 past a client's rate limit on /v1 (when set), 408
+      when a request is not answered within `request_timeout_s`;
     - security headers on every response, and no `server` banner;
     - HEAD on any GET route: the GET's status and headers, without the body;
     - metrics: requests and latency by route template, method and status; in-flight count.
@@ -58,6 +62,13 @@ class ServingMiddleware:
         self.metrics = metrics
         self.api_docs_path = api_docs_path
         self.in_flight = 0
+        self.limiter = (
+            RateLimiter(
+                settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_clients
+            )
+            if settings.rate_limit_per_s > 0
+            else None
+        )
         self._csp = (b"content-security-policy", CSP.encode())
         self._csp_docs = (b"content-security-policy", CSP_API_DOCS.encode())
 
@@ -122,7 +133,26 @@ class ServingMiddleware:
                 f"the server is handling {self.in_flight} requests; retry shortly",
                 headers={"Retry-After": "1"},
             )
+        if self.limiter is not None and scope["path"].startswith("/v1/"):
+            return self._rate_limited(scope)
         return None
+
+    def _rate_limited(self, scope: Scope) -> Response | None:
+        """429 when the client (its API key, else its address) is over its rate."""
+        assert self.limiter is not None
+        key = presented_secret(Headers(scope=scope))
+        client = f"key:{key}" if key else f"ip:{(scope.get('client') or ('unknown',))[0]}"
+        wait = self.limiter.take(client)
+        if wait <= 0:
+            return None
+        self.metrics.rate_limited.inc()
+        return error_response(
+            429,
+            "rate_limited",
+            f"too many requests: the limit is {self.settings.rate_limit_per_s:g} per second "
+            f"(bursts of {self.settings.rate_limit_burst}); retry after the Retry-After seconds",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
     async def _run(
         self, scope: Scope, receive: Receive, send: Send, started: Callable[[], bool]

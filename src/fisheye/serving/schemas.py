@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -118,6 +118,27 @@ class FeedbackOut(BaseModel):
     )
 
 
+class ModelChangeIn(BaseModel):
+    """The model to make live."""
+
+    model: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="A bundle folder on the server, or a registry URI models:/NAME@ALIAS.",
+    )
+
+
+class ChallengerIn(ModelChangeIn):
+    """The challenger to attach and how much traffic it gets."""
+
+    mode: Literal["shadow", "canary"] = Field(
+        "shadow",
+        description="shadow: it sees `share` of the photos after they are answered, answering "
+        "none; canary: it answers `share` of the requests.",
+    )
+    share: float = Field(0.1, ge=0, le=1, description="Share of photos or requests, 0 to 1.")
+
+
 class ErrorBody(BaseModel):
     """The body of every error response."""
 
@@ -134,9 +155,11 @@ def error_responses(*codes: int, **texts: str) -> dict[int | str, dict[str, Any]
 
 
 ERROR_TEXTS = {
-    401: "Missing or wrong credentials.",
-    409: "Conflicts with what is already recorded.",
-    404: "Unknown prediction id, or the prediction log is off.",
+    401: "Missing credentials (`Authorization: Bearer <token>`).",
+    403: "Wrong credentials, or the endpoint is disabled.",
+    429: "Over the client's rate limit; retry after `Retry-After` seconds.",
+    409: "Conflicts with what is already recorded, or another change is in progress.",
+    404: "Unknown prediction id, the prediction log is off, or nothing to act on.",
     413: "The body or the photo is too large (bytes or pixels).",
     415: "The file is not an image format FishEye reads.",
     422: "Missing field, empty file, or a corrupt or truncated image.",

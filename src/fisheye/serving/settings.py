@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fisheye.bundle import default_bundle_dir
 from fisheye.data.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
@@ -126,6 +127,39 @@ class ServeSettings(BaseSettings):
         description="Run single photos in an ONNX Runtime session whose threads spin during "
         "the call (about 1 ms less latency); batches always use sleeping threads.",
     )
+    # Access control (docs/serving.md#access-control).
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the admin endpoints (/v1/admin/*: hot swap, challenger, "
+        "promote, rollback); unset, they are disabled (403), never open.",
+    )
+    feedback_token: SecretStr | None = Field(
+        None, description="Bearer token POST /v1/feedback requires (unset: feedback is open)."
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; when set, the prediction routes require one "
+        "(`Authorization: Bearer KEY` or `X-API-Key: KEY`).",
+    )
+    rate_limit_per_s: float = Field(
+        0.0,
+        ge=0,
+        description="Requests per second each client (API key, else IP address) may make to "
+        "/v1 on average; 0 turns the limit off. Beyond it: 429 with Retry-After.",
+    )
+    rate_limit_burst: int = Field(
+        20, ge=1, description="Requests a client may make at once before the rate limit applies."
+    )
+    rate_limit_clients: int = Field(
+        10_000, ge=1, description="Clients the rate limiter tracks (least recent dropped first)."
+    )
+    # Hot swap and challenger models (docs/serving.md#changing-the-model).
+    shadow_max_pending: int = Field(
+        8,
+        ge=1,
+        description="Shadow photos waiting for the challenger at once; more are skipped (and "
+        "counted), so the challenger never holds back the live model.",
+    )
     # Monitoring (docs/monitoring.md).
     monitoring: bool = Field(
         True, description="OOD scores, the drift window and the prediction log (false: all off)."
@@ -153,6 +187,12 @@ class ServeSettings(BaseSettings):
     drift_permutations: int = Field(
         1000, ge=100, description="Permutations of the MMD test (p-value resolution)."
     )
+    drift_false_alarms_per_10k: float = Field(
+        0.2,
+        gt=0,
+        description="Expected false drift alarms per 10,000 photos of a healthy stream: each "
+        "test spends its share (the photos it adds) of this error budget (docs/monitoring.md).",
+    )
     prediction_log: bool = Field(True, description="Log every prediction to SQLite.")
     prediction_db: Path = Field(
         default_factory=default_prediction_db,
@@ -174,6 +214,13 @@ class ServeSettings(BaseSettings):
     def _folder_or_registry_uri(cls, value: object) -> Path | str:
         """A registry URI stays a string (a Path would fold its `//`); anything else a Path."""
         return str(value) if is_registry_uri(value) else Path(str(value))
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
 
     @model_validator(mode="after")
     def _check_limits(self) -> ServeSettings:

@@ -339,3 +339,27 @@ def resolve(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ResolvedModel(uri, target, sha, mv)
+
+
+class PinMismatchError(RegistryError):
+    """A registry URI names another bundle than the pinned sha256."""
+
+
+def resolve_reference(
+    ref: Path | str, pinned: str | None = None, *, tracking_uri: str | None = None
+) -> tuple[Path, str | None, ResolvedModel | None]:
+    """A `--model` value as (bundle folder, sha256 to pin it to, the registry version if any).
+
+    A folder is returned as it is, with `pinned`; a registry URI is resolved to a verified
+    local copy pinned to its registered hash (and must match `pinned` when given). The
+    server's start-up, hot swap and SIGHUP, and the CLI, all load models through this.
+    """
+    if not is_registry_uri(ref):
+        return Path(ref), pinned, None
+    resolved = resolve(str(ref), tracking_uri=tracking_uri)
+    if pinned is not None and pinned.strip().lower() != resolved.sha256:
+        raise PinMismatchError(
+            f"{ref} is the bundle {resolved.sha256[:12]}..., not the pinned "
+            f"{pinned.strip()[:12]}... (FISHEYE_MODEL_SHA256)"
+        )
+    return resolved.path, resolved.sha256, resolved

@@ -6,10 +6,11 @@ import logging
 import sqlite3
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from fisheye.monitoring.prediction_log import FeedbackConflictError, FeedbackError
+from fisheye.serving.auth import require_feedback_token
 from fisheye.serving.deps import ReadyState
 from fisheye.serving.errors import APIError
 from fisheye.serving.limits import LimitedRoute, limits
@@ -23,8 +24,14 @@ router = APIRouter(prefix="/v1", tags=["monitoring"], route_class=LimitedRoute)
     "/feedback",
     response_model=FeedbackOut,
     responses=error_responses(
-        404, 409, 503, e409="The prediction already has other feedback (kept for review)."
+        401,
+        403,
+        404,
+        409,
+        503,
+        e409="The prediction already has other feedback (kept for review).",
     ),
+    dependencies=[Depends(require_feedback_token)],
 )
 @limits(content_types=("application/json",))
 async def feedback(body: FeedbackIn, state: ReadyState) -> dict[str, Any]:

@@ -25,6 +25,18 @@ async def drift(state: ReadyState) -> dict[str, Any]:
     return state.monitoring.drift_status()
 
 
+@router.get("/challenger", responses=error_responses(503))
+async def challenger(state: ReadyState) -> dict[str, Any]:
+    """The challenger model: mode, share, agreement with the live model, per-class
+    disagreements, its latency and its own drift and OOD view."""
+    if state.challenger is None:
+        return {"attached": False, "detail": "no challenger is attached (fisheye admin attach)"}
+    view = state.challenger.describe()
+    # Anyone may read monitoring: where the bundle lies on the server is for admins only.
+    view["model"] = {k: v for k, v in view["model"].items() if k not in ("path", "source")}
+    return {"attached": True, **view}
+
+
 @router.get("/summary", responses=error_responses(404, 422, 503))
 async def summary(
     state: ReadyState,

@@ -21,6 +21,7 @@ from fisheye.data.images import (
 )
 from fisheye.inference.backend import InferenceOutput
 from fisheye.inference.predictor import Predictor
+from fisheye.serving.auth import require_api_key
 from fisheye.serving.batcher import BatcherStoppedError, QueueFullError
 from fisheye.serving.deps import ready_state
 from fisheye.serving.errors import APIError
@@ -28,13 +29,13 @@ from fisheye.serving.limits import MULTIPART_OVERHEAD, LimitedRoute, limits
 from fisheye.serving.live_monitor import Observation
 from fisheye.serving.metrics import START_KEY
 from fisheye.serving.schemas import BatchItem, BatchOut, PredictionOut, error_responses
-from fisheye.serving.state import ServingState
+from fisheye.serving.state import ModelSlot, ServingState
 from fisheye.serving.uploads import Upload, read_uploads
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["predict"], route_class=LimitedRoute)
 MULTIPART = ("multipart/form-data",)
-RESPONSES = error_responses(413, 415, 422, 503)
+RESPONSES = error_responses(401, 403, 413, 415, 422, 429, 503)
 
 
 def _elapsed_ms(request: Request) -> float:
@@ -51,8 +52,14 @@ def model_ref(predictor: Predictor) -> dict[str, str]:
     }
 
 
-def _respond(answer: dict[str, Any], state: ServingState, seen: list[Observation]) -> Response:
-    """The answer as JSON, with monitoring run after it is sent (off the response path).
+def _respond(
+    answer: dict[str, Any],
+    state: ServingState,
+    slot: ModelSlot,
+    seen: list[Observation],
+    inputs: list[np.ndarray | None],
+) -> Response:
+    """The answer as JSON, with monitoring (and shadow work) run after it is sent.
 
     The dict already has the shape of the route's response model, so it is encoded
     directly instead of being validated again.
@@ -60,7 +67,7 @@ def _respond(answer: dict[str, Any], state: ServingState, seen: list[Observation
     return Response(
         json.dumps(answer, separators=(",", ":")).encode(),
         media_type="application/json",
-        background=BackgroundTask(_observe, state, seen, answer["latency_ms"]),
+        background=BackgroundTask(_observe, state, slot, seen, answer["latency_ms"], inputs),
     )
 
 
@@ -82,20 +89,20 @@ def _prepare(predictor: Predictor, upload: Upload) -> np.ndarray:
         raise APIError(422, "invalid_image", f"the image cannot be read: {exc}") from None
 
 
-async def _decode(state: ServingState, upload: Upload) -> np.ndarray:
-    assert state.predictor is not None and state.decoder is not None
+async def _decode(state: ServingState, slot: ModelSlot, upload: Upload) -> np.ndarray:
+    assert state.decoder is not None
     try:
-        return await state.decoder.run(_prepare, state.predictor, upload)
+        return await state.decoder.run(_prepare, slot.predictor, upload)
     except APIError as exc:
         state.metrics.rejected.labels(exc.error).inc()
         raise
 
 
-async def _infer(state: ServingState, inputs: np.ndarray) -> InferenceOutput:
-    """Run a (n, C, H, W) batch through the micro-batcher; 503 when it is full or stopped."""
-    assert state.batcher is not None
+async def _infer(state: ServingState, slot: ModelSlot, inputs: np.ndarray) -> InferenceOutput:
+    """Run a (n, C, H, W) batch through the slot's micro-batcher; 503 when full or stopped."""
+    assert slot.batcher is not None
     try:
-        return await state.batcher.submit(inputs)
+        return await slot.batcher.submit(inputs)
     except QueueFullError as exc:
         state.metrics.rejected.labels("queue_full").inc(inputs.shape[0])
         raise APIError(
@@ -106,13 +113,12 @@ async def _infer(state: ServingState, inputs: np.ndarray) -> InferenceOutput:
 
 
 def _answers(
-    state: ServingState, out: InferenceOutput, photos: list[bytes]
+    state: ServingState, slot: ModelSlot, out: InferenceOutput, photos: list[bytes]
 ) -> tuple[list[dict[str, Any]], list[Observation]]:
     """The JSON fields of each photo's prediction, and what monitoring records of them."""
-    assert state.predictor is not None
     fields, seen = [], []
     # The Predictor owns the probabilities -> top-k logic, so the CLI and the API agree.
-    for i, pred in enumerate(state.predictor.predictions(out)):
+    for i, pred in enumerate(slot.predictor.predictions(out)):
         state.metrics.predictions.labels(pred.label).inc()
         answer = {"id": str(uuid.uuid4()), **pred.to_dict()}
         fields.append(answer)
@@ -130,18 +136,40 @@ def _answers(
     return fields, seen
 
 
-async def _observe(state: ServingState, seen: list[Observation], latency_ms: float) -> None:
-    """Hand answered photos to monitoring (window, OOD metric, prediction log); never raises.
+async def _observe(
+    state: ServingState,
+    slot: ModelSlot,
+    seen: list[Observation],
+    latency_ms: float,
+    inputs: list[np.ndarray | None],
+) -> None:
+    """Hand answered photos to monitoring (window, OOD metric, prediction log) and the shadow
+    share to a shadow challenger; never raises.
 
     A coroutine, so the background task runs on the event loop right after the response is
     sent (a plain function would be sent to the thread pool and back).
     """
-    if state.monitoring is None or not seen:
+    if not seen:
         return
     try:
-        state.monitoring.observe(seen, latency_ms)
+        if slot.monitoring is not None:
+            slot.monitoring.observe(seen, latency_ms)
+        challenger = state.challenger
+        if challenger is not None and slot is state.live and state.decoder is not None:
+            challenger.shadow(state.decoder, slot, seen, inputs)
     except Exception:  # monitoring must never fail a prediction
         log.exception("monitoring failed to record %d prediction(s)", len(seen))
+
+
+def _take_slot(request: Request) -> tuple[ServingState, ModelSlot]:
+    """The ready state and the slot that answers this request (counted as in flight)."""
+    state = ready_state(request)
+    require_api_key(request)
+    slot = state.answering_slot()
+    if slot is not state.live and state.challenger is not None:
+        state.challenger.answered_canary(1)
+    slot.active += 1
+    return state, slot
 
 
 def _multipart_body(field_name: str, many: bool) -> dict[str, Any]:
@@ -176,17 +204,25 @@ async def predict(request: Request) -> Response:
     """Classify one photo (multipart field `file`: JPEG, PNG, WebP, BMP or TIFF)."""
     # The prediction routes check readiness themselves: FastAPI's dependency resolution
     # costs more than the check on the busiest path.
-    state = ready_state(request)
-    s = state.settings
-    assert state.predictor is not None and state.uploads is not None
-    async with read_uploads(
-        request, "file", state.uploads, max_files=1, max_file_bytes=s.max_upload_bytes, single=True
-    ) as (upload,):
-        inputs = await _decode(state, upload)
-        out = await _infer(state, inputs)
-        (fields,), seen = _answers(state, out, [upload.data])
-    answer = {**fields, "model": model_ref(state.predictor), "latency_ms": _elapsed_ms(request)}
-    return _respond(answer, state, seen)
+    state, slot = _take_slot(request)
+    try:
+        s = state.settings
+        assert state.uploads is not None
+        async with read_uploads(
+            request,
+            "file",
+            state.uploads,
+            max_files=1,
+            max_file_bytes=s.max_upload_bytes,
+            single=True,
+        ) as (upload,):
+            inputs = await _decode(state, slot, upload)
+            out = await _infer(state, slot, inputs)
+            (fields,), seen = _answers(state, slot, out, [upload.data])
+    finally:
+        slot.active -= 1
+    answer = {**fields, "model": model_ref(slot.predictor), "latency_ms": _elapsed_ms(request)}
+    return _respond(answer, state, slot, seen, [inputs])
 
 
 @router.post(
@@ -202,21 +238,28 @@ async def predict_batch(request: Request) -> Response:
 
     A file that cannot be used gets an inline error; the others are still answered.
     """
-    state = ready_state(request)
-    s = state.settings
-    predictor = state.predictor
-    assert predictor is not None and state.uploads is not None
-    async with read_uploads(
-        request, "files", state.uploads, max_files=s.max_files, max_file_bytes=s.max_upload_bytes
-    ) as uploads:
-        return await _answer_batch(request, state, uploads)
+    state, slot = _take_slot(request)
+    try:
+        s = state.settings
+        assert state.uploads is not None
+        async with read_uploads(
+            request,
+            "files",
+            state.uploads,
+            max_files=s.max_files,
+            max_file_bytes=s.max_upload_bytes,
+        ) as uploads:
+            return await _answer_batch(request, state, slot, uploads)
+    finally:
+        slot.active -= 1
 
 
-async def _answer_batch(request: Request, state: ServingState, uploads: list[Upload]) -> Response:
-    predictor = state.predictor
-    assert predictor is not None
+async def _answer_batch(
+    request: Request, state: ServingState, slot: ModelSlot, uploads: list[Upload]
+) -> Response:
+    predictor = slot.predictor
     prepared = await asyncio.gather(
-        *(_decode(state, upload) for upload in uploads), return_exceptions=True
+        *(_decode(state, slot, upload) for upload in uploads), return_exceptions=True
     )
     items: list[dict[str, Any]] = []
     good: list[tuple[int, np.ndarray]] = []
@@ -231,8 +274,8 @@ async def _answer_batch(request: Request, state: ServingState, uploads: list[Upl
         items.append(item)
     seen: list[Observation] = []
     if good:
-        out = await _infer(state, np.concatenate([x for _, x in good]))
-        fields, seen = _answers(state, out, [uploads[i].data for i, _ in good])
+        out = await _infer(state, slot, np.concatenate([x for _, x in good]))
+        fields, seen = _answers(state, slot, out, [uploads[i].data for i, _ in good])
         for (i, _), answer in zip(good, fields, strict=True):
             items[i].update(answer)
     answer = {
@@ -241,4 +284,4 @@ async def _answer_batch(request: Request, state: ServingState, uploads: list[Upl
         "count": len(items),
         "results": [BatchItem(**it).model_dump() for it in items],
     }
-    return _respond(answer, state, seen)
+    return _respond(answer, state, slot, seen, [x for _, x in good])
