@@ -97,6 +97,11 @@ class Bundle:
         return self.meta.get("name", self.path.name)
 
     @property
+    def temperature(self) -> float:
+        """The softmax temperature every backend applies (1.0 when not calibrated)."""
+        return float((self.meta.get("calibration") or {}).get("temperature", 1.0))
+
+    @property
     def version(self) -> str:
         return self.meta.get("version", "unknown")
 
@@ -335,6 +340,18 @@ def load_bundle(bundle_dir: Path | None = None, expected_sha256: str | None = No
     meta = read_meta(bundle_dir, expected_sha256)
     verify_files(bundle_dir, meta)
     return Bundle(path=bundle_dir, meta=meta, sha256=bundle_sha256(bundle_dir))
+
+
+def update_meta(bundle_dir: Path, **sections: Any) -> dict[str, Any]:
+    """Replace top-level sections of bundle.json (e.g. calibration, metrics); returns it."""
+    bundle_dir = Path(bundle_dir)
+    meta = read_meta(bundle_dir)
+    protected = {"format_version", "classes", "architecture", "files"} & set(sections)
+    if protected:
+        raise BundleError(f"cannot replace {sorted(protected)}: they describe the weights")
+    meta.update(sections)
+    _write_meta(bundle_dir, meta)
+    return meta
 
 
 def add_file(bundle_dir: Path, name: str, **entry: Any) -> dict[str, Any]:

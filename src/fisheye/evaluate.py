@@ -18,7 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from fisheye.bundle import Bundle
 from fisheye.data.labelled import LabelledDataError, LabelledPhoto, check_classes
+from fisheye.data.manifest import TRAINING_MANIFEST_NAME, ManifestError, read_training_manifest
+from fisheye.data.progress import NO_PROGRESS, Progress
+from fisheye.data.seen import SeenReport, exclude_seen
+from fisheye.inference.calibration import estimated_accuracy, expected_calibration_error
 from fisheye.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,42 @@ OUTPUT_FILES = (METRICS_FILE, CONFUSION_FILE, ERRORS_FILE, PREDICTIONS_FILE, PER
 
 class EvaluationError(LabelledDataError):
     """The labelled data cannot be evaluated with this bundle (unknown classes, no photos)."""
+
+
+def recorded_data_root(bundle: Bundle) -> Path | None:
+    """The data root the bundle's training photos were recorded against, if it recorded one."""
+    root = (bundle.meta.get("data") or {}).get("root")
+    if not root:
+        return None
+    root = Path(root)
+    return root.parent if root.suffix == ".csv" else root
+
+
+def unseen_photos(
+    bundle: Bundle,
+    rows: Sequence[Any],
+    seen_root: Path | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> SeenReport:
+    """The rows whose near-duplicate group the bundle's model never saw in training or selection.
+
+    `seen_root` (default: the data root recorded in the bundle) is where the recorded training
+    photos are looked for; without them only identical files are recognised.
+    """
+    if TRAINING_MANIFEST_NAME not in bundle.meta["files"]:
+        raise EvaluationError(
+            f"the bundle {bundle.path} records no training photos ({TRAINING_MANIFEST_NAME}); "
+            "--exclude-seen needs a bundle trained by this FishEye"
+        )
+    try:
+        recorded = read_training_manifest(bundle.read_file(TRAINING_MANIFEST_NAME).decode())
+    except (ManifestError, UnicodeDecodeError) as exc:
+        raise EvaluationError(f"cannot read the bundle's {TRAINING_MANIFEST_NAME}: {exc}") from None
+    root = seen_root if seen_root is not None else recorded_data_root(bundle)
+    report = exclude_seen(list(rows), recorded, root, progress)
+    for note in report.notes:
+        log.warning("%s", note)
+    return report
 
 
 def default_out_dir(root: Path = Path("runs/evaluate")) -> Path:
@@ -96,6 +137,7 @@ def evaluate_bundle(
 
     y_true: list[int] = []
     y_pred: list[int] = []
+    probs: list[np.ndarray] = []
     errors: list[dict[str, Any]] = []
     skipped = [{"path": str(p), "error": e} for p, e in unreadable]
     results = predictor.predict_files(
@@ -109,6 +151,7 @@ def evaluate_bundle(
             continue
         y_true.append(index[true])
         y_pred.append(index[res.prediction.label])
+        probs.append(res.prediction.probabilities)
         if res.prediction.label != true:
             errors.append(
                 {
@@ -132,6 +175,10 @@ def evaluate_bundle(
     metrics: dict[str, Any] = {
         "accuracy": scores["accuracy"],
         "macro_f1": scores["macro_f1"],
+        # With the bundle's calibrated probabilities: ECE (15 bins) and the label-free
+        # estimate of accuracy (mean confidence), to compare with the measured accuracy.
+        "ece": expected_calibration_error(np.stack(probs), np.asarray(y_true)),
+        "estimated_accuracy": estimated_accuracy(np.stack(probs)),
         "n_images": len(y_true),
         "n_errors": len(errors),
         "n_unreadable": len(skipped),

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fisheye.bundle import save_bundle
 from fisheye.data.datamodule import FishDataModule
 from fisheye.monitoring.reference import FitOptions, fit_bundle, load_predictor
+from fisheye.records import calibrate_and_score, record_training_photos
 from fisheye.tracking.runs import record_training_run
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         },
     )
     log.info("model bundle written to %s", bundle_dir)
+    record_training_photos(bundle_dir, dm.rows, dm.root)
+    metrics.update(calibrate_and_score(bundle_dir, dm.splits["val"], dm.splits.get("test", [])))
     _fit_drift_reference(cfg, bundle_dir, dm)
     record_training_run(
         trainer.loggers,

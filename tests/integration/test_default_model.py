@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fisheye.bundle import BUNDLE_JSON
+from fisheye.bundle import BUNDLE_JSON, load_bundle
 from fisheye.cli import app
+from fisheye.data.manifest import TRAINING_MANIFEST_NAME, read_training_manifest
 from tests.helpers.paths import DEFAULT_MODEL, VAL
 
 pytestmark = pytest.mark.integration
@@ -61,3 +63,54 @@ def test_predict_real_photos_and_bad_files(tmp_path: Path) -> None:
     for name, cls in expected.items():
         assert records[name].get("label") == cls, records[name]
     assert "error" in records["notes.jpg"] and "error" in records["empty.png"]
+
+
+def test_bundle_records_its_photos_and_grouped_test_figures() -> None:
+    bundle = load_bundle(DEFAULT_MODEL)
+    recorded = read_training_manifest(bundle.read_file(TRAINING_MANIFEST_NAME).decode())
+    assert (
+        bundle.meta["data"]["training_manifest_sha256"]
+        == (bundle.meta["files"][TRAINING_MANIFEST_NAME]["sha256"])
+    )
+    splits: dict[str, set[str]] = {}
+    for photo in recorded:
+        splits.setdefault(photo.group, set()).add(photo.split)
+        assert not Path(photo.path).is_absolute()
+    assert all(len(s) == 1 for s in splits.values()), "a group spans two splits"
+    test_groups = {g for g, s in splits.items() if s == {"test"}}
+    assert len(test_groups) >= 0.15 * len(splits)
+    metrics = bundle.meta["metrics"]
+    assert metrics["test_groups"] == len(test_groups)
+    assert metrics["test_acc_ci95_low"] <= metrics["test_acc"] <= metrics["test_acc_ci95_high"]
+    assert metrics["test_acc"] >= ACCURACY_FLOOR
+    assert metrics["test_ece"] < metrics["test_ece_uncalibrated"]
+    assert bundle.meta["calibration"]["fitted_on"] == "val"
+
+
+def test_evaluate_exclude_seen_keeps_only_never_seen_groups(tmp_path: Path) -> None:
+    bundle = load_bundle(DEFAULT_MODEL)
+    recorded = read_training_manifest(bundle.read_file(TRAINING_MANIFEST_NAME).decode())
+    split_of = {r.sha256: r.split for r in recorded}
+    seen_root = VAL.parent  # the data root the bundle's paths are relative to
+    result = runner.invoke(
+        app,
+        [
+            "evaluate", "--data", str(VAL), "--exclude-seen", "--seen-root", str(seen_root),
+            "--json", "--out", str(tmp_path / "eval"),
+        ],
+        env=ENV,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    kept = metrics["exclude_seen"]
+    assert kept["method"] == "sha256+grouping"
+    assert kept["n_input"] == len(list(VAL.glob("*/*.jpg")))
+    assert 0 < kept["n_kept"] == metrics["n_images"] < kept["n_input"]
+    # Every kept photo is a recorded test photo: its group was never seen.
+    n_test_in_val = sum(1 for p in VAL.glob("*/*.jpg") if split_of.get(_sha256(p)) == "test")
+    assert kept["n_kept"] <= n_test_in_val
+    assert metrics["accuracy"] >= ACCURACY_FLOOR
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -12,8 +12,8 @@ from PIL import Image
 
 from fisheye.data.download import KAGGLE_HANDLE, DownloadError, download_dataset
 from fisheye.data.layouts import detect_layout
-from fisheye.data.manifest import read_manifest
-from fisheye.data.pipelines import import_dataset, scan_source
+from fisheye.data.manifest import groups_across_splits, read_manifest
+from fisheye.data.pipelines import import_dataset, load_dataset_rows, scan_source
 from fisheye.data.synthetic import write_synthetic
 
 
@@ -78,6 +78,16 @@ def test_presplit_scan_keeps_splits(synthetic_dataset: Path, tmp_path: Path) -> 
     result = scan_source(_presplit_tree(synthetic_dataset, tmp_path / "pre"))
     assert {r.split for r in result.rows} == {"train", "val"}
     assert all((r.split == "val") == ("_s000_" in r.path.name) for r in result.rows)
+
+
+def test_presplit_tree_resplit_pools_and_groups(synthetic_dataset: Path, tmp_path: Path) -> None:
+    tree = _presplit_tree(synthetic_dataset, tmp_path / "pre")
+    kept = load_dataset_rows(tree, 0.25, 0.25, seed=0)
+    assert {r.split for r in kept} == {"train", "val"} and not any(r.group for r in kept)
+    rows = load_dataset_rows(tree, 0.25, 0.25, seed=0, resplit=True)
+    assert len(rows) == len(kept)
+    assert {r.split for r in rows} == {"train", "val", "test"}
+    assert groups_across_splits(rows) == 0
 
 
 @pytest.fixture

@@ -46,7 +46,8 @@ def test_drift_json_prints_only_the_five_fields(fitted: Path, synthetic_dataset:
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert set(out) == {"n", "score", "p_value", "drift", "ood_fraction"}
+    assert set(out) == {"n", "score", "p_value", "drift", "ood_fraction", "estimated_accuracy"}
+    assert 0.0 < out["estimated_accuracy"] <= 1.0
     assert out["n"] == 20 and isinstance(out["drift"], bool) and 0 < out["p_value"] <= 1
     assert out["drift"] is False  # the photos the reference was fitted on
 

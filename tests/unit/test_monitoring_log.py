@@ -67,6 +67,8 @@ def test_rows_are_written_in_wal_mode_and_summarised(plog: PredictionLog) -> Non
     s = plog.summary(3600)
     assert s["predictions"] == 10 and s["counts"] == {"Shrimp": 4, "Trout": 6}
     assert s["ood_rate"] == pytest.approx(0.1) and s["feedback"]["accuracy"] == 0.5
+    # Calibrated confidences of 0.9 estimate that 90% of the predictions are right.
+    assert s["estimated_accuracy"] == pytest.approx(0.9)
     # Percentiles come from the rollups' histogram: within 5% of the exact value.
     assert s["latency_ms"]["p50"] == pytest.approx(14.5, rel=0.05)
     assert s["drift"]["tests"] == 1 and s["drift"]["latest"]["drift"] is True

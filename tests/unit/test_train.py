@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -18,7 +19,10 @@ from omegaconf import open_dict
 from fisheye.bundle import load_bundle
 from fisheye.data.datamodule import FishDataModule
 from fisheye.data.images import decode_image
+from fisheye.data.manifest import TRAINING_MANIFEST_NAME, read_training_manifest
+from fisheye.inference.calibration import rescale
 from fisheye.inference.predictor import Predictor
+from fisheye.inference.torch_backend import TorchBackend
 from fisheye.train import run
 
 
@@ -59,6 +63,44 @@ def test_train_writes_a_loadable_bundle(tmp_path, synthetic_dataset):
     # A few epochs on separable synthetic classes must beat chance (1/3) clearly.
     assert meta["metrics"]["val_acc"] > 0.6
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
+
+
+def test_bundle_records_its_photos_calibration_and_grouped_test(tmp_path, synthetic_dataset):
+    cfg = _cfg(tmp_path, synthetic_dataset, "trainer.max_epochs=2", "data.test_fraction=0.25")
+    result = run(cfg)
+    bundle = load_bundle(Path(result["bundle"]))
+    meta = bundle.meta
+    manifest = read_training_manifest(bundle.read_file(TRAINING_MANIFEST_NAME).decode())
+    assert (
+        meta["data"]["training_manifest_sha256"]
+        == (meta["files"][TRAINING_MANIFEST_NAME]["sha256"])
+    )
+    photos = sorted(
+        p.relative_to(synthetic_dataset).as_posix()
+        for p in synthetic_dataset.glob("*/*")
+        if p.is_file()
+    )
+    assert sorted(r.path for r in manifest) == photos
+    splits: dict[str, set[str]] = {}
+    for r in manifest:
+        splits.setdefault(r.group, set()).add(r.split)
+    assert {s for v in splits.values() for s in v} == {"train", "val", "test"}
+    assert all(len(v) == 1 for v in splits.values())  # no group spans two splits
+    assert bundle.temperature > 0 and meta["calibration"]["fitted_on"] == "val"
+    metrics = meta["metrics"]
+    n_test = sum(r.split == "test" for r in manifest)
+    assert metrics["test_photos"] == n_test
+    assert metrics["test_acc_ci95_low"] <= metrics["test_acc"] <= metrics["test_acc_ci95_high"]
+    assert 0.0 <= metrics["test_ece"] <= 1.0
+    # The stored temperature is applied by the backend: probabilities are softmax(z / T).
+    eager = Predictor(bundle, backend="torch")
+    plain = Predictor(bundle, backend=TorchBackend(bundle.build_model()))
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(
+        eager.infer(x).probabilities,
+        rescale(plain.infer(x).probabilities, bundle.temperature),
+        atol=1e-5,
+    )
 
 
 def test_predictor_sees_the_same_tensors_as_training_eval(tmp_path, synthetic_dataset):

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from fisheye.cli import bench, evaluate, export, predict, profile, serve, train
+from fisheye.cli import bench, evaluate, export, predict, probe, profile, serve, train
 from fisheye.cli.admin import admin_app
 from fisheye.cli.data import data_app
 from fisheye.cli.drift import drift_app
@@ -44,6 +44,7 @@ app.command(
     add_help_option=False,
 )(train.train)
 app.command()(predict.predict)
+app.command()(probe.probe)
 app.command()(evaluate.evaluate)
 app.command()(serve.serve)
 app.command("export")(export.export)

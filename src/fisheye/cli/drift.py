@@ -54,7 +54,9 @@ def drift(
     as_json: Annotated[
         bool,
         typer.Option(
-            "--json", help='Print only {"n", "score", "p_value", "drift", "ood_fraction"}.'
+            "--json",
+            help='Print only {"n", "score", "p_value", "drift", "ood_fraction", '
+            '"estimated_accuracy"}.',
         ),
     ] = False,
 ) -> None:
@@ -98,7 +100,7 @@ def drift(
         raise fail(err, f"{data}: {exc}") from None
     result = check.result
     if as_json:
-        typer.echo(json.dumps(result.to_json()))
+        typer.echo(json.dumps(check.to_json()))
         return
     table = Table(title=f"Drift test: {data} vs the training photos of {predictor.bundle.name}")
     table.add_column("")
@@ -120,6 +122,12 @@ def drift(
         f"{result.ood_fraction:.1%} (threshold {monitor.ood.threshold:.1f}, "
         f"{monitor.ood.false_alarm_rate:.0%} false alarms on val)",
     )
+    if check.estimated_accuracy is not None:
+        table.add_row(
+            "estimated accuracy",
+            f"{check.estimated_accuracy:.1%} (mean calibrated confidence; no labels needed, "
+            "trustworthy only for in-distribution photos)",
+        )
     out.print(table)
 
 
@@ -128,7 +136,10 @@ def fit(
     data: Annotated[
         Path,
         typer.Option(
-            "--data", "-d", help="Training photos: data/train (+ data/val) or a class-folder tree."
+            "--data",
+            "-d",
+            help="Training photos: data/train (+ data/val), a class-folder tree, or a "
+            "manifest CSV (its train split; its val split for the OOD threshold).",
         ),
     ],
     model: ModelOption = None,
@@ -167,8 +178,8 @@ def fit(
     from fisheye.monitoring.reference import fit_bundle
 
     out, err = consoles()
-    if not data.is_dir():
-        raise fail(err, f"no such folder: {data}")
+    if not data.exists():
+        raise fail(err, f"no such file or folder: {data}")
     bundle_dir = model if model is not None else default_bundle_dir()
     try:
         meta = read_meta(bundle_dir)

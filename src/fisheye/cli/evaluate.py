@@ -42,6 +42,22 @@ def evaluate(
         int, typer.Option("--batch-size", min=1, help="Photos per model call.")
     ] = 32,
     backend: BackendOption = AUTO_CHOICE,
+    exclude_seen: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-seen",
+            help="Evaluate only photos whose near-duplicate group the model never saw in "
+            "training or model selection (the bundle's training_manifest.csv).",
+        ),
+    ] = False,
+    seen_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--seen-root",
+            help="Folder the recorded training photos are under (default: the data root "
+            "recorded in the bundle). Without them only identical files are excluded.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model bundle on labelled photos; write metrics, confusion matrix, errors.
 
@@ -58,15 +74,32 @@ def evaluate(
         raise fail(err, f"cannot read the data at {data}: {exc}") from None
     predictor, _ = load_predictor_or_exit(err, model, backend=backend)
     target = out_dir if out_dir is not None else ev.default_out_dir()
+    info: dict[str, Any] = {**loaded.info(), "backend": predictor.backend_name}
     try:
         check_classes(loaded.rows, predictor.classes)
+        if exclude_seen:
+            report = ev.unseen_photos(predictor.bundle, loaded.rows, seen_root, RichProgress(err))
+            info["exclude_seen"] = report.to_dict()
+            for note in report.notes:
+                warn(err, note)
+            if not as_json:
+                out.print(
+                    Text(
+                        f"kept {len(report.kept)} of {report.n_input} photos whose "
+                        f"near-duplicate group the model never saw ({report.method})"
+                    ),
+                    soft_wrap=True,
+                )
+            if not report.kept:
+                raise fail(err, "every photo is a copy of one the model saw: nothing to evaluate")
+            loaded.rows = report.kept
         with RichProgress(err).task("evaluating", len(loaded.rows)) as advance:
             metrics = ev.evaluate_bundle(
                 predictor,
                 loaded.rows,
                 target,
                 batch_size=batch_size,
-                info={**loaded.info(), "backend": predictor.backend_name},
+                info=info,
                 unreadable=loaded.unreadable,
                 on_done=advance,
             )
@@ -80,7 +113,7 @@ def evaluate(
         summary = (
             f"accuracy {metrics['accuracy']:.2%}, macro F1 {metrics['macro_f1']:.3f} on "
             f"{metrics['n_images']} photos: {metrics['n_errors']} wrong, "
-            f"{metrics['n_unreadable']} unreadable"
+            f"{metrics['n_unreadable']} unreadable; ECE {metrics['ece']:.2%}"
         )
         out.print(Text(summary, style="bold"), soft_wrap=True)
         written = f"wrote {target}/ ({', '.join(ev.OUTPUT_FILES)})"

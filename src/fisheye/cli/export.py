@@ -23,7 +23,9 @@ def export(
     calibration: Annotated[
         Path | None,
         typer.Option(
-            "--calibration", help="Training photos to calibrate int8 (default: shared train)."
+            "--calibration",
+            help="Training photos to calibrate int8: a folder, or a manifest CSV (its train "
+            "split). Default: shared train.",
         ),
     ] = None,
     calibration_size: Annotated[

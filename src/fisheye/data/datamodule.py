@@ -72,6 +72,7 @@ class FishDataModule(L.LightningDataModule):
         test_fraction: float = 0.0,
         seed: int = 42,
         limit_per_class: int | None = None,
+        resplit: bool = False,
         preprocessing: dict[str, Any] | None = None,
         augment: dict[str, Any] | None = None,
     ):
@@ -83,6 +84,7 @@ class FishDataModule(L.LightningDataModule):
         self.test_fraction = test_fraction
         self.seed = seed
         self.limit_per_class = limit_per_class
+        self.resplit = resplit
         self.spec = Preprocessing.from_dict(preprocessing) if preprocessing else Preprocessing()
         self.augment = Augmentation(**(augment or {}))
         self.rows: list[ManifestRow] = []
@@ -103,6 +105,7 @@ class FishDataModule(L.LightningDataModule):
             val_fraction=self.val_fraction,
             test_fraction=self.test_fraction,
             seed=self.seed,
+            resplit=self.resplit,
         )
         self.classes = sorted({r.label for r in rows})
         splits: dict[str, list[ManifestRow]] = {"train": [], "val": [], "test": []}

@@ -124,7 +124,9 @@ def compute_descriptors(
 
 
 def cluster_descriptors(
-    descriptors: np.ndarray, distance_threshold: float = DEFAULT_DISTANCE_THRESHOLD
+    descriptors: np.ndarray,
+    distance_threshold: float = DEFAULT_DISTANCE_THRESHOLD,
+    metric: str = "euclidean",
 ) -> np.ndarray:
     """Cluster labels (0..k-1, numbered by first appearance) from average-linkage clustering."""
     n = len(descriptors)
@@ -135,7 +137,7 @@ def cluster_descriptors(
     from sklearn.cluster import AgglomerativeClustering
     from sklearn.metrics import pairwise_distances
 
-    dist = pairwise_distances(descriptors.astype(np.float64))
+    dist = pairwise_distances(descriptors.astype(np.float64), metric=metric)
     labels = (
         AgglomerativeClustering(
             n_clusters=None,
@@ -187,4 +189,41 @@ def group_near_duplicates(
             if descriptors[i] is None:
                 groups[i] = f"{slug}-{n_groups:04d}"
                 n_groups += 1
+    return [replace(row, group=g) for row, g in zip(rows, groups, strict=True)]
+
+
+# Cosine distance on the backbone's pooled features below which photos are one group
+# (average linkage, within a class). Chosen on fish-256 (docs/data.md): the group count closest
+# to the ring grouping's, erring towards merging (safer for splits); rotated copies are
+# only partly recognised, as ImageNet features are not rotation invariant.
+DEFAULT_COSINE_THRESHOLD = 0.2
+
+
+def group_by_embedding(
+    rows: list[ManifestRow],
+    embeddings: np.ndarray,
+    *,
+    distance_threshold: float = DEFAULT_COSINE_THRESHOLD,
+) -> list[ManifestRow]:
+    """Rows with `group` set by clustering their embeddings (cosine distance, per class).
+
+    For collections whose photos were not rotated in the fish dataset's 590x445 frame.
+    `embeddings` has one row per row of `rows`.
+    """
+    if len(embeddings) != len(rows):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(rows)} photos")
+    groups = [""] * len(rows)
+    by_class: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_class.setdefault(row.label, []).append(i)
+    used: set[str] = set()
+    for label in sorted(by_class):
+        idx = by_class[label]
+        slug = _slug(label)
+        while slug in used:
+            slug += "_"
+        used.add(slug)
+        labels = cluster_descriptors(embeddings[idx], distance_threshold, metric="cosine")
+        for i, lab in zip(idx, labels, strict=True):
+            groups[i] = f"{slug}-e{int(lab):04d}"
     return [replace(row, group=g) for row, g in zip(rows, groups, strict=True)]

@@ -119,7 +119,20 @@ def train_val_dirs(data: Path, val: Path | None = None) -> tuple[Path, Path | No
 def reference_photos(
     data: Path, val: Path | None, classes: Sequence[str], *, min_train: int = 4
 ) -> tuple[list[tuple[Path, str | None]], list[tuple[Path, str | None]] | None]:
-    """(train, val) photos to fit a drift reference on, labelled by folder where known."""
+    """(train, val) photos to fit a drift reference on, labelled by folder where known.
+
+    `data` may be a manifest CSV: its train split is fitted on, its val split (unless `val`
+    is given) sets the OOD threshold, and its test split is left alone.
+    """
+    if Path(data).is_file():
+        rows = read_manifest(data)
+        train_items = [(r.path, r.label) for r in rows if r.split == "train"]
+        if len(train_items) < min_train:
+            raise LabelledDataError(f"need at least {min_train} train-split photos in {data}")
+        if val is not None:
+            return train_items, labelled_paths(val, classes)
+        val_items = [(r.path, r.label) for r in rows if r.split == "val"]
+        return train_items, val_items or None
     train_dir, val_dir = train_val_dirs(data, val)
     train_items = labelled_paths(train_dir, classes)
     if len(train_items) < min_train:

@@ -131,3 +131,55 @@ def groups_across_splits(rows: Iterable[ManifestRow]) -> int:
     for row in rows:
         splits[row.group].add(row.split)
     return sum(1 for s in splits.values() if len(s) > 1)
+
+
+TRAINING_MANIFEST_NAME = "training_manifest.csv"
+TRAINING_COLUMNS = ("path", "sha256", "class", "split", "group")
+
+
+@dataclass(frozen=True)
+class RecordedPhoto:
+    """One photo a model was trained, selected or tested on, as its bundle records it."""
+
+    path: str  # relative to the data root, POSIX separators
+    sha256: str
+    label: str
+    split: str
+    group: str
+
+
+def data_root_of(root: Path) -> Path:
+    """The folder photo paths are recorded against: a manifest's folder, else the root itself."""
+    root = Path(root)
+    return root.parent if root.is_file() else root
+
+
+def write_training_manifest(rows: Iterable[ManifestRow], path: Path, data_root: Path) -> None:
+    """Write the photos a model saw (path relative to `data_root`, sha256, class, split, group)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    order = {split: i for i, split in enumerate(SPLITS)}
+    ordered = sorted(rows, key=lambda r: (order.get(r.split, len(order)), str(r.path)))
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(TRAINING_COLUMNS)
+        for row in ordered:
+            rel = _relative_if_possible(row.path, Path(data_root))
+            writer.writerow([rel, row.sha256, row.label, row.split, row.group])
+    os.replace(tmp, path)
+
+
+def read_training_manifest(text: str) -> list[RecordedPhoto]:
+    """Parse a training manifest's text (ManifestError if its columns are wrong)."""
+    reader = csv.DictReader(text.splitlines())
+    header = reader.fieldnames or []
+    missing = [c for c in TRAINING_COLUMNS if c not in header]
+    if missing:
+        raise ManifestError(
+            f"training manifest lacks column(s) {', '.join(missing)}; "
+            f"expected {','.join(TRAINING_COLUMNS)}"
+        )
+    return [
+        RecordedPhoto(rec["path"], rec["sha256"], rec["class"], rec["split"], rec["group"])
+        for rec in reader
+    ]

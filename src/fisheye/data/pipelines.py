@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 TINY_SIDE = 32
 
+# Sets `group` on every row: photos that are copies of one source photo share a group.
+Grouper = Callable[..., list[ManifestRow]]
+
 
 @dataclass
 class ScanResult:
@@ -161,12 +164,14 @@ def import_dataset(
     seed: int = 42,
     resplit: bool = False,
     progress: Progress = NO_PROGRESS,
+    grouper: Grouper | None = None,
 ) -> ImportReport:
     """Scan a photo tree, group near-duplicates, split, and write `out/manifest.csv`.
 
     A pre-split tree keeps its split unless `resplit`, which replaces it with the grouped one.
     `src` may be an s3:// or gs:// prefix: the manifest then lists the photos' URLs (or,
     with `copy`, the local copies).
+    `grouper` replaces the fish-frame near-duplicate grouping (e.g. an embedding grouping).
     """
     src = src if is_url(src) else Path(src).resolve()
     out = Path(out).resolve()
@@ -175,7 +180,7 @@ def import_dataset(
     scan = scan_source(src, progress=progress)
     if not scan.rows:
         raise ValueError(f"no readable photos found in {src}")
-    rows = group_near_duplicates(scan.rows, progress=progress)
+    rows = (grouper or group_near_duplicates)(scan.rows, progress=progress)
     if scan.layout != "presplit" or resplit:
         rows = grouped_split(rows, val_fraction, test_fraction, seed)
     else:
@@ -243,8 +248,13 @@ def load_dataset_rows(
     test_fraction: float = 0.0,
     seed: int = 42,
     progress: Progress = NO_PROGRESS,
+    resplit: bool = False,
 ) -> list[ManifestRow]:
-    """Rows with splits assigned from a manifest, a folder holding one, or a photo tree."""
+    """Rows with splits assigned from a manifest, a folder holding one, or a photo tree.
+
+    A pre-split tree keeps its split unless `resplit`: then its photos are pooled, grouped
+    and split again so that no near-duplicate group spans two splits.
+    """
     root = Path(root)
     if root.is_file():
         rows = _existing(read_manifest(root))
@@ -255,7 +265,7 @@ def load_dataset_rows(
         for path, reason in result.unreadable:
             log.warning("skipping unreadable %s: %s", path, reason)
         rows = result.rows
-        if result.layout == "presplit":
+        if result.layout == "presplit" and not resplit:
             return rows
         rows = group_near_duplicates(rows, progress=progress)
         return grouped_split(rows, val_fraction, test_fraction, seed)

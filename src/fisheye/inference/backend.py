@@ -44,9 +44,11 @@ class Backend(Protocol):
         ...
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32, numerically stable."""
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature in float32, numerically stable."""
     z = logits.astype(np.float32, copy=False)
+    if temperature != 1.0:
+        z = z / np.float32(temperature)
     z = np.exp(z - z.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
 

@@ -90,7 +90,9 @@ def _build(bundle: Bundle, name: str, threads: int) -> tuple[Backend, dict[str, 
     """The backend to measure and what to report about it besides timings."""
     weights_mb = (bundle.path / WEIGHTS_FILE).stat().st_size / MB
     if name == TORCH:
-        return TorchBackend(bundle.build_model()), {"size_mb": weights_mb}
+        return TorchBackend(bundle.build_model(), temperature=bundle.temperature), {
+            "size_mb": weights_mb
+        }
     if name == TORCH_PRUNED:
         model = pruned_model(bundle.build_model())
         info = {
@@ -98,9 +100,10 @@ def _build(bundle: Bundle, name: str, threads: int) -> tuple[Backend, dict[str, 
             "note": f"{PRUNE_AMOUNT:.0%} L1 unstructured, no fine-tune; dense storage",
             "sparsity": round(_sparsity(model), 4),
         }
-        return TorchBackend(model, name=TORCH_PRUNED), info
+        return TorchBackend(model, name=TORCH_PRUNED, temperature=bundle.temperature), info
     if name == TORCH_COMPILE:
-        return TorchBackend(CompiledModel(bundle.build_model()), name=TORCH_COMPILE), {
+        compiled = CompiledModel(bundle.build_model())
+        return TorchBackend(compiled, TORCH_COMPILE, temperature=bundle.temperature), {
             "size_mb": weights_mb
         }
     file_name = registry.export_file(bundle.meta, name)

@@ -23,6 +23,7 @@ import torch
 
 from fisheye.bundle import Bundle, add_file, load_bundle
 from fisheye.data.files import collect_image_paths
+from fisheye.data.manifest import read_manifest
 from fisheye.inference import registry
 from fisheye.inference.backend import Backend, default_threads
 from fisheye.inference.measure import (
@@ -184,15 +185,20 @@ def export_onnx(
     limit: int | None = None,
     threads: int | None = None,
     repeats: int = 20,
+    measure_accuracy: bool = True,
 ) -> dict[str, Any]:
-    """Export fp32 ONNX into the bundle, check it against eager, measure and record it."""
+    """Export fp32 ONNX into the bundle, check it against eager, measure and record it.
+
+    `measure_accuracy=False` skips the accuracy measurement (e.g. for a feature extractor
+    whose head is not trained); the export is then recorded without accuracy.
+    """
     if opset < 17:
         raise ExportError(f"opset {opset} is too old; FishEye exports opset 17 or newer")
     bundle = load_bundle(bundle_dir)
     model = bundle.build_model()
     reference = TorchBackend(model)
     threads = threads or default_threads()
-    evalset = _eval_set(bundle, data, limit)
+    evalset = _eval_set(bundle, data, limit) if measure_accuracy else None
     inputs = Predictor(bundle, backend=reference)
     with tempfile.TemporaryDirectory(dir=bundle.path, prefix=".export-") as tmp:
         tmp_file = Path(tmp) / ONNX_FILE
@@ -234,8 +240,16 @@ class _PhotoReader:
 def calibration_batches(
     predictor: Predictor, calibration: Path, size: int, batch_size: int = 16
 ) -> tuple[list[np.ndarray], int]:
-    """Up to `size` photos from a folder, through the bundle's preprocessing, as batches."""
-    paths = spread(sorted(collect_image_paths([Path(calibration)])), size)
+    """Up to `size` photos, through the bundle's preprocessing, as batches.
+
+    `calibration` is a folder of photos, or a manifest CSV whose train split is used (so
+    that no val or test photo shapes the quantised model).
+    """
+    if Path(calibration).is_file():
+        rows = [r for r in read_manifest(Path(calibration)) if r.split == "train"]
+        paths = spread(sorted(r.path for r in rows), size)
+    else:
+        paths = spread(sorted(collect_image_paths([Path(calibration)])), size)
     inputs = preprocessed(predictor, paths)
     if not inputs:
         raise ExportError(f"no readable calibration photos in {calibration}")

@@ -37,7 +37,8 @@ class OnnxBackend:
     With `spinning`, a single photo runs in a session whose `threads` spin while the call
     is under way (about 1 ms less per photo than waking them from sleep), and batches run in
     a session of `batch_threads` (default `threads`) that sleep when they wait, which leaves
-    more CPU for decoding photos under load. Both hold the same graph.
+    more CPU for decoding photos under load. Both hold the same graph. Probabilities are
+    softmax(logits / temperature).
     """
 
     def __init__(
@@ -48,8 +49,10 @@ class OnnxBackend:
         threads: int | None = None,
         spinning: bool = True,
         batch_threads: int | None = None,
+        temperature: float = 1.0,
     ):
         self.name = name
+        self.temperature = temperature
         self.threads = threads or default_threads()
         self.batch_threads = batch_threads or self.threads
         source = model if isinstance(model, bytes) else str(model)
@@ -79,7 +82,9 @@ class OnnxBackend:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         session = self.single if len(x) == 1 else self.session
         logits, features = session.run(list(ONNX_OUTPUTS), {self.input_name: x})
-        return InferenceOutput(softmax(logits), features.astype(np.float32, copy=False))
+        return InferenceOutput(
+            softmax(logits, self.temperature), features.astype(np.float32, copy=False)
+        )
 
 
 def create(
@@ -100,4 +105,5 @@ def create(
         threads=threads,
         spinning=spinning,
         batch_threads=batch_threads,
+        temperature=bundle.temperature,
     )

@@ -8,16 +8,23 @@ import numpy as np
 import torch
 
 from fisheye.bundle import Bundle
-from fisheye.inference.backend import InferenceOutput
+from fisheye.inference.backend import InferenceOutput, softmax
 
 
 class TorchBackend:
-    """Eager fp32 PyTorch on the CPU."""
+    """Eager fp32 PyTorch on the CPU; probabilities are softmax(logits / temperature)."""
 
-    def __init__(self, model: torch.nn.Module, name: str = "torch", threads: int | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        name: str = "torch",
+        threads: int | None = None,
+        temperature: float = 1.0,
+    ):
         self.model = model.eval()
         self.name = name
         self.threads = threads
+        self.temperature = temperature
         self._configured = threading.local()
 
     @torch.inference_mode()
@@ -31,7 +38,7 @@ class TorchBackend:
         features = self.model.forward_features(x)
         logits = self.model.head(features)
         return InferenceOutput(
-            torch.softmax(logits.float(), dim=1).numpy(), features.float().numpy()
+            softmax(logits.float().numpy(), self.temperature), features.float().numpy()
         )
 
 
@@ -45,4 +52,4 @@ def create(
     batch_threads: int | None = None,
 ) -> TorchBackend:
     """The registry's factory: the bundle's weights in eager PyTorch."""
-    return TorchBackend(bundle.build_model(), name, threads)
+    return TorchBackend(bundle.build_model(), name, threads, bundle.temperature)

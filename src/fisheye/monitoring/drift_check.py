@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fisheye.inference.calibration import estimated_accuracy
 from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DriftResult
 from fisheye.monitoring.reference import Monitor, extract_features, sample
@@ -22,6 +23,12 @@ class DriftCheck:
     result: DriftResult
     n_found: int  # photos found in the folder
     n_unreadable: int  # of the sample, photos that could not be read
+    # Mean calibrated top-1 confidence of the sample: its expected accuracy, without labels.
+    estimated_accuracy: float | None = None
+
+    def to_json(self) -> dict[str, float | int | bool | None]:
+        """The CLI's `--json` form: the drift test and the label-free accuracy estimate."""
+        return {**self.result.to_json(), "estimated_accuracy": self.estimated_accuracy}
 
 
 def check_photos(
@@ -40,4 +47,6 @@ def check_photos(
         raise DriftCheckError(f"fewer than 2 readable photos among the {len(chosen)} sampled")
     _, in_dist = monitor.score(feats.features)
     result = monitor.drift.test(feats.features, seed=seed, ood_fraction=float((~in_dist).mean()))
-    return DriftCheck(result, len(paths), len(feats.unreadable))
+    return DriftCheck(
+        result, len(paths), len(feats.unreadable), estimated_accuracy(feats.probabilities)
+    )

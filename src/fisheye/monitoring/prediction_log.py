@@ -594,6 +594,8 @@ def summarize(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
         "predictions": int(n),
         "counts": {k: int(v) for k, v in counts.items()},
         "mean_confidence": None if mean_conf is None else float(mean_conf),
+        # With a calibrated bundle the mean confidence estimates the accuracy (no labels).
+        "estimated_accuracy": None if mean_conf is None else float(mean_conf),
         "ood_rate": None if ood_rate is None else float(ood_rate),
         "feedback": {"count": int(fb_n), "accuracy": None if fb_acc is None else float(fb_acc)},
         "latency_ms": lat,

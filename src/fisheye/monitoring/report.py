@@ -114,7 +114,7 @@ def write_report(db: Path, out_dir: Path, *, window_s: float | None = None) -> P
 
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
         a1.plot(centres, per_bin(conf), marker="o")
-        a1.set_ylabel("mean confidence")
+        a1.set_ylabel("mean confidence = estimated accuracy")
         a1.set_ylim(0, 1)
         a2.hist(conf[np.isfinite(conf)], bins=20, range=(0, 1))
         a2.set_xlabel("confidence")
