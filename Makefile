@@ -55,7 +55,7 @@ format: $(STAMP)
 COVERAGE_FLOOR ?= 92
 
 test: lint docs
-	$(BIN)/pytest --cov=fisheye --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
+	$(BIN)/pytest --cov=fisheye --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) --durations=20 $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
