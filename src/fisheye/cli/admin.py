@@ -22,6 +22,10 @@ UrlOption = Annotated[
     typer.Option("--url", help="The server [default: $FISHEYE_URL, else http://127.0.0.1:8000]."),
 ]
 
+ModelArgument = Annotated[
+    str, typer.Argument(help="Bundle folder on the server, or models:/NAME@ALIAS.")
+]
+
 
 def _run(url: str | None, as_json: bool, action: str, *args: Any) -> None:
     from fisheye.serving.admin_client import DEFAULT_URL, AdminClient, AdminClientError
@@ -58,9 +62,7 @@ def status(url: UrlOption = None, as_json: JsonOption = False) -> None:
 
 @admin_app.command("swap")
 def swap(
-    model: Annotated[
-        str, typer.Argument(help="Bundle folder on the server, or models:/NAME@ALIAS.")
-    ],
+    model: ModelArgument,
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -76,9 +78,7 @@ def reload(url: UrlOption = None, as_json: JsonOption = False) -> None:
 
 @admin_app.command("attach")
 def attach(
-    model: Annotated[
-        str, typer.Argument(help="Bundle folder on the server, or models:/NAME@ALIAS.")
-    ],
+    model: ModelArgument,
     mode: Annotated[
         str, typer.Option("--mode", help="shadow (sees photos, answers none) or canary.")
     ] = "shadow",

@@ -156,6 +156,22 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-").lower() or "class"
 
 
+def _classes(rows: list[ManifestRow]) -> list[tuple[str, list[int]]]:
+    """(unique group-name prefix, row indices) per class, classes in sorted order."""
+    by_class: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_class.setdefault(row.label, []).append(i)
+    used: set[str] = set()
+    result = []
+    for label in sorted(by_class):
+        slug = _slug(label)
+        while slug in used:
+            slug += "_"
+        used.add(slug)
+        result.append((slug, by_class[label]))
+    return result
+
+
 def group_near_duplicates(
     rows: list[ManifestRow],
     progress: Progress = NO_PROGRESS,
@@ -167,16 +183,7 @@ def group_near_duplicates(
     with progress.task("Grouping near-duplicates", len(rows)) as advance:
         descriptors = compute_descriptors([r.path for r in rows], frame_aspect, advance)
     groups: list[str] = [""] * len(rows)
-    by_class: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_class.setdefault(row.label, []).append(i)
-    used: set[str] = set()
-    for label in sorted(by_class):
-        idx = by_class[label]
-        slug = _slug(label)
-        while slug in used:
-            slug += "_"
-        used.add(slug)
+    for slug, idx in _classes(rows):
         ok = [i for i in idx if descriptors[i] is not None]
         labels: Sequence[int] = []
         if ok:
@@ -213,16 +220,7 @@ def group_by_embedding(
     if len(embeddings) != len(rows):
         raise ValueError(f"{len(embeddings)} embeddings for {len(rows)} photos")
     groups = [""] * len(rows)
-    by_class: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_class.setdefault(row.label, []).append(i)
-    used: set[str] = set()
-    for label in sorted(by_class):
-        idx = by_class[label]
-        slug = _slug(label)
-        while slug in used:
-            slug += "_"
-        used.add(slug)
+    for slug, idx in _classes(rows):
         labels = cluster_descriptors(embeddings[idx], distance_threshold, metric="cosine")
         for i, lab in zip(idx, labels, strict=True):
             groups[i] = f"{slug}-e{int(lab):04d}"
