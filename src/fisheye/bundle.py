@@ -50,11 +50,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def git_commit(cwd: Path | None = None) -> str | None:
-    """The current git commit of the working tree, or None outside a repository."""
+def _git(args: list[str], cwd: Path | None) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *args],
             cwd=cwd or Path.cwd(),
             capture_output=True,
             text=True,
@@ -63,7 +62,19 @@ def git_commit(cwd: Path | None = None) -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The current git commit of the working tree, or None outside a repository."""
+    out = _git(["rev-parse", "HEAD"], cwd)
+    return (out or "").strip() or None
+
+
+def git_dirty(cwd: Path | None = None) -> bool | None:
+    """Whether tracked files differ from that commit (the code that ran is not the commit's)."""
+    out = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    return None if out is None else bool(out.strip())
 
 
 def default_bundle_dir() -> Path:
@@ -195,6 +206,7 @@ def save_bundle(
             "provenance": {
                 "created": created.isoformat(),
                 "git_commit": git_commit(),
+                "git_dirty": git_dirty(),
                 "fisheye_version": __version__,
                 "torch_version": _torch_version(),
             },

@@ -24,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
 from fisheye.bundle import read_meta, save_bundle, update_meta
+from fisheye.data import corruptions
 from fisheye.data.grouping import DEFAULT_COSINE_THRESHOLD, group_by_embedding
 from fisheye.data.manifest import ManifestRow, manifest_hash
 from fisheye.data.pipelines import Grouper
@@ -58,9 +59,23 @@ VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "vflip": lambda b: np.ascontiguousarray(b[..., ::-1, :]),
     "rot180": lambda b: np.ascontiguousarray(b[..., ::-1, ::-1]),
 }
+# "corrupted-K": the K-th randomly corrupted view (fisheye.data.corruptions, seeded by K).
+CORRUPTED = "corrupted-"
+
+
+def view_transform(view: str, spec: Preprocessing) -> Callable[[np.ndarray], np.ndarray]:
+    """The batch transform of a view: one of VIEWS or a corrupted view."""
+    if view in VIEWS:
+        return VIEWS[view]
+    if view.startswith(CORRUPTED) and view[len(CORRUPTED) :].isdigit():
+        return corruptions.RandomCorruption(spec, seed=int(view[len(CORRUPTED) :]))
+    choices = sorted(set(VIEWS) - {"identity"})
+    raise ValueError(f"unknown view {view!r}; choose from {choices} or {CORRUPTED}<n>")
 
 
 def _cache_key(arch: str, backend: str, rows: Sequence[ManifestRow], view: str = "identity") -> str:
+    if view.startswith(CORRUPTED):
+        view = f"{view}|{corruptions.VERSION}"
     prefix = f"{arch}|{backend}|" if view == "identity" else f"{arch}|{backend}|{view}|"
     digest = hashlib.sha256(prefix.encode())
     for r in rows:
@@ -108,8 +123,9 @@ def extract_features(
     view: str = "identity",
     on_done: Callable[[int], None] | None = None,
 ) -> PhotoFeatures:
-    """Features of `rows` (seen through one of VIEWS), cached under cache_dir by content hashes."""
+    """Features of `rows` (seen through a view), cached under cache_dir by content hashes."""
     rows = list(rows)
+    transform = view_transform(view, predictor.preprocessing)
     cache = None
     if cache_dir is not None:
         key = _cache_key(predictor.bundle.architecture, predictor.backend_name, rows, view)
@@ -127,7 +143,7 @@ def extract_features(
     keep = np.zeros(len(rows), dtype=bool)
     unreadable: list[tuple[Path, str]] = []
     outputs = predictor.run_files(
-        [r.path for r in rows], batch_size=batch_size, transform=VIEWS[view], on_done=on_done
+        [r.path for r in rows], batch_size=batch_size, transform=transform, on_done=on_done
     )
     for i, out in enumerate(outputs):
         if out.features is None:
@@ -244,13 +260,15 @@ def train_probe(
     seed: int = 0,
     command: str | None = None,
     augment_views: Sequence[str] = (),
+    augment_corruptions: int = 0,
     on_done: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Fit a linear head on frozen ImageNet features of the train rows and write a bundle.
 
     `augment_views` (names of VIEWS, e.g. "hflip") add the features of those views of the
-    train photos as further training samples; val and test are scored as served (one plain
-    view). C is chosen on val; the bundle records its training photos, its temperature
+    train photos as further training samples, and `augment_corruptions` that many randomly
+    corrupted views of each (fisheye.data.corruptions); val and test are scored as served
+    (one plain view). C is chosen on val; the bundle records its training photos, its temperature
     (fitted on val) and the grouped test figures (when there are test rows). Returns its
     metrics.
     """
@@ -259,6 +277,9 @@ def train_probe(
         raise ValueError(
             f"unknown view(s) {unknown}; choose from {sorted(set(VIEWS) - {'identity'})}"
         )
+    if augment_corruptions < 0:
+        raise ValueError(f"augment_corruptions must be 0 or more, got {augment_corruptions}")
+    views = [*augment_views, *(f"{CORRUPTED}{k}" for k in range(1, augment_corruptions + 1))]
     rows = list(rows)
     classes = sorted({r.label for r in rows})
     class_index = {c: i for i, c in enumerate(classes)}
@@ -266,8 +287,7 @@ def train_probe(
         predictor = imagenet_predictor(classes, arch, backend, work_dir=Path(work))
         feats = extract_features(predictor, rows, cache_dir=cache_dir, on_done=on_done)
         extra = [
-            extract_features(predictor, feats.rows, cache_dir=cache_dir, view=v)
-            for v in augment_views
+            extract_features(predictor, feats.rows, cache_dir=cache_dir, view=v) for v in views
         ]
         net = predictor.bundle.build_model()
         spec = predictor.preprocessing
@@ -311,6 +331,8 @@ def train_probe(
                 "backbone": f"{arch} ImageNet weights, frozen",
                 "head": "multinomial logistic regression on standardised pooled features",
                 "augment_views": list(augment_views),
+                "augment_corruptions": augment_corruptions,
+                "corruption_families": sorted(corruptions.FAMILIES) if augment_corruptions else [],
                 "c": head.c,
                 "val_acc_by_c": {str(k): round(v, 6) for k, v in val_by_c.items()},
                 "unreadable": [str(p) for p, _ in feats.unreadable],

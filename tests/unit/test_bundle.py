@@ -16,6 +16,8 @@ from fisheye.bundle import (
     CHECKSUM_FILE,
     WEIGHTS_FILE,
     BundleError,
+    git_commit,
+    git_dirty,
     load_bundle,
     save_bundle,
     sha256_file,
@@ -171,3 +173,24 @@ def test_files_changed_after_loading_are_refused(writable_tiny_bundle: Path) -> 
         bundle.build_model()
     with pytest.raises(BundleError, match="does not list"):
         bundle.read_file("model.pt")
+
+
+def test_provenance_says_whether_the_code_differed_from_its_commit(tmp_path: Path) -> None:
+    import subprocess
+
+    assert git_commit(tmp_path) is None and git_dirty(tmp_path) is None  # not a repository
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env |= {"GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, env=env, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("v1\n")
+    git("add", "train.py")
+    git("commit", "-qm", "v1")
+    assert git_commit(tmp_path) is not None and git_dirty(tmp_path) is False
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "train.py").write_text("v2\n")
+    assert git_dirty(tmp_path) is True

@@ -9,8 +9,11 @@ from sklearn.metrics import f1_score
 from fisheye.bundle import load_bundle, update_meta
 from fisheye.inference.backend import softmax
 from fisheye.inference.calibration import (
+    MAX_SHIFT_FACTOR,
+    ShiftTemperature,
     estimated_accuracy,
     expected_calibration_error,
+    fit_shift_temperature,
     fit_temperature,
     negative_log_likelihood,
     reliability_bins,
@@ -109,3 +112,57 @@ def test_an_error_free_score_still_gets_an_interval():
     assert scores["acc"].value == 1.0 and scores["acc"].high == 1.0
     assert scores["acc"].low == pytest.approx(0.025 ** (1 / 3))
     assert scores["macro_f1"].low == pytest.approx(0.025 ** (1 / 3))
+
+
+def _shifted_sample(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Photos whose true temperature grows with their distance: exp(0.8 * excess log score).
+
+    Returns probabilities at temperature 1, labels drawn from the true probabilities, and
+    OOD scores (reference log score 0: half the photos typical, half up to e^3 further).
+    """
+    rng = np.random.default_rng(seed)
+    excess = np.where(rng.random(n) < 0.5, 0.0, rng.uniform(0.0, 3.0, n))
+    scores = np.exp(excess - rng.uniform(0.0, 1.0, n) * (excess == 0))
+    z = rng.normal(scale=4.0, size=(n, 5))
+    p_true = softmax(z / np.exp(0.8 * excess)[:, None]).astype(np.float64)
+    labels = np.minimum((rng.random((n, 1)) > p_true.cumsum(axis=1)).sum(axis=1), 4)
+    return softmax(z), labels, scores
+
+
+def test_shift_temperature_recovers_how_confidence_should_fall_with_distance():
+    probs, labels, scores = _shifted_sample(6000)
+    shift = fit_shift_temperature(probs, labels, scores, reference=0.0)
+    assert shift.slope == pytest.approx(0.8, abs=0.15)
+    assert abs(shift.offset) < 0.15
+    # Far photos: one temperature overstates their accuracy; the shift temperature does not.
+    far = np.log(scores) > 1.5
+    correct = probs.argmax(1) == labels
+    plain = rescale(probs, fit_temperature(probs, labels))[far].max(1).mean()
+    shifted = shift.apply(probs, scores)[far].max(1).mean()
+    truth = correct[far].mean()
+    assert plain - truth > 0.03
+    assert abs(shifted - truth) < 0.02
+
+
+def test_shift_temperature_stays_flat_when_distance_says_nothing():
+    probs, labels = _sample(4000, true_t=2.0)
+    scores = np.exp(np.random.default_rng(5).uniform(-1.0, 3.0, len(labels)))
+    shift = fit_shift_temperature(probs, labels, scores, reference=0.0)
+    assert shift.slope <= 0.1
+    assert np.exp(shift.offset) == pytest.approx(fit_temperature(probs, labels), rel=0.1)
+
+
+def test_shift_temperature_factors_keep_the_ranking_and_soften_far_photos():
+    shift = ShiftTemperature(slope=1.0, offset=0.0, reference=np.log(10.0))
+    scores = np.array([1.0, 10.0, 100.0, np.inf])
+    factors = shift.factors(scores)
+    np.testing.assert_allclose(factors[:3], [1.0, 1.0, 10.0], rtol=1e-6)
+    assert factors[3] == MAX_SHIFT_FACTOR
+    probs = softmax(np.array([[4.0, 1.0, 0.0]] * 4))
+    out = shift.apply(probs, scores)
+    assert (out.argmax(1) == 0).all()
+    np.testing.assert_allclose(out[:2], probs[:2], rtol=1e-5)
+    assert out[2, 0] < probs[2, 0] and out[3, 0] < out[2, 0]
+    assert ShiftTemperature.from_json(shift.to_json()) == shift
+    with pytest.raises(ValueError, match="labelled photos"):
+        fit_shift_temperature(probs[:0], labels=np.zeros(0), ood_scores=scores[:0], reference=0.0)

@@ -134,3 +134,37 @@ def test_a_reference_of_another_backend_is_used_with_a_warning(
     monitor = load_monitor(load_bundle(fitted), backend="onnx-int8")  # only torch's exists
     assert monitor is not None and monitor.backend == "torch" and not monitor.matches_backend
     assert "no drift reference for the onnx-int8 backend" in caplog.text
+
+
+def test_drift_fit_with_labelled_val_photos_fits_the_shift_temperature(
+    tmp_path: Path, synthetic_dataset: Path
+) -> None:
+    import numpy as np
+
+    from fisheye.inference.predictor import Predictor
+    from tests.helpers.bundles import class_folders, make_bundle
+
+    # A bundle of the synthetic set's own classes, so its val photos are labelled.
+    bundle = make_bundle(tmp_path / "bundle", class_folders(synthetic_dataset))
+    args = ["drift", "fit", "--model", str(bundle), "--data", str(synthetic_dataset)]
+    res = runner.invoke(app, [*args, "--val", str(synthetic_dataset), "--shifted-views", "2"])
+    assert res.exit_code == 0, res.output
+    assert "shift temperature fitted on" in res.output
+    entry = json.loads((bundle / "bundle.json").read_text())["files"][DRIFT_FILE]
+    assert set(entry["shift_temperature"]) == {"slope", "offset", "reference"}
+    assert entry["fitted"]["shift_temperature_views"] == 2
+    # Served confidences are the plain calibrated ones, softened by each photo's factor.
+    predictor, monitor = load_predictor(bundle)
+    assert monitor is not None and predictor.shift_temperature == monitor.shift_temperature
+    plain = Predictor(load_bundle(bundle), backend="torch")
+    photos = sorted(synthetic_dataset.rglob("*.png"))[:8]
+    batch = np.stack([plain.prepare(p) for p in photos])
+    served = predictor.infer(batch)
+    expected = monitor.shift_temperature.apply(plain.infer(batch).probabilities, served.ood_scores)
+    np.testing.assert_allclose(served.probabilities, expected, atol=1e-5)
+
+    res = runner.invoke(app, [*args, "--val", str(synthetic_dataset), "--shifted-views", "0"])
+    assert res.exit_code == 0, res.output
+    entry = json.loads((bundle / "bundle.json").read_text())["files"][DRIFT_FILE]
+    assert entry["shift_temperature"] is None
+    assert load_predictor(bundle)[0].shift_temperature is None

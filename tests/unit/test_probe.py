@@ -48,12 +48,20 @@ def test_probe_writes_a_recorded_calibrated_bundle(tmp_path, synthetic_dataset):
     rows = load_dataset_rows(synthetic_dataset, 0.25, 0.25, seed=0)
     out = tmp_path / "probe"
     metrics = train_probe(
-        rows, synthetic_dataset, out, backend="torch", name="probe-test", augment_views=["hflip"]
+        rows,
+        synthetic_dataset,
+        out,
+        backend="torch",
+        name="probe-test",
+        augment_views=["hflip"],
+        augment_corruptions=1,
     )
     bundle = load_bundle(out)
     assert bundle.name == "probe-test"
     assert bundle.meta["training"]["recipe"] == "linear_probe"
     assert bundle.meta["training"]["augment_views"] == ["hflip"]
+    assert bundle.meta["training"]["augment_corruptions"] == 1
+    assert "motion_blur" in bundle.meta["training"]["corruption_families"]
     recorded = read_training_manifest(bundle.read_file(TRAINING_MANIFEST_NAME).decode())
     assert {r.split for r in recorded} == {"train", "val", "test"}
     assert bundle.temperature > 0
@@ -76,3 +84,9 @@ def test_probe_refuses_an_unknown_view(tmp_path, synthetic_dataset):
     rows = load_dataset_rows(synthetic_dataset, 0.25, 0.25, seed=0)
     with pytest.raises(ValueError, match="unknown view"):
         train_probe(rows, synthetic_dataset, tmp_path / "b", augment_views=["sideways"])
+
+
+def test_probe_refuses_a_negative_number_of_corrupted_views(tmp_path, synthetic_dataset):
+    rows = load_dataset_rows(synthetic_dataset, 0.25, 0.25, seed=0)
+    with pytest.raises(ValueError, match="augment_corruptions"):
+        train_probe(rows, synthetic_dataset, tmp_path / "b", augment_corruptions=-1)

@@ -159,6 +159,15 @@ def fit(
         float,
         typer.Option("--false-alarm-rate", min=0.001, max=0.5, help="OOD false alarms on val."),
     ] = DEFAULTS.false_alarm_rate,
+    shifted_views: Annotated[
+        int,
+        typer.Option(
+            "--shifted-views",
+            min=0,
+            help="Randomly corrupted views of each val photo that the shift temperature is "
+            "fitted on (0: no shift temperature; confidences then ignore the OOD score).",
+        ),
+    ] = DEFAULTS.shifted_views,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the sample.")] = DEFAULTS.seed,
     backend: Annotated[
         str,
@@ -186,12 +195,18 @@ def fit(
         backends = reference_backends(meta) if backend == ALL else [resolve(meta, backend)]
     except (BundleError, OSError, ValueError) as exc:
         raise fail(err, f"cannot fit a drift reference for {bundle_dir}: {exc}") from None
-    options = FitOptions(sample, reference_size, false_alarm_rate, seed)
+    options = FitOptions(
+        sample=sample,
+        reference_size=reference_size,
+        false_alarm_rate=false_alarm_rate,
+        shifted_views=shifted_views,
+        seed=seed,
+    )
     for name in backends:
         predictor, _ = load_predictor_or_exit(err, bundle_dir, backend=name, monitored=False)
         try:
             train, val_items = reference_photos(data, val, predictor.classes)
-            total = min(options.sample, len(train)) + len(val_items or [])
+            total = min(options.sample, len(train)) + len(val_items or []) * (1 + shifted_views)
             with RichProgress(err).task(f"extracting {name} features", total) as advance:
                 monitor = fit_bundle(
                     predictor, train, val_items, options, data=str(data), on_done=advance

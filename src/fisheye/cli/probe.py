@@ -50,6 +50,15 @@ def probe(
             "(repeatable; one more feature pass each).",
         ),
     ] = None,
+    augment_corruptions: Annotated[
+        int,
+        typer.Option(
+            "--augment-corruptions",
+            min=0,
+            help="Also train on this many randomly corrupted views of each train photo "
+            "(noise, pixelation, low contrast, motion blur, colour; one more feature pass each).",
+        ),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Train a linear probe: frozen ImageNet backbone, logistic-regression head (C chosen on val).
@@ -73,7 +82,8 @@ def probe(
         rows = load_dataset_rows(
             data, val_fraction, test_fraction, seed, progress=progress, resplit=resplit
         )
-        with progress.task("extracting features", len(rows)) as advance:
+        passes = 1 + len(augment_view or []) + augment_corruptions
+        with progress.task("extracting features", len(rows) * passes) as advance:
             metrics = train_probe(
                 rows,
                 data,
@@ -84,6 +94,7 @@ def probe(
                 cache_dir=cache,
                 command=" ".join(["fisheye probe", *sys.argv[2:]]),
                 augment_views=augment_view or [],
+                augment_corruptions=augment_corruptions,
                 on_done=advance,
             )
     except (ValueError, OSError) as exc:

@@ -4,6 +4,12 @@ A model's probabilities are softmax(logits / T); T is fitted on validation photo
 minimising their negative log-likelihood and stored in bundle.json, and every backend
 applies it. Because log(softmax(z)) = z - const, probabilities already computed at one
 temperature can be rescaled to another exactly, so fitting needs no access to the logits.
+
+One temperature fits the photos it was fitted on; on degraded photos (noise, blur, a dark
+camera) a model stays confident while its accuracy falls. `ShiftTemperature` raises the
+temperature of each photo with its distance from the training photos (its OOD score), by
+an amount fitted on validation photos both clean and corrupted (density-aware calibration,
+in the spirit of Tomani et al., ICML 2023).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ def rescale(probs: np.ndarray, temperature: float) -> np.ndarray:
     return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _nll(log_p: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    z = log_p / temperature
+def _nll(log_p: np.ndarray, labels: np.ndarray, temperature: float | np.ndarray) -> float:
+    """Mean NLL at one temperature, or at one per row."""
+    z = log_p / np.reshape(temperature, (-1, 1))
     z = z - z.max(axis=1, keepdims=True)
     lse = np.log(np.exp(z).sum(axis=1))
     return float(np.mean(lse - z[np.arange(len(labels)), labels]))
@@ -46,20 +53,98 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         raise ValueError("fitting a temperature needs at least one labelled photo")
     log_p = _log_probs(probs)
-    lo, hi = np.log(T_MIN), np.log(T_MAX)
+    log_t = _golden_min(lambda t: _nll(log_p, labels, np.exp(t)), np.log(T_MIN), np.log(T_MAX))
+    return float(np.exp(log_t))
+
+
+def _golden_min(f, low: float, high: float, tol: float = 1e-5) -> float:
+    """The minimiser of a unimodal f on [low, high] (golden-section search)."""
+    lo, hi = low, high
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = _nll(log_p, labels, np.exp(a)), _nll(log_p, labels, np.exp(b))
-    while hi - lo > 1e-5:
+    fa, fb = f(a), f(b)
+    while hi - lo > tol:
         if fa <= fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)
-            fa = _nll(log_p, labels, np.exp(a))
+            fa = f(a)
         else:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
-            fb = _nll(log_p, labels, np.exp(b))
-    return float(np.exp((lo + hi) / 2.0))
+            fb = f(b)
+    return float((lo + hi) / 2.0)
+
+
+# The slopes tried when fitting a ShiftTemperature (per unit of log OOD score).
+SHIFT_SLOPES = np.linspace(0.0, 3.0, 61)
+# No photo is softened beyond this factor (a photo with non-finite features: uniform anyway).
+MAX_SHIFT_FACTOR = 100.0
+
+
+@dataclass(frozen=True)
+class ShiftTemperature:
+    """A per-photo temperature factor exp(offset + slope * max(0, log score - reference)).
+
+    `score` is the photo's OOD score (squared Mahalanobis distance to the nearest class
+    mean), `reference` the median log score of clean validation photos: photos as typical
+    as the training photos keep factor exp(offset), and the factor grows with distance.
+    """
+
+    slope: float
+    offset: float
+    reference: float
+
+    def factors(self, ood_scores: np.ndarray) -> np.ndarray:
+        """The temperature factor of each photo (>= exp(offset); capped)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            excess = np.maximum(np.log(np.asarray(ood_scores, np.float64)) - self.reference, 0.0)
+        excess = np.nan_to_num(excess, nan=0.0, posinf=np.inf)
+        with np.errstate(over="ignore"):
+            return np.minimum(np.exp(self.offset + self.slope * excess), MAX_SHIFT_FACTOR)
+
+    def apply(self, probs: np.ndarray, ood_scores: np.ndarray) -> np.ndarray:
+        """Probabilities with each photo's temperature multiplied by its factor."""
+        z = _log_probs(probs) / self.factors(ood_scores)[:, None]
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def to_json(self) -> dict[str, float]:
+        return {"slope": self.slope, "offset": self.offset, "reference": self.reference}
+
+    @classmethod
+    def from_json(cls, d: dict[str, float]) -> ShiftTemperature:
+        return cls(float(d["slope"]), float(d["offset"]), float(d["reference"]))
+
+
+def fit_shift_temperature(
+    probs: np.ndarray, labels: np.ndarray, ood_scores: np.ndarray, reference: float
+) -> ShiftTemperature:
+    """The slope and offset that minimise the NLL of `labels` (photos clean and shifted).
+
+    `probs` are the calibrated probabilities, `ood_scores` the photos' OOD scores and
+    `reference` the median log score of clean validation photos. For each slope on a grid
+    the offset is found by golden-section search.
+    """
+    labels = np.asarray(labels, dtype=int)
+    if len(labels) == 0:
+        raise ValueError("fitting a shift temperature needs labelled photos")
+    log_p = _log_probs(probs)
+    with np.errstate(divide="ignore"):
+        excess = np.maximum(np.log(np.asarray(ood_scores, np.float64)) - reference, 0.0)
+    keep = np.isfinite(excess)
+    log_p, labels, excess = log_p[keep], labels[keep], excess[keep]
+    best: tuple[float, float, float] | None = None
+    for slope in SHIFT_SLOPES:
+
+        def nll(offset: float, slope: float = float(slope)) -> float:
+            return _nll(log_p, labels, np.exp(offset + slope * excess))
+
+        offset = _golden_min(nll, -2.0, 2.0)
+        value = nll(offset)
+        if best is None or value < best[0]:
+            best = (value, float(slope), offset)
+    assert best is not None
+    return ShiftTemperature(slope=best[1], offset=best[2], reference=float(reference))
 
 
 def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -7,7 +7,7 @@ drift reference fit and the accuracy measurements of export and bench all go thr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +24,7 @@ from fisheye.data.images import (
 from fisheye.data.preprocess import Preprocessing, preprocess
 from fisheye.data.storage import PhotoRef, as_ref
 from fisheye.inference.backend import Backend, InferenceOutput
+from fisheye.inference.calibration import ShiftTemperature
 from fisheye.inference.registry import AUTO, create_backend
 
 __all__ = [
@@ -125,7 +126,9 @@ class Predictor:
 
     `backend` is a registry name ("torch", "onnx", "onnx-int8"), "auto" (the fastest
     exported backend whose recorded accuracy is within 0.5 points of fp32), or a built
-    Backend. `ood` (from `fisheye.monitoring`) adds an OOD score and verdict to every output.
+    Backend. `ood` (from `fisheye.monitoring`) adds an OOD score and verdict to every output,
+    and `shift_temperature` then softens each photo's probabilities by its distance from the
+    training photos (calibrated confidence on degraded photos too).
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class Predictor:
         spinning: bool = True,
         batch_threads: int | None = None,
         ood: FeatureScorer | None = None,
+        shift_temperature: ShiftTemperature | None = None,
     ):
         self.bundle = bundle
         self.classes = bundle.classes
@@ -148,6 +152,7 @@ class Predictor:
         self.max_pixels = max_pixels
         self.max_decode_bytes = max_decode_bytes
         self.ood = ood
+        self.shift_temperature = shift_temperature if ood is not None else None
         self.backend: Backend = (
             create_backend(
                 bundle, backend, threads=threads, spinning=spinning, batch_threads=batch_threads
@@ -206,7 +211,12 @@ class Predictor:
         """One model call on a preprocessed (N, 3, H, W) batch, with OOD scores if scored."""
         out = self.backend.run(batch)
         if self.ood is not None:
-            out = out.with_ood_scores(self.ood.score(out.features))
+            scores = self.ood.score(out.features)
+            out = out.with_ood_scores(scores)
+            if self.shift_temperature is not None:
+                out = replace(
+                    out, probabilities=self.shift_temperature.apply(out.probabilities, scores)
+                )
         return out
 
     def prediction(

@@ -2,9 +2,11 @@
 
 `fit_bundle` runs a sample of training photos through the Predictor (one model call gives
 probabilities and penultimate features), fits the OOD scorer on them, calibrates its
-threshold on validation photos, and `save_reference` writes everything to one safetensors
-file recorded (with its sha256) in bundle.json. `load_predictor` builds a Predictor that
-scores every photo for OOD with the reference of its own backend.
+threshold on validation photos, fits the shift temperature on validation photos clean and
+randomly corrupted, and `save_reference` writes everything to one safetensors file
+recorded (with its sha256) in bundle.json. `load_predictor` builds a Predictor that scores
+every photo for OOD with the reference of its own backend and calibrates its confidence
+for that distance.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import numpy as np
 from safetensors.numpy import load, save_file
 
 from fisheye.bundle import Bundle, add_file, load_bundle
+from fisheye.data.corruptions import RandomCorruption
 from fisheye.data.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
 from fisheye.inference import registry
+from fisheye.inference.calibration import ShiftTemperature, fit_shift_temperature
 from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DEFAULT_ALPHA, DEFAULT_PERMUTATIONS, DriftDetector
 from fisheye.monitoring.ood import DEFAULT_COMPONENTS, DEFAULT_FALSE_ALARM_RATE, OODScorer
@@ -41,6 +45,7 @@ class FitOptions:
     sample: int = 1500  # training photos whose features fit the OOD scorer
     reference_size: int = 500  # of those, photos kept as the MMD reference
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE  # OOD threshold, on val photos
+    shifted_views: int = 3  # randomly corrupted views of each val photo (shift temperature)
     seed: int = 0
 
 
@@ -107,6 +112,7 @@ class Monitor:
     info: dict[str, Any] = field(default_factory=dict)
     backend: str = "torch"  # the feature family the reference was fitted on
     serving_backend: str | None = None  # the backend it is used with (None: not known)
+    shift_temperature: ShiftTemperature | None = None  # None: fitted without labelled val
 
     @property
     def matches_backend(self) -> bool:
@@ -122,6 +128,11 @@ class Monitor:
             f"{info['n_reference']} reference photos, OOD scorer fitted on {info['n_fit']}, "
             f"threshold {self.ood.threshold:.1f} ({info['calibration_false_alarm_rate']:.1%} "
             f"false alarms on {info['n_calibration']} {info['calibration']} photos)"
+            + (
+                ""
+                if self.shift_temperature is None
+                else f", shift temperature fitted on {info['shift_temperature_photos']} photos"
+            )
         )
 
     def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,10 +151,13 @@ def fit_monitor(
     n_components: int = DEFAULT_COMPONENTS,
     seed: int = 0,
     backend: str = "torch",
+    shifted: Sequence[Features] = (),
 ) -> Monitor:
     """Fit the drift reference and the OOD scorer; calibrate on val (or held-out train).
 
     `backend` is the backend whose features these are; the monitor records its family.
+    With labelled val photos, the shift temperature is fitted on them and on `shifted`
+    (corrupted views of the same photos).
     """
     x = train.features
     finite = np.isfinite(x).all(axis=1)
@@ -182,7 +196,37 @@ def fit_monitor(
         "calibration": calib_source,
         "calibration_false_alarm_rate": float(np.mean(calib_scores > ood.threshold)),
     }
-    return Monitor(drift, ood, info, registry.family(backend), backend)
+    shift = None
+    if val is not None and calib_source == "val" and shifted:
+        shift = _fit_shift(ood, [val, *shifted], index, info)
+    return Monitor(drift, ood, info, registry.family(backend), backend, shift)
+
+
+def _fit_shift(
+    ood: OODScorer, views: list[Features], index: dict[str, int], info: dict[str, Any]
+) -> ShiftTemperature | None:
+    """The shift temperature from labelled val photos (views[0] clean, the rest corrupted)."""
+    if any(lab not in index for v in views for lab in v.labels):
+        log.warning("val photos without a known class: no shift temperature fitted")
+        return None
+    clean = views[0]
+    reference = float(np.median(np.log(np.maximum(ood.score(clean.features), 1e-30))))
+    feats = np.concatenate([v.features for v in views])
+    shift = fit_shift_temperature(
+        np.concatenate([v.probabilities for v in views]),
+        np.array([index[lab] for v in views for lab in v.labels]),
+        ood.score(feats),
+        reference,
+    )
+    info["shift_temperature_photos"] = int(len(feats))
+    info["shift_temperature_views"] = len(views) - 1
+    log.info(
+        "shift temperature: factor exp(%.3f + %.3f * excess log OOD score), fitted on %d photos",
+        shift.offset,
+        shift.slope,
+        len(feats),
+    )
+    return shift
 
 
 def reference_file(backend: str) -> str:
@@ -242,6 +286,9 @@ def save_reference(
             "false_alarm_rate": ood.false_alarm_rate,
             "residual_variance": ood.residual_variance,
         },
+        shift_temperature=None
+        if monitor.shift_temperature is None
+        else monitor.shift_temperature.to_json(),
         fitted={**monitor.info, "data": data, "created": datetime.now(UTC).isoformat()},
     )
     log.info("drift reference written to %s (%.1f MB)", path, path.stat().st_size / 1e6)
@@ -302,7 +349,15 @@ def load_monitor(
         alpha=alpha or float(entry.get("alpha", DEFAULT_ALPHA)),
         class_prior=entry.get("class_prior"),
     )
-    return Monitor(drift, ood, dict(entry.get("fitted", {})), family, backend)
+    shift = entry.get("shift_temperature")
+    return Monitor(
+        drift,
+        ood,
+        dict(entry.get("fitted", {})),
+        family,
+        backend,
+        None if shift is None else ShiftTemperature.from_json(shift),
+    )
 
 
 def fit_bundle(
@@ -321,6 +376,14 @@ def fit_bundle(
     picked = sample(train_items, options.sample, options.seed)
     train = extract_features(predictor, picked, on_done=on_done)
     val = extract_features(predictor, list(val_items), on_done=on_done) if val_items else None
+    shifted = []
+    if val is not None and all(lab is not None for lab in val.labels):
+        readable = list(zip(val.paths, val.labels, strict=True))
+        for view in range(1, options.shifted_views + 1):
+            corrupt = RandomCorruption(predictor.preprocessing, seed=options.seed + view)
+            shifted.append(
+                extract_features(predictor, readable, transform=corrupt, on_done=on_done)
+            )
     dim = train.features.shape[1] if train.features.size else 0
     monitor = fit_monitor(
         train,
@@ -331,6 +394,7 @@ def fit_bundle(
         n_components=min(DEFAULT_COMPONENTS, max(1, dim - 1)),
         seed=options.seed,
         backend=predictor.backend_name,
+        shifted=shifted,
     )
     save_reference(predictor.bundle.path, monitor, data=data)
     return monitor
@@ -377,6 +441,7 @@ def load_predictor(
         spinning=spinning,
         batch_threads=batch_threads,
         ood=monitor.ood if monitor is not None else None,
+        shift_temperature=monitor.shift_temperature if monitor is not None else None,
     )
     predictor.verify()
     return predictor, monitor
