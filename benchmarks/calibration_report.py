@@ -7,7 +7,9 @@
 ../shared/data/fish-256 --out runs/fish-grouped --resplit --test-fraction 0.15`): its test
 photos are copies of source photos the model never saw. The bundle's backends apply its
 temperature; the uncalibrated probabilities are recovered exactly as softmax(log p * T).
-Prints accuracy, NLL and ECE (15 bins) at temperature 1 and at the fitted temperature.
+Prints accuracy, NLL and ECE (15 bins) at temperature 1, at the fitted temperature, and as
+served (the temperature and the bundle's shift temperature, which softens photos far from
+the training photos); the diagram shows temperature 1 against the served confidences.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from fisheye.inference.calibration import (
     rescale,
 )
 from fisheye.inference.predictor import Predictor
+from fisheye.monitoring.reference import load_predictor
 from fisheye.records import predict_rows
 
 
 def plot(before: np.ndarray, after: np.ndarray, labels: np.ndarray, path: Path, t: float) -> None:
-    """Reliability diagram: accuracy per confidence bin, before and after scaling."""
+    """Reliability diagram: accuracy per confidence bin, as trained and as served."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,7 +43,7 @@ def plot(before: np.ndarray, after: np.ndarray, labels: np.ndarray, path: Path, 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
     for ax, probs, title in (
         (axes[0], before, "temperature 1 (as trained)"),
-        (axes[1], after, f"temperature {t:.3f} (fitted on val)"),
+        (axes[1], after, f"served: temperature {t:.3f} and shift temperature"),
     ):
         bins = reliability_bins(probs, labels, ECE_BINS)
         centres = [(b.lower + b.upper) / 2 for b in bins if b.count]
@@ -90,18 +93,24 @@ def main() -> None:
         raise SystemExit(f"{args.data} has no {args.split} photos")
     predictor = Predictor(bundle, backend=args.backend)
     after, labels, _ = predict_rows(predictor, rows)
+    served_predictor, _ = load_predictor(args.model, backend=args.backend)
+    served, _, _ = predict_rows(served_predictor, rows)
     t = bundle.temperature
     before = rescale(after, 1.0 / t)
-    print(f"{len(labels)} {args.split} photos, backend {predictor.backend_name}, T = {t:.4f}")
+    print(
+        f"{len(labels)} {args.split} photos, backend {predictor.backend_name}, T = {t:.4f}, "
+        f"shift temperature {served_predictor.shift_temperature}"
+    )
     print(f"accuracy                {float((after.argmax(1) == labels).mean()):.4f}")
-    for name, probs in (("temperature 1", before), (f"temperature {t:.3f}", after)):
+    rows_out = (("temperature 1", before), (f"temperature {t:.3f}", after), ("served", served))
+    for name, probs in rows_out:
         print(
             f"{name:<22}  ECE {expected_calibration_error(probs, labels):.4f}  "
             f"NLL {negative_log_likelihood(probs, labels):.4f}  "
             f"mean confidence {float(probs.max(1).mean()):.4f}"
         )
     if args.plot:
-        plot(before, after, labels, args.plot, t)
+        plot(before, served, labels, args.plot, t)
         print(f"wrote {args.plot}")
 
 

@@ -114,3 +114,42 @@ def test_evaluate_exclude_seen_keeps_only_never_seen_groups(tmp_path: Path) -> N
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_served_confidence_follows_accuracy_on_degraded_photos() -> None:
+    """On noisy or blurred photos the shift temperature keeps the mean confidence near the
+    accuracy (the label-free estimate), where the temperature alone overstates it."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    from fisheye.data.labelled import labelled_paths
+    from fisheye.monitoring.reference import load_predictor
+
+    predictor, _ = load_predictor(DEFAULT_MODEL)
+    assert predictor.shift_temperature is not None
+    items = labelled_paths(VAL, predictor.classes)[::3]
+    labels = np.array([predictor.classes.index(label) for _, label in items])
+    rng = np.random.default_rng(0)
+
+    def noisy(img: Image.Image) -> Image.Image:
+        pixels = np.asarray(img, np.float32)
+        pixels = pixels + rng.normal(scale=0.16 * 255, size=pixels.shape)
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+    for degrade in (noisy, lambda img: img.filter(ImageFilter.GaussianBlur(2))):
+        batch = np.stack([predictor.prepare(degrade(predictor.decode(p))) for p, _ in items])
+        served = np.concatenate(
+            [predictor.infer(batch[i : i + 32]).probabilities for i in range(0, len(batch), 32)]
+        )
+        plain = np.concatenate(
+            [
+                predictor.backend.run(batch[i : i + 32]).probabilities
+                for i in range(0, len(batch), 32)
+            ]
+        )
+        accuracy = float((served.argmax(1) == labels).mean())
+        served_gap = float(served.max(1).mean()) - accuracy
+        plain_gap = float(plain.max(1).mean()) - accuracy
+        assert accuracy < 0.97  # the degradation is real
+        assert abs(served_gap) < 0.05, (accuracy, served_gap, plain_gap)
+        assert abs(served_gap) < plain_gap / 2, (accuracy, served_gap, plain_gap)
