@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from fisheye.bundle import load_bundle
-from fisheye.inference.predictor import Predictor
+from fisheye.monitoring.reference import load_predictor
 from tests.helpers.docker import (
     BuiltImage,
     build_image,
@@ -115,8 +115,9 @@ def test_serve_image_runs_read_only_and_stops_cleanly(serve_image: BuiltImage) -
         _wait_ready(url, name)
         assert docker("exec", name, "id", "-u").stdout.strip() == "10001"
 
-        # The container's answers are the host's for the same bundle and backend.
-        local = Predictor(load_bundle(require_default_model()), backend="onnx-int8")
+        # The container's answers are the host's for the same bundle and backend (monitored,
+        # as served: the shift temperature applies).
+        local, _ = load_predictor(require_default_model(), backend="onnx-int8")
         with httpx.Client(base_url=url, timeout=30) as client:
             for _, path in photos:
                 r = client.post(
