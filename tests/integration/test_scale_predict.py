@@ -1,4 +1,5 @@
-"""Batch prediction beyond one process: Ray Data on a real local Ray, photos in S3 (moto).
+"""Batch prediction beyond one process: Ray Data on a real local Ray, photos in S3 (moto)
+and in Google Cloud Storage (gcp-storage-emulator).
 
 A local Ray (2 CPUs, no dashboard) and moto's S3 server on 127.0.0.1 are started once for
 the module and stopped at its end. S3 is reached through the standard AWS variables
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from fisheye.cli import app
 from fisheye.data.manifest import manifest_hash, read_manifest
 from fisheye.inference.results import read_results
-from tests.helpers.emulators import Emulator, moto_s3
+from tests.helpers.emulators import Emulator, gcs_emulator, moto_s3
 from tests.helpers.photos import write_bad_files
 from tests.helpers.server import fisheye_command
 
@@ -191,3 +192,29 @@ def test_import_and_train_from_s3(s3: Emulator, synthetic_dataset: Path, tmp_pat
         app, ["data", "import", f"s3://{BUCKET}/nothing-here", "--out", str(tmp_path / "x")]
     )
     assert missing.exit_code == 2 and "no such object-storage prefix" in missing.stderr
+
+
+def test_photos_and_results_in_gcs(
+    photos: Path, synthetic_bundle: Path, local_labels, tmp_path: Path
+) -> None:
+    gcsfs = pytest.importorskip("gcsfs", reason="the GCS test needs the scale extra (gcsfs)")
+    with (
+        gcs_emulator(tmp_path, BUCKET) as emulator,
+        pytest.MonkeyPatch.context() as env,
+    ):
+        env.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+        gcsfs.GCSFileSystem.clear_instance_cache()
+        fs = gcsfs.GCSFileSystem()
+        fs.put(str(photos / "set") + "/", f"{BUCKET}/survey/set/", recursive=True)
+        fs.put(str(photos / "bad") + "/", f"{BUCKET}/survey/bad/", recursive=True)
+        inputs = [f"gs://{BUCKET}/survey/set", f"gs://{BUCKET}/survey/bad"]
+        expected = {k.removeprefix(str(photos)): v for k, v in local_labels.items()}
+        out = f"gs://{BUCKET}/results/local.jsonl"
+        model = ["-m", str(synthetic_bundle)]
+
+        result = _predict(*inputs, *model, "--out", out, "--rows-per-part", "16")
+        assert result.exit_code == 1, result.output  # the bad files
+        assert _labels(out, f"gs://{BUCKET}/survey") == expected
+        again = _predict(*inputs, *model, "--out", out, "--resume")
+        assert again.exit_code == 0 and f"({len(expected)} already there)" in again.stderr
+        gcsfs.GCSFileSystem.clear_instance_cache()
