@@ -68,3 +68,36 @@ def test_real_photo_shows_right_species(browser, tmp_path_factory: pytest.TempPa
         shutil.copyfile(shot, SCREENSHOT_COPY)
         assert label.inner_text() == species
         page.close()
+
+
+def test_page_asks_for_the_api_key_a_server_needs(
+    browser, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    photo = val_photos(per_class=1)[0][1]
+    with run_server(tiny_bundle, tmp_path, FISHEYE_API_KEYS="market-key-1") as srv:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto(srv.url)
+        page.wait_for_selector("#model-info:has-text('version')", timeout=30_000)
+        assert page.locator("#api-key-form").count() == 1
+        assert page.locator("#api-key-form").is_hidden()  # until the server asks for a key
+        page.set_input_files("#file-input", [str(photo)])
+        page.wait_for_selector("#status:has-text('0 of 1')", timeout=30_000)
+        assert "needs an API key" in page.locator(".card.failed .error").inner_text()
+        assert page.locator("#api-key-form").is_visible()
+
+        page.fill("#api-key", "wrong-key")
+        page.press("#api-key", "Enter")
+        assert page.locator("#api-key-form").is_hidden()
+        page.set_input_files("#file-input", [str(photo)])
+        page.wait_for_selector(".card.failed .error:has-text('not accepted')", timeout=30_000)
+        assert page.locator("#api-key-form").is_visible()
+
+        page.fill("#api-key", "market-key-1")
+        page.click("#api-key-form button")
+        page.set_input_files("#file-input", [str(photo)])
+        page.wait_for_selector(".card.done .result-label", timeout=30_000)
+        assert page.locator(".card.done .result-label").inner_text() in FISH_CLASSES
+        # The key stays in the tab (sessionStorage), never in the page's address or cookies.
+        assert page.evaluate("sessionStorage.getItem('fisheye-api-key')") == "market-key-1"
+        assert "market-key-1" not in page.url and not page.context.cookies()
+        page.close()

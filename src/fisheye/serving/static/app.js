@@ -7,6 +7,12 @@ const results = document.getElementById("results");
 const statusLine = document.getElementById("status");
 const modelInfo = document.getElementById("model-info");
 const template = document.getElementById("card-template");
+const keyForm = document.getElementById("api-key-form");
+const keyInput = document.getElementById("api-key");
+const keyHelp = document.getElementById("api-key-help");
+// A server started with FISHEYE_API_KEYS needs a key on every prediction. It is kept for this
+// tab only (sessionStorage) and sent as `Authorization: Bearer <key>`.
+const KEY_STORE = "fisheye-api-key";
 
 const FRIENDLY = {
   empty_file: "This file is empty.",
@@ -17,7 +23,25 @@ const FRIENDLY = {
   request_too_large: "This file is too large.",
   overloaded: "The server is busy. Please try again in a moment.",
   model_not_ready: "The model is still loading. Please try again in a moment.",
+  unauthorized: "This server needs an API key: enter it above, then add the photo again.",
+  forbidden: "The API key was not accepted: enter another above, then add the photo again.",
 };
+
+function askForKey(message) {
+  keyHelp.textContent = message;
+  keyForm.hidden = false;
+  keyInput.focus();
+}
+
+keyForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const key = keyInput.value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_STORE, key);
+  keyInput.value = "";
+  keyForm.hidden = true;
+  statusLine.textContent = "API key set for this tab. Add your photos again.";
+});
 
 async function loadModel() {
   try {
@@ -76,9 +100,16 @@ async function predictOne(file) {
   const form = new FormData();
   form.append("file", file, file.name);
   try {
-    const res = await fetch("/v1/predict", { method: "POST", body: form });
+    const key = sessionStorage.getItem(KEY_STORE);
+    const headers = key ? { Authorization: `Bearer ${key}` } : {};
+    const res = await fetch("/v1/predict", { method: "POST", body: form, headers });
     let data = null;
     try { data = await res.json(); } catch (_) { /* non-JSON body */ }
+    if (res.status === 401 || res.status === 403) {
+      if (res.status === 403) sessionStorage.removeItem(KEY_STORE);
+      askForKey(res.status === 401 ? "This server needs an API key. It is kept in this " +
+        "browser tab only." : "That API key was not accepted. Enter another.");
+    }
     if (!res.ok) {
       const friendly = data && FRIENDLY[data.error];
       showError(card, friendly || (data && data.detail) || `The server answered ${res.status}.`);
