@@ -209,12 +209,52 @@ def test_a_log_written_by_the_previous_schema_is_migrated(tmp_path: Path) -> Non
             ],
         )
         old.execute("INSERT INTO feedback VALUES ('id-0', ?, 'Shrimp')", (now,))
+        old.execute("INSERT INTO drift VALUES (?, 200, 0.01, 0.4, 0, 0, 0.05)", (now,))
     log = PredictionLog(db)
     log.start()
     try:
         s = log.summary(3600)
         assert s["predictions"] == 5 and s["counts"] == {"Trout": 5}
         assert s["feedback"] == {"count": 1, "accuracy": 0.0}
+        assert s["drift"]["tests"] == 1 and s["drift"]["latest"]["p_value"] == 0.4
+        assert s["challenger_drift"]["tests"] == 0
+    finally:
+        log.stop()
+
+
+def test_challenger_drift_tests_are_logged_apart_from_the_live_ones(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    from fisheye.monitoring.drift import DriftResult
+    from fisheye.monitoring.reference import load_predictor
+    from fisheye.serving.live_monitor import LiveMonitor
+    from fisheye.serving.metrics import Metrics
+    from fisheye.serving.settings import ServeSettings
+
+    log = PredictionLog(tmp_path / "log.sqlite")
+    log.start()
+    predictor, _ = load_predictor(tiny_bundle)
+    metrics = Metrics()
+    live = LiveMonitor(ServeSettings(), metrics, predictor, None, log)
+    challenger = LiveMonitor(ServeSettings(), metrics, predictor, None, log, role="challenger")
+    try:
+        live._on_drift(DriftResult(n=200, score=0.01, p_value=0.5, drift=False))
+        challenger._on_drift(DriftResult(n=200, score=0.2, p_value=0.001, drift=True))
+        challenger._on_drift(DriftResult(n=200, score=0.1, p_value=0.02, drift=False))
+        assert log.flush()
+        s = log.summary(3600)
+        # The live model's drift figures and alerts see only its own tests.
+        assert s["drift"]["tests"] == 1 and s["drift"]["drift_detected"] == 0
+        assert s["challenger_drift"] == {
+            "tests": 2,
+            "drift_detected": 1,
+            "min_p_value": 0.001,
+            "model_versions": [predictor.bundle.version],
+        }
+        with sqlite3.connect(tmp_path / "log.sqlite") as conn:
+            roles = conn.execute("SELECT role, model_version FROM drift ORDER BY ts").fetchall()
+        assert [r[0] for r in roles] == ["live", "challenger", "challenger"]
+        assert {r[1] for r in roles} == {predictor.bundle.version}
     finally:
         log.stop()
 

@@ -22,7 +22,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     id TEXT PRIMARY KEY,
@@ -90,7 +90,9 @@ CREATE TABLE IF NOT EXISTS drift (
     p_value REAL,
     p_value_is_bound INTEGER,
     drift INTEGER,
-    ood_fraction REAL
+    ood_fraction REAL,
+    role TEXT NOT NULL DEFAULT 'live',  -- live, or challenger (shadow or canary)
+    model_version TEXT
 );
 CREATE INDEX IF NOT EXISTS drift_ts ON drift (ts);
 -- What a shadow challenger answered for a logged prediction (docs/serving.md).
@@ -186,6 +188,10 @@ def _create_or_migrate(conn: sqlite3.Connection) -> None:
         old_feedback = [r[1] for r in conn.execute("PRAGMA table_info(feedback)")]
         if old_feedback and "correct" not in old_feedback:
             conn.execute("ALTER TABLE feedback RENAME TO feedback_v1")
+        old_drift = [r[1] for r in conn.execute("PRAGMA table_info(drift)")]
+        if old_drift and "role" not in old_drift:  # before challengers: every test was live
+            conn.execute("ALTER TABLE drift ADD COLUMN role TEXT NOT NULL DEFAULT 'live'")
+            conn.execute("ALTER TABLE drift ADD COLUMN model_version TEXT")
         conn.executescript(SCHEMA)
         if old_feedback and "correct" not in old_feedback:
             conn.execute(
@@ -310,9 +316,11 @@ class PredictionLog:
             with self._pending_lock:
                 self._pending.pop(row.id, None)
 
-    def record_drift(self, result: dict[str, Any]) -> None:
-        """Queue a drift-test result for the report."""
-        self._put(("drift", result, None))
+    def record_drift(
+        self, result: dict[str, Any], role: str = "live", model_version: str | None = None
+    ) -> None:
+        """Queue a drift-test result of the live model or of a challenger."""
+        self._put(("drift", {**result, "role": role, "model_version": model_version}, None))
 
     def record_shadow(self, row: ShadowRow) -> None:
         """Queue a shadow challenger's answer for a logged prediction."""
@@ -427,7 +435,8 @@ class PredictionLog:
             with conn:
                 insert_predictions(conn, [row for row, _ in rows])
                 conn.executemany(
-                    "INSERT INTO drift VALUES (?,?,?,?,?,?,?)",
+                    "INSERT INTO drift (ts, n, score, p_value, p_value_is_bound, drift, "
+                    "ood_fraction, role, model_version) VALUES (?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             d["computed_at"],
@@ -437,6 +446,8 @@ class PredictionLog:
                             int(d.get("p_value_is_bound", False)),
                             int(d["drift"]),
                             d.get("ood_fraction"),
+                            d.get("role", "live"),
+                            d.get("model_version"),
                         )
                         for d in drifts
                     ],
@@ -586,10 +597,15 @@ def summarize(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
     lat = _percentiles(latency, (50, 95, 99))
     drift_rows = conn.execute(
         "SELECT ts, n, score, p_value, p_value_is_bound, drift, ood_fraction FROM drift "
-        "WHERE ts >= ? ORDER BY ts",
+        "WHERE ts >= ? AND role = 'live' ORDER BY ts",
         (since,),
     ).fetchall()
     latest = drift_rows[-1] if drift_rows else None
+    challenger_rows = conn.execute(
+        "SELECT p_value, drift, model_version FROM drift "
+        "WHERE ts >= ? AND role = 'challenger' ORDER BY ts",
+        (since,),
+    ).fetchall()
     return {
         "predictions": int(n),
         "counts": {k: int(v) for k, v in counts.items()},
@@ -614,5 +630,11 @@ def summarize(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
                 "drift": bool(latest[5]),
                 "ood_fraction": latest[6],
             },
+        },
+        "challenger_drift": {
+            "tests": len(challenger_rows),
+            "drift_detected": sum(int(r[1]) for r in challenger_rows),
+            "min_p_value": min((r[0] for r in challenger_rows), default=None),
+            "model_versions": sorted({r[2] for r in challenger_rows if r[2]}),
         },
     }

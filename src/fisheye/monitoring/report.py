@@ -64,7 +64,7 @@ def write_report(db: Path, out_dir: Path, *, window_s: float | None = None) -> P
             (since,),
         ).fetchall()
         drift = conn.execute(
-            "SELECT ts, p_value FROM drift WHERE ts >= ? ORDER BY ts", (since,)
+            "SELECT ts, p_value FROM drift WHERE ts >= ? AND role = 'live' ORDER BY ts", (since,)
         ).fetchall()
         fb = conn.execute(
             "SELECT ts, correct FROM feedback WHERE prediction_ts >= ? ORDER BY ts",

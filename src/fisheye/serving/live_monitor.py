@@ -146,6 +146,9 @@ class LiveMonitor:
     def _on_drift(self, result: DriftResult) -> None:
         if self.role != "live":
             self.metrics.challenger_drift_p_value.set(result.p_value)
+            if self.log is not None:
+                version = self.predictor.bundle.version
+                self.log.record_drift(result.to_dict(), role="challenger", model_version=version)
             return
         self.metrics.drift_p_value.set(result.p_value)
         self.metrics.drift_alarm.set(int(result.alarm))
@@ -158,7 +161,7 @@ class LiveMonitor:
         self.metrics.drift_score.set(result.score)
         self.metrics.drift_tests.inc()
         if self.log is not None:
-            self.log.record_drift(result.to_dict())
+            self.log.record_drift(result.to_dict(), model_version=self.predictor.bundle.version)
 
     def drift_status(self) -> dict[str, Any]:
         """The latest drift result with its window, for GET /v1/monitoring/drift."""
