@@ -10,6 +10,8 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
+# Marks the build stage's cached image, so old ones can be pruned (tests/helpers/docker.py).
+LABEL org.fisheye.stage="serve-build"
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/fisheye

@@ -13,6 +13,8 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
+# Marks the build stage's cached image, so old ones can be pruned (tests/helpers/docker.py).
+LABEL org.fisheye.stage="train-build"
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -18,7 +18,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.docker import base_image, build_image, docker, report, require_compose
+from tests.helpers.docker import (
+    base_image,
+    build_image,
+    docker,
+    replacing,
+    report,
+    require_compose,
+)
 from tests.helpers.paths import DEPLOY, REPO_ROOT, require_default_model, val_photos
 from tests.helpers.server import free_port
 
@@ -41,7 +48,8 @@ def compose_stack(env: dict[str, str], *services: str) -> Iterator[list[str]]:
     """`docker compose up -d --build SERVICES` as a throwaway project; down -v afterwards."""
     cmd = ["compose", "-p", f"fisheye-test-{uuid.uuid4().hex[:8]}"]
     cmd += ["-f", str(REPO_ROOT / "docker-compose.yml")]
-    docker(*cmd, "up", "-d", "--build", *services, env=env, cwd=REPO_ROOT, timeout=1800)
+    with replacing(env.get("FISHEYE_IMAGE", "fisheye-serve:latest")):
+        docker(*cmd, "up", "-d", "--build", *services, env=env, cwd=REPO_ROOT, timeout=1800)
     try:
         yield cmd
     except BaseException:
