@@ -123,14 +123,21 @@ def test_ray_engine_resumes_what_it_began(
     assert _labels(out) == local_labels
 
 
+def _upload_survey(
+    fs, scheme: str, photos: Path, local_labels: dict[str, tuple]
+) -> tuple[list[str], dict[str, tuple]]:
+    """Copy the photos to BUCKET/survey; the input URLs and the labels expected for them."""
+    fs.put(str(photos / "set") + "/", f"{BUCKET}/survey/set/", recursive=True)
+    fs.put(str(photos / "bad") + "/", f"{BUCKET}/survey/bad/", recursive=True)
+    inputs = [f"{scheme}://{BUCKET}/survey/set", f"{scheme}://{BUCKET}/survey/bad"]
+    return inputs, {k.removeprefix(str(photos)): v for k, v in local_labels.items()}
+
+
 def test_photos_and_results_in_s3(
     s3: Emulator, cluster, photos: Path, synthetic_bundle: Path, local_labels
 ) -> None:
     fs = s3fs.S3FileSystem()
-    fs.put(str(photos / "set") + "/", f"{BUCKET}/survey/set/", recursive=True)
-    fs.put(str(photos / "bad") + "/", f"{BUCKET}/survey/bad/", recursive=True)
-    inputs = [f"s3://{BUCKET}/survey/set", f"s3://{BUCKET}/survey/bad"]
-    expected = {k.removeprefix(str(photos)): v for k, v in local_labels.items()}
+    inputs, expected = _upload_survey(fs, "s3", photos, local_labels)
     strip = f"s3://{BUCKET}/survey"
     model = ["-m", str(synthetic_bundle)]
 
@@ -204,11 +211,7 @@ def test_photos_and_results_in_gcs(
     ):
         env.setenv("STORAGE_EMULATOR_HOST", emulator.url)
         gcsfs.GCSFileSystem.clear_instance_cache()
-        fs = gcsfs.GCSFileSystem()
-        fs.put(str(photos / "set") + "/", f"{BUCKET}/survey/set/", recursive=True)
-        fs.put(str(photos / "bad") + "/", f"{BUCKET}/survey/bad/", recursive=True)
-        inputs = [f"gs://{BUCKET}/survey/set", f"gs://{BUCKET}/survey/bad"]
-        expected = {k.removeprefix(str(photos)): v for k, v in local_labels.items()}
+        inputs, expected = _upload_survey(gcsfs.GCSFileSystem(), "gs", photos, local_labels)
         out = f"gs://{BUCKET}/results/local.jsonl"
         model = ["-m", str(synthetic_bundle)]
 

@@ -28,9 +28,12 @@ def _log_probs(probs: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(np.asarray(probs, dtype=np.float64), _TINY))
 
 
-def rescale(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities softmax(z / T) from probabilities softmax(z) (same argmax)."""
-    z = _log_probs(probs) / temperature
+def rescale(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
+    """Probabilities softmax(z / T) from probabilities softmax(z) (same argmax).
+
+    `temperature` is one number, or one per row.
+    """
+    z = _log_probs(probs) / np.reshape(temperature, (-1, 1))
     z = np.exp(z - z.max(axis=1, keepdims=True))
     return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
@@ -104,9 +107,7 @@ class ShiftTemperature:
 
     def apply(self, probs: np.ndarray, ood_scores: np.ndarray) -> np.ndarray:
         """Probabilities with each photo's temperature multiplied by its factor."""
-        z = _log_probs(probs) / self.factors(ood_scores)[:, None]
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+        return rescale(probs, self.factors(ood_scores))
 
     def to_json(self) -> dict[str, float]:
         return {"slope": self.slope, "offset": self.offset, "reference": self.reference}

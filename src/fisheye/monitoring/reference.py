@@ -212,22 +212,22 @@ def _fit_shift(
     if any(lab not in index for v in views for lab in v.labels):
         log.warning("val photos without a known class: no shift temperature fitted")
         return None
-    clean = views[0]
-    reference = float(np.median(np.log(np.maximum(ood.score(clean.features), 1e-30))))
-    feats = np.concatenate([v.features for v in views])
+    scores = ood.score(np.concatenate([v.features for v in views]))
+    clean = scores[: len(views[0].features)]
+    reference = float(np.median(np.log(np.maximum(clean, 1e-30))))
     shift = fit_shift_temperature(
         np.concatenate([v.probabilities for v in views]),
         np.array([index[lab] for v in views for lab in v.labels]),
-        ood.score(feats),
+        scores,
         reference,
     )
-    info["shift_temperature_photos"] = int(len(feats))
+    info["shift_temperature_photos"] = int(len(scores))
     info["shift_temperature_views"] = len(views) - 1
     log.info(
         "shift temperature: factor exp(%.3f + %.3f * excess log OOD score), fitted on %d photos",
         shift.offset,
         shift.slope,
-        len(feats),
+        len(scores),
     )
     return shift
 
