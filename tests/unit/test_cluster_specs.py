@@ -95,7 +95,9 @@ def _stub(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def test_sbatch_script_starts_one_ddp_training_per_task(tmp_path: Path) -> None:
+# A long node list makes scontrol outlive a reader that stops at the first line.
+@pytest.mark.parametrize("extra_hosts", [0, 20000])
+def test_sbatch_script_starts_one_ddp_training_per_task(tmp_path: Path, extra_hosts: int) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     record = tmp_path / "srun.txt"
@@ -105,7 +107,12 @@ def test_sbatch_script_starts_one_ddp_training_per_task(tmp_path: Path) -> None:
         "srun",
         f'printf "%s\\n" "$@" > {record}; echo "MASTER=$MASTER_ADDR:$MASTER_PORT" >> {record}',
     )
-    _stub(bin_dir, "scontrol", 'printf "gpu-node-07\\ngpu-node-08\\ngpu-node-09\\n"')
+    _stub(
+        bin_dir,
+        "scontrol",
+        'printf "gpu-node-07\\ngpu-node-08\\ngpu-node-09\\n"; '
+        f'seq -f "gpu-node-%g" 10 {9 + extra_hosts}',
+    )
     env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "SLURM_JOB_ID": "4242",
