@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from fisheye.data.corruptions import FAMILIES, RandomCorruption
 from fisheye.data.preprocess import Preprocessing
+from fisheye.data.transforms import Augmentation, RandomCorrupt, train_transform
 from fisheye.probe import CORRUPTED, VIEWS, view_transform
 
 
@@ -55,3 +58,29 @@ def test_views_include_numbered_corrupted_views_and_refuse_unknown_ones():
     for bad in ("sideways", f"{CORRUPTED}x", CORRUPTED):
         with pytest.raises(ValueError, match="unknown view"):
             view_transform(bad, spec)
+
+
+def test_training_transform_corrupts_the_configured_share_reproducibly():
+    photo = torch.from_numpy(np.rint(_photos(1, 48)[0] * 255).astype(np.uint8))
+    assert RandomCorrupt(0.0)(photo) is photo
+
+    def outputs(p: float, seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        corrupt = RandomCorrupt(p)
+        return [corrupt(photo) for _ in range(200)]
+
+    always = outputs(1.0, 0)
+    assert all(o.dtype == torch.uint8 and o.shape == photo.shape for o in always)
+    assert all(not torch.equal(o, photo) for o in always)
+    assert all(torch.equal(a, b) for a, b in zip(always, outputs(1.0, 0), strict=True))
+    changed = sum(not torch.equal(o, photo) for o in outputs(0.5, 1))
+    assert 70 <= changed <= 130  # binomial(200, 0.5): outside this range p < 1e-4
+
+
+def test_train_transform_applies_the_configured_corruption():
+    steps = train_transform(Preprocessing(input_size=32), Augmentation(corruption=0.3)).transforms
+    corrupt = [s for s in steps if isinstance(s, RandomCorrupt)]
+    assert len(corrupt) == 1 and corrupt[0].p == 0.3
+    image = Image.fromarray(np.rint(_photos(1, 48)[0].transpose(1, 2, 0) * 255).astype(np.uint8))
+    full = train_transform(Preprocessing(input_size=32), Augmentation(corruption=1.0))(image)
+    assert full.shape == (3, 32, 32) and full.dtype == torch.float32

@@ -4,7 +4,8 @@ A model trained only on clean photos is confidently wrong on degraded ones, and 
 calibrated confidence overstates its accuracy exactly where a label-free estimate matters.
 `RandomCorruption` degrades each photo of a preprocessed batch with one family drawn at
 random, at a random severity, and mirrors half of them; `fisheye probe
---augment-corruptions N` adds N such views of every training photo.
+--augment-corruptions N` adds N such views of every training photo. `fisheye train` applies
+the same families to a share of its augmented photos (`data.augment.corruption`).
 
 The families (speckle and impulse noise, pixelation, low contrast, motion blur, colour
 saturation) are deliberately not the ones `benchmarks/label_free_estimate.py` measures
@@ -99,6 +100,13 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def corrupt(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(3, H, W) pixels in [0, 1] degraded by one family drawn at random, at a random severity."""
+    families = list(FAMILIES.values())
+    family = families[int(rng.integers(len(families)))]
+    return np.clip(family(pixels, rng), 0.0, 1.0)
+
+
 class RandomCorruption:
     """Maps a preprocessed (N, 3, H, W) batch to a corrupted one, reproducibly from `seed`.
 
@@ -112,14 +120,12 @@ class RandomCorruption:
         self.mean = np.asarray(preprocessing.mean, np.float32)[:, None, None]
         self.std = np.asarray(preprocessing.std, np.float32)[:, None, None]
         self.rng = np.random.default_rng(seed)
-        self.families = list(FAMILIES.values())
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = np.empty_like(batch)
         for i, x in enumerate(batch):
             pixels = x * self.std + self.mean
-            family = self.families[int(self.rng.integers(len(self.families)))]
-            pixels = np.clip(family(pixels, self.rng), 0.0, 1.0)
+            pixels = corrupt(pixels, self.rng)
             if self.rng.random() < 0.5:
                 pixels = pixels[..., ::-1]
             out[i] = (pixels - self.mean) / self.std

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from fisheye.data.corruptions import corrupt
 from fisheye.data.preprocess import Preprocessing
 
 
@@ -23,6 +25,25 @@ class Normalize(torch.nn.Module):
         return (batch_uint8.to(torch.float32) - self.mean) / self.std
 
 
+class RandomCorrupt(torch.nn.Module):
+    """With probability `p`, one `fisheye.data.corruptions` family on a uint8 (3, H, W) photo.
+
+    Its randomness comes from torch's generator, so Lightning's seeding of each data-loader
+    worker makes it reproducible.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, photo: torch.Tensor) -> torch.Tensor:
+        if self.p <= 0 or torch.rand(()).item() >= self.p:
+            return photo
+        rng = np.random.default_rng(int(torch.randint(2**62, ()).item()))
+        pixels = corrupt(photo.numpy().astype(np.float32) / 255.0, rng)
+        return torch.from_numpy(np.rint(pixels * 255.0).astype(np.uint8))
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """Training-time augmentation strengths (Hydra: data.augment)."""
@@ -35,10 +56,11 @@ class Augmentation:
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.02
+    corruption: float = 0.0  # share of photos degraded by one `fisheye.data.corruptions` family
 
 
 def train_transform(spec: Preprocessing, aug: Augmentation) -> v2.Compose:
-    """Random crop, flips, rotation and colour jitter, then the same normalisation as eval."""
+    """Random crop, flips, rotation, colour jitter and corruption, then eval's normalisation."""
     return v2.Compose(
         [
             v2.PILToTensor(),
@@ -47,6 +69,7 @@ def train_transform(spec: Preprocessing, aug: Augmentation) -> v2.Compose:
             v2.RandomVerticalFlip(aug.vflip),
             v2.RandomRotation(aug.rotation_degrees),
             v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue),
+            RandomCorrupt(aug.corruption),
             Normalize(spec),
         ]
     )
