@@ -14,8 +14,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from fisheye.bundle import save_bundle
+from fisheye.bundle import WEIGHTS_FILE, BundleError, load_bundle, save_bundle
 from fisheye.data.datamodule import FishDataModule
+from fisheye.data.manifest import TRAINING_MANIFEST_NAME, read_training_manifest
+from fisheye.data.seen import SEEN_SPLITS
+from fisheye.models.classifier import FishClassifier
 from fisheye.monitoring.reference import FitOptions, fit_bundle, load_predictor
 from fisheye.records import calibrate_and_score, record_training_photos
 from fisheye.tracking.runs import record_training_run
@@ -61,6 +64,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(
         cfg.model, num_classes=len(dm.classes), class_names=dm.classes, _convert_="all"
     )
+    init = _init_from_bundle(model, cfg.init_from, dm) if cfg.get("init_from") else None
     callbacks = _instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -107,6 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 # Spawned DDP workers do not report their loop state back to this process.
                 "epochs_trained": None if _spawned(trainer) else trainer.current_epoch,
                 "best_checkpoint": best,
+                "init_from": init,
             }
         },
     )
@@ -123,6 +128,40 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         classes=dm.classes,
     )
     return {"metrics": metrics, "bundle": str(bundle_dir)}
+
+
+def _init_from_bundle(model: FishClassifier, source: str, dm: FishDataModule) -> dict[str, Any]:
+    """Start from a bundle's weights, e.g. fine-tune a linear probe's network (LP-FT).
+
+    The bundle must have this run's architecture and classes, and must not have trained or
+    selected on a photo of this run's test split (its test figures would then be about
+    fish the model saw).
+    """
+    from safetensors.torch import load
+
+    bundle = load_bundle(Path(source))
+    if bundle.architecture != model.hparams.arch or bundle.classes != dm.classes:
+        raise ValueError(
+            f"init_from={source}: a {bundle.architecture} bundle for {bundle.classes}, but this "
+            f"run trains a {model.hparams.arch} for {dm.classes}"
+        )
+    if TRAINING_MANIFEST_NAME in bundle.meta["files"]:
+        recorded = read_training_manifest(bundle.read_file(TRAINING_MANIFEST_NAME).decode())
+        seen = {r.sha256 for r in recorded if r.split in SEEN_SPLITS}
+        leaked = sum(r.sha256 in seen for r in dm.splits.get("test", []))
+        if leaked:
+            raise ValueError(
+                f"init_from={source} trained or selected on {leaked} photos of this run's test "
+                "split; split the data as that bundle did (same data, fractions and seed)"
+            )
+    try:
+        model.net.load_state_dict(load(bundle.read_file(WEIGHTS_FILE)))
+    except RuntimeError as exc:
+        raise BundleError(
+            f"init_from={source}: its weights do not fit this network: {exc}"
+        ) from None
+    log.info("initialised from %s (%s %s)", source, bundle.name, bundle.version)
+    return {"path": str(source), "name": bundle.name, "version": bundle.version}
 
 
 def _fit_drift_reference(cfg: DictConfig, bundle_dir: Path, dm: FishDataModule) -> None:

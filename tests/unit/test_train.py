@@ -221,3 +221,33 @@ def test_partial_finetune_trains_only_the_top_of_the_backbone():
     assert params[0].grad is None and params[-1].grad is not None
     module.set_trainable_backbone(0.0)
     assert not any(p.requires_grad for p in params)
+
+
+def test_init_from_a_bundle_starts_from_its_weights_and_refuses_its_train_photos_as_test(
+    tmp_path, synthetic_dataset
+):
+    from safetensors.torch import load
+
+    split = ("data.test_fraction=0.25", "drift.enabled=false")
+    first = run(_cfg(tmp_path / "first", synthetic_dataset, "trainer.max_epochs=1", *split))
+    source = load_bundle(Path(first["bundle"]))
+    # No epoch: the bundle written is the network it started from.
+    cfg = _cfg(
+        tmp_path / "second", synthetic_dataset, "trainer.max_epochs=0",
+        f"init_from={first['bundle']}", *split,
+    )  # fmt: skip
+    second = load_bundle(Path(run(cfg)["bundle"]))
+    started, initial = (
+        load(second.read_file("model.safetensors")),
+        load(source.read_file("model.safetensors")),
+    )
+    assert started.keys() == initial.keys()
+    assert all(torch.equal(started[k], initial[k]) for k in started)
+    assert second.meta["training"]["init_from"]["version"] == source.version
+
+    # Another seed splits differently: the source bundle trained on some of the new test photos.
+    leaky = _cfg(
+        tmp_path / "third", synthetic_dataset, "seed=7", f"init_from={first['bundle']}", *split
+    )
+    with pytest.raises(ValueError, match="trained or selected on [0-9]+ photos of this run's test"):
+        run(leaky)
