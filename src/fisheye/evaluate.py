@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load
 
 from fisheye.bundle import Bundle
 from fisheye.data.labelled import LabelledDataError, LabelledPhoto, check_classes
 from fisheye.data.manifest import TRAINING_MANIFEST_NAME, ManifestError, read_training_manifest
 from fisheye.data.progress import NO_PROGRESS, Progress
-from fisheye.data.seen import SeenReport, exclude_seen
+from fisheye.data.seen import SEEN_DESCRIPTORS_NAME, SeenReport, exclude_seen
 from fisheye.inference.calibration import estimated_accuracy, expected_calibration_error
 from fisheye.inference.predictor import Predictor
 
@@ -57,8 +58,9 @@ def unseen_photos(
 ) -> SeenReport:
     """The rows whose near-duplicate group the bundle's model never saw in training or selection.
 
-    `seen_root` (default: the data root recorded in the bundle) is where the recorded training
-    photos are looked for; without them only identical files are recognised.
+    Uses the near-duplicate descriptors the bundle stores; a bundle without them needs its
+    recorded training photos under `seen_root` (default: the data root recorded in the
+    bundle), and without those only identical files are recognised.
     """
     if TRAINING_MANIFEST_NAME not in bundle.meta["files"]:
         raise EvaluationError(
@@ -70,7 +72,10 @@ def unseen_photos(
     except (ManifestError, UnicodeDecodeError) as exc:
         raise EvaluationError(f"cannot read the bundle's {TRAINING_MANIFEST_NAME}: {exc}") from None
     root = seen_root if seen_root is not None else recorded_data_root(bundle)
-    report = exclude_seen(list(rows), recorded, root, progress)
+    stored = None
+    if SEEN_DESCRIPTORS_NAME in bundle.meta["files"]:
+        stored = load(bundle.read_file(SEEN_DESCRIPTORS_NAME))["descriptors"]
+    report = exclude_seen(list(rows), recorded, root, progress, stored)
     for note in report.notes:
         log.warning("%s", note)
     return report

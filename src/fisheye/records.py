@@ -9,17 +9,22 @@ neither training nor model selection saw), with 95% intervals from a bootstrap o
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from fisheye.bundle import add_file, load_bundle, read_meta, update_meta
 from fisheye.data.manifest import (
     TRAINING_MANIFEST_NAME,
     ManifestRow,
     data_root_of,
+    read_training_manifest,
     write_training_manifest,
 )
+from fisheye.data.progress import NO_PROGRESS, Progress
+from fisheye.data.seen import SEEN_DESCRIPTORS_NAME, describe_seen
 from fisheye.inference.calibration import (
     expected_calibration_error,
     fit_temperature,
@@ -32,14 +37,35 @@ from fisheye.inference.scoring import grouped_scores
 log = logging.getLogger(__name__)
 
 
-def record_training_photos(bundle_dir: Path, rows: list[ManifestRow], root: Path) -> str:
-    """Store the training manifest (every photo of every split) in the bundle; its sha256."""
+def record_training_photos(
+    bundle_dir: Path, rows: list[ManifestRow], root: Path, progress: Progress = NO_PROGRESS
+) -> str:
+    """Store the training manifest (every photo of every split) and the near-duplicate
+    descriptors of its train and val photos in the bundle; returns the manifest's sha256."""
     data_root = data_root_of(root)
     write_training_manifest(rows, Path(bundle_dir) / TRAINING_MANIFEST_NAME, data_root)
     meta = add_file(bundle_dir, TRAINING_MANIFEST_NAME, kind="training_manifest")
     digest = meta["files"][TRAINING_MANIFEST_NAME]["sha256"]
     update_meta(bundle_dir, data={**meta.get("data", {}), "training_manifest_sha256": digest})
+    record_seen_descriptors(bundle_dir, data_root, progress)
     return digest
+
+
+def record_seen_descriptors(
+    bundle_dir: Path, data_root: Path, progress: Progress = NO_PROGRESS
+) -> None:
+    """Store the descriptors `fisheye evaluate --exclude-seen` matches new photos against,
+    so it needs no training photos (those of the training manifest's train and val rows)."""
+    manifest = (Path(bundle_dir) / TRAINING_MANIFEST_NAME).read_text(encoding="utf-8")
+    descriptors = describe_seen(read_training_manifest(manifest), data_root, progress)
+    tmp = Path(bundle_dir) / f".{SEEN_DESCRIPTORS_NAME}.tmp"
+    save_file({"descriptors": descriptors}, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors writes owner-only files; bundles are shared
+    tmp.replace(Path(bundle_dir) / SEEN_DESCRIPTORS_NAME)
+    add_file(bundle_dir, SEEN_DESCRIPTORS_NAME, kind="seen_descriptors")
+    unreadable = int(np.isnan(descriptors).any(axis=1).sum())
+    if unreadable:
+        log.warning("%d training photos could not be described for --exclude-seen", unreadable)
 
 
 def predict_rows(

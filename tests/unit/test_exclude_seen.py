@@ -13,7 +13,9 @@ from fisheye.bundle import add_file, load_bundle
 from fisheye.cli import app
 from fisheye.data.manifest import TRAINING_MANIFEST_NAME, write_training_manifest
 from fisheye.data.pipelines import load_labelled_folder
+from fisheye.data.seen import SEEN_DESCRIPTORS_NAME
 from fisheye.evaluate import EvaluationError, unseen_photos
+from fisheye.records import record_seen_descriptors
 from tests.helpers.bundles import copy_bundle
 from tests.helpers.photos import class_folders
 
@@ -59,6 +61,34 @@ def test_copies_of_seen_photos_are_excluded(recorded_bundle, synthetic_dataset, 
     assert report.method == "sha256+grouping"
     assert report.kept, "the held-out test sources must be kept"
     assert {_split_of(r.path) for r in report.kept} == {"test"}
+    assert len(report.kept) == sum(_split_of(r.path) == "test" for r in rows)
+    assert report.n_near_duplicates == len(rows) - len(report.kept)
+
+
+def _resized_jpeg_copies(src: Path, out: Path) -> Path:
+    """Every photo of `src` mirrored, at twice its size, as JPEG (another copy of the data)."""
+    from PIL import Image
+
+    for path in src.glob("*/*"):
+        if path.is_file():
+            target = out / path.parent.name / f"{path.stem}_big.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(path) as im:
+                big = im.convert("RGB").resize((im.width * 2, im.height * 2), Image.BICUBIC)
+                big.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target, quality=90)
+    return out
+
+
+def test_stored_descriptors_recognise_copies_without_the_training_photos(
+    recorded_bundle, synthetic_dataset, tmp_path
+):
+    record_seen_descriptors(recorded_bundle, synthetic_dataset)
+    bundle = load_bundle(recorded_bundle)
+    assert bundle.meta["files"][SEEN_DESCRIPTORS_NAME]["kind"] == "seen_descriptors"
+    rows = load_labelled_folder(_resized_jpeg_copies(synthetic_dataset, tmp_path / "new"))
+    report = unseen_photos(bundle, rows, tmp_path / "missing")
+    assert report.method == "sha256+descriptors" and report.n_same_bytes == 0
+    assert report.kept and {_split_of(r.path) for r in report.kept} == {"test"}
     assert len(report.kept) == sum(_split_of(r.path) == "test" for r in rows)
     assert report.n_near_duplicates == len(rows) - len(report.kept)
 

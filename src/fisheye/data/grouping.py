@@ -182,6 +182,16 @@ def group_near_duplicates(
     """Rows with `group` set so that copies of one source photo share it (never across classes)."""
     with progress.task("Grouping near-duplicates", len(rows)) as advance:
         descriptors = compute_descriptors([r.path for r in rows], frame_aspect, advance)
+    return group_descriptors(rows, descriptors, distance_threshold=distance_threshold)
+
+
+def group_descriptors(
+    rows: list[ManifestRow],
+    descriptors: Sequence[np.ndarray | None],
+    *,
+    distance_threshold: float = DEFAULT_DISTANCE_THRESHOLD,
+) -> list[ManifestRow]:
+    """`group_near_duplicates` on descriptors already computed (None: unreadable, own group)."""
     groups: list[str] = [""] * len(rows)
     for slug, idx in _classes(rows):
         ok = [i for i in idx if descriptors[i] is not None]
