@@ -54,8 +54,9 @@ def evaluate(
         Path | None,
         typer.Option(
             "--seen-root",
-            help="Folder the recorded training photos are under (default: the data root "
-            "recorded in the bundle). Without them only identical files are excluded.",
+            help="For bundles without stored descriptors: the folder the recorded training "
+            "photos are under (default: the data root recorded in the bundle). Without "
+            "them only identical files are excluded.",
         ),
     ] = None,
 ) -> None:
