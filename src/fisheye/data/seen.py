@@ -110,21 +110,10 @@ def exclude_seen(
                 f"the bundle's stored descriptors are for {len(stored)} photos, its manifest "
                 f"records {len(seen)} seen ones: ignored"
             )
-        known = _found(seen, seen_root)
-        report.n_recorded_found = len(known)
+        known = _found(seen, seen_root, report)
         if not known:
-            where = f" under {seen_root}" if seen_root is not None else ""
-            report.notes.append(
-                f"the recorded training photos were not found{where}: only photos with the "
-                "same bytes as a training photo were excluded, not rotated or flipped copies; "
-                "pass --seen-root with the folder the model was trained from"
-            )
             report.kept = fresh
             return report
-        if len(known) < len(seen):
-            report.notes.append(f"{len(seen) - len(known)} recorded training photos were not found")
-        report.method = "sha256+grouping"
-        report.seen_root = str(seen_root)
         with progress.task("Describing the training photos", len(known)) as advance:
             known_descriptors = compute_descriptors([r.path for r in known], on_done=advance)
 
@@ -141,9 +130,25 @@ def exclude_seen(
     return report
 
 
-def _found(seen: Sequence[RecordedPhoto], seen_root: Path | None) -> list[ManifestRow]:
+def _found(
+    seen: Sequence[RecordedPhoto], seen_root: Path | None, report: SeenReport
+) -> list[ManifestRow]:
     """The recorded photos that exist under `seen_root`, as rows with their full paths."""
-    if seen_root is None or not Path(seen_root).is_dir():
-        return []
-    paths = [(r, Path(seen_root) / r.path) for r in seen]
-    return [ManifestRow(p, r.label, r.split, r.sha256, 0, 0) for r, p in paths if p.is_file()]
+    found = []
+    if seen_root is not None and Path(seen_root).is_dir():
+        paths = [(r, Path(seen_root) / r.path) for r in seen]
+        found = [ManifestRow(p, r.label, r.split, r.sha256, 0, 0) for r, p in paths if p.is_file()]
+    report.n_recorded_found = len(found)
+    if not found:
+        where = f" under {seen_root}" if seen_root is not None else ""
+        report.notes.append(
+            f"the recorded training photos were not found{where}: only photos with the same "
+            "bytes as a training photo were excluded, not rotated or flipped copies; pass "
+            "--seen-root with the folder the model was trained from"
+        )
+    else:
+        report.method = "sha256+grouping"
+        report.seen_root = str(seen_root)
+        if len(found) < len(seen):
+            report.notes.append(f"{len(seen) - len(found)} recorded training photos were not found")
+    return found
