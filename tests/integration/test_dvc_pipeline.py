@@ -120,15 +120,10 @@ def test_stage_outputs(pipeline: tuple[DvcProject, str]) -> None:
         }
         for stage in ("train", "export", "model")
     }
-    assert kinds["train"] == {"weights", "training_manifest"}
-    assert kinds["export"] == {"weights", "training_manifest", "onnx", "onnx-int8"}
-    assert kinds["model"] == {
-        "weights",
-        "training_manifest",
-        "onnx",
-        "onnx-int8",
-        "drift_reference",
-    }
+    trained_kinds = {"weights", "training_manifest", "seen_descriptors"}
+    assert kinds["train"] == trained_kinds
+    assert kinds["export"] == trained_kinds | {"onnx", "onnx-int8"}
+    assert kinds["model"] == trained_kinds | {"onnx", "onnx-int8", "drift_reference"}
     trained = json.loads((root / "pipeline/train/bundle.json").read_text())
     assert trained["data"]["root"] == "pipeline/data/manifest.csv"
     # The finished bundle passes the same checks as any bundle a server loads.
