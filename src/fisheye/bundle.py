@@ -366,6 +366,22 @@ def update_meta(bundle_dir: Path, **sections: Any) -> dict[str, Any]:
     return meta
 
 
+def add_arrays(
+    bundle_dir: Path,
+    name: str,
+    arrays: dict[str, np.ndarray],
+    metadata: dict[str, str] | None = None,
+    **entry: Any,
+) -> dict[str, Any]:
+    """Write named arrays into the bundle as a safetensors file and record it (`add_file`)."""
+    bundle_dir = Path(bundle_dir)
+    tmp = bundle_dir / f".{name}.tmp"
+    save_file(arrays, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)  # safetensors writes owner-only files; bundles are shared
+    tmp.replace(bundle_dir / name)
+    return add_file(bundle_dir, name, **entry)
+
+
 def add_file(bundle_dir: Path, name: str, **entry: Any) -> dict[str, Any]:
     """Record an extra file (e.g. an exported model) in bundle.json with its hash."""
     bundle_dir = Path(bundle_dir)

@@ -9,13 +9,11 @@ neither training nor model selection saw), with 95% intervals from a bootstrap o
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
 
-from fisheye.bundle import add_file, load_bundle, read_meta, update_meta
+from fisheye.bundle import add_arrays, add_file, load_bundle, read_meta, update_meta
 from fisheye.data.manifest import (
     TRAINING_MANIFEST_NAME,
     ManifestRow,
@@ -58,11 +56,9 @@ def record_seen_descriptors(
     so it needs no training photos (those of the training manifest's train and val rows)."""
     manifest = (Path(bundle_dir) / TRAINING_MANIFEST_NAME).read_text(encoding="utf-8")
     descriptors = describe_seen(read_training_manifest(manifest), data_root, progress)
-    tmp = Path(bundle_dir) / f".{SEEN_DESCRIPTORS_NAME}.tmp"
-    save_file({"descriptors": descriptors}, str(tmp))
-    os.chmod(tmp, 0o644)  # safetensors writes owner-only files; bundles are shared
-    tmp.replace(Path(bundle_dir) / SEEN_DESCRIPTORS_NAME)
-    add_file(bundle_dir, SEEN_DESCRIPTORS_NAME, kind="seen_descriptors")
+    add_arrays(
+        bundle_dir, SEEN_DESCRIPTORS_NAME, {"descriptors": descriptors}, kind="seen_descriptors"
+    )
     unreadable = int(np.isnan(descriptors).any(axis=1).sum())
     if unreadable:
         log.warning("%d training photos could not be described for --exclude-seen", unreadable)

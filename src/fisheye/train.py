@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fisheye.bundle import WEIGHTS_FILE, BundleError, load_bundle, save_bundle
 from fisheye.data.datamodule import FishDataModule
 from fisheye.data.manifest import TRAINING_MANIFEST_NAME, read_training_manifest
-from fisheye.data.seen import SEEN_SPLITS
+from fisheye.data.seen import seen_photos
 from fisheye.models.classifier import FishClassifier
 from fisheye.monitoring.reference import FitOptions, fit_bundle, load_predictor
 from fisheye.records import calibrate_and_score, record_training_photos
@@ -147,7 +147,7 @@ def _init_from_bundle(model: FishClassifier, source: str, dm: FishDataModule) ->
         )
     if TRAINING_MANIFEST_NAME in bundle.meta["files"]:
         recorded = read_training_manifest(bundle.read_file(TRAINING_MANIFEST_NAME).decode())
-        seen = {r.sha256 for r in recorded if r.split in SEEN_SPLITS}
+        seen = {r.sha256 for r in seen_photos(recorded)}
         leaked = sum(r.sha256 in seen for r in dm.splits.get("test", []))
         if leaked:
             raise ValueError(

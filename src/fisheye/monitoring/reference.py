@@ -12,7 +12,6 @@ for that distance.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load, save_file
+from safetensors.numpy import load
 
-from fisheye.bundle import Bundle, add_file, load_bundle
+from fisheye.bundle import Bundle, add_arrays, load_bundle
 from fisheye.data.corruptions import RandomCorruption
 from fisheye.data.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
 from fisheye.inference import registry
@@ -267,13 +266,11 @@ def save_reference(
         "calibration_scores": np.ascontiguousarray(ood.calibration_scores, dtype=np.float32),
     }
     path = bundle_dir / file_name
-    tmp = bundle_dir / f".{file_name}.tmp"
-    save_file(arrays, str(tmp), metadata={"format": "np"})
-    os.chmod(tmp, 0o644)  # safetensors writes owner-only files; bundles are shared
-    tmp.replace(path)
-    add_file(
+    add_arrays(
         bundle_dir,
         file_name,
+        arrays,
+        {"format": "np"},
         kind=DRIFT_KIND,
         # Not `backend`: that key marks an exported model form (fisheye.inference.registry).
         features_backend=backend,
