@@ -41,16 +41,20 @@ def recorded_bundle(synthetic_bundle: Path, synthetic_dataset: Path, tmp_path: P
     return bundle
 
 
-def _flipped_copies(src: Path, out: Path) -> Path:
-    """Every photo of `src` mirrored (new bytes, same source photo)."""
+def _flipped_copies(src: Path, out: Path, *, suffix: str = "_flip.png", scale: int = 1) -> Path:
+    """Every photo of `src` mirrored (new bytes, same source photo), `scale` times its size,
+    saved as `suffix` says (".jpg": JPEG quality 90)."""
     from PIL import Image
 
     for path in src.glob("*/*"):
         if path.is_file():
-            target = out / path.parent.name / f"{path.stem}_flip.png"
+            target = out / path.parent.name / f"{path.stem}{suffix}"
             target.parent.mkdir(parents=True, exist_ok=True)
             with Image.open(path) as im:
-                im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target)
+                copy = im.convert("RGB").resize(
+                    (im.width * scale, im.height * scale), Image.BICUBIC
+                )
+                copy.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target, quality=90)
     return out
 
 
@@ -65,27 +69,15 @@ def test_copies_of_seen_photos_are_excluded(recorded_bundle, synthetic_dataset, 
     assert report.n_near_duplicates == len(rows) - len(report.kept)
 
 
-def _resized_jpeg_copies(src: Path, out: Path) -> Path:
-    """Every photo of `src` mirrored, at twice its size, as JPEG (another copy of the data)."""
-    from PIL import Image
-
-    for path in src.glob("*/*"):
-        if path.is_file():
-            target = out / path.parent.name / f"{path.stem}_big.jpg"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with Image.open(path) as im:
-                big = im.convert("RGB").resize((im.width * 2, im.height * 2), Image.BICUBIC)
-                big.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target, quality=90)
-    return out
-
-
 def test_stored_descriptors_recognise_copies_without_the_training_photos(
     recorded_bundle, synthetic_dataset, tmp_path
 ):
     record_seen_descriptors(recorded_bundle, synthetic_dataset)
     bundle = load_bundle(recorded_bundle)
     assert bundle.meta["files"][SEEN_DESCRIPTORS_NAME]["kind"] == "seen_descriptors"
-    rows = load_labelled_folder(_resized_jpeg_copies(synthetic_dataset, tmp_path / "new"))
+    # Twice the size, as JPEG: another copy of the data, no byte the same.
+    big = _flipped_copies(synthetic_dataset, tmp_path / "new", suffix="_big.jpg", scale=2)
+    rows = load_labelled_folder(big)
     report = unseen_photos(bundle, rows, tmp_path / "missing")
     assert report.method == "sha256+descriptors" and report.n_same_bytes == 0
     assert report.kept and {_split_of(r.path) for r in report.kept} == {"test"}
