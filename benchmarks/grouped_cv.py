@@ -1,6 +1,8 @@
 """Accuracy on never-seen fish over every source photo: grouped cross-validation of the probe.
 
-    python benchmarks/grouped_cv.py [--data ../shared/data/fish-256] [--folds 5] [--corrupted 2]
+    python -m benchmarks.grouped_cv [--data ../shared/data/fish-256] [--folds 5] [--corrupted 2]
+
+(from the repository root).
 
 The grouped test split of models/default holds 66 of the 424 near-duplicate groups, so its
 interval is wide. Here `fish-256` train and val are pooled and grouped as for the default
@@ -17,7 +19,6 @@ macro-F1 with 95% intervals from a bootstrap over all groups, and each fold's ac
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +26,9 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.model_selection import StratifiedGroupKFold
 
-from fisheye.cli.common import RichProgress
-from fisheye.data.pipelines import load_dataset_rows
+from benchmarks.probe_recipes import DEFAULT_DATA, pooled_features
 from fisheye.inference.scoring import grouped_scores
-from fisheye.probe import CORRUPTED, extract_features, imagenet_predictor, select_linear_head
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fish-256"
-CACHE = Path("runs/cache")
+from fisheye.probe import CORRUPTED, select_linear_head
 
 
 def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,22 +48,10 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
 
-    rows = load_dataset_rows(args.data, 0.15, 0.15, 42, progress=RichProgress(), resplit=True)
-    classes = sorted({r.label for r in rows})
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index[r.label] for r in rows])
-    groups = np.array([r.group for r in rows])
     corrupted = [f"{CORRUPTED}{k}" for k in range(1, args.corrupted + 1)]
     views = ["identity", "hflip", *corrupted]
-    feats: dict[str, np.ndarray] = {}
-    with tempfile.TemporaryDirectory() as work:
-        predictor = imagenet_predictor(classes, work_dir=Path(work))
-        for view in views:
-            with RichProgress().task(f"Features ({view})", len(rows), "photos") as advance:
-                got = extract_features(predictor, rows, cache_dir=CACHE, view=view, on_done=advance)
-            if len(got.rows) != len(rows):
-                raise SystemExit(f"{len(rows) - len(got.rows)} photos could not be read")
-            feats[view] = got.features
+    rows, classes, y, feats = pooled_features(args.data, views)
+    groups = np.array([r.group for r in rows])
     console.print(
         f"{len(rows)} photos of {len(set(groups))} groups, {args.folds} folds by group, "
         f"training views: {', '.join(views)}"

@@ -26,6 +26,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from fisheye.cli.common import RichProgress
 from fisheye.data.grouping import compute_descriptors
+from fisheye.data.manifest import ManifestRow
 from fisheye.data.pipelines import load_dataset_rows
 from fisheye.inference.calibration import expected_calibration_error, fit_temperature, rescale
 from fisheye.inference.scoring import grouped_scores
@@ -40,6 +41,27 @@ def l2(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def pooled_features(
+    data: Path, views: list[str]
+) -> tuple[list[ManifestRow], list[str], np.ndarray, dict[str, np.ndarray]]:
+    """The photos under `data` pooled, grouped and split as for models/default (70/15/15,
+    seed 42): rows, classes, class indices, and each view's features (cached)."""
+    rows = load_dataset_rows(data, 0.15, 0.15, 42, progress=RichProgress(), resplit=True)
+    classes = sorted({r.label for r in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[r.label] for r in rows])
+    feats: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryDirectory() as work:
+        predictor = imagenet_predictor(classes, work_dir=Path(work))
+        for view in views:
+            with RichProgress().task(f"Features ({view})", len(rows), "photos") as advance:
+                got = extract_features(predictor, rows, cache_dir=CACHE, view=view, on_done=advance)
+            if len(got.rows) != len(rows):
+                raise SystemExit(f"{len(rows) - len(got.rows)} photos could not be read")
+            feats[view] = got.features
+    return rows, classes, y, feats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -49,22 +71,11 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
 
-    rows = load_dataset_rows(args.data, 0.15, 0.15, 42, progress=RichProgress(), resplit=True)
-    classes = sorted({r.label for r in rows})
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index[r.label] for r in rows])
+    views = ["identity", *args.views]
+    rows, classes, y, feats = pooled_features(args.data, views)
     split = np.array([r.split for r in rows])
     tr, va, te = split == "train", split == "val", split == "test"
     groups = [r.group for r, t in zip(rows, te, strict=True) if t]
-    views = ["identity", *args.views]
-    feats: dict[str, np.ndarray] = {}
-    with tempfile.TemporaryDirectory() as work:
-        predictor = imagenet_predictor(classes, work_dir=Path(work))
-        for view in views:
-            got = extract_features(predictor, rows, cache_dir=CACHE, view=view)
-            if len(got.rows) != len(rows):
-                raise SystemExit(f"{len(rows) - len(got.rows)} photos could not be read")
-            feats[view] = got.features
     x = feats["identity"]
     console.print(
         f"{len(rows)} photos: train {tr.sum()}, val {va.sum()}, test {te.sum()} "
