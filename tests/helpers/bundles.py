@@ -97,3 +97,57 @@ def rewrite_meta(bundle_dir: Path, meta: dict | str) -> None:
     (bundle_dir / BUNDLE_JSON).write_text(text)
     digest = hashlib.sha256(text.encode()).hexdigest()
     (bundle_dir / CHECKSUM_FILE).write_text(f"{digest}  {BUNDLE_JSON}\n")
+
+
+# A CPU that no test machine is: the int8 export "was measured" there, so `auto` checks it.
+ELSEWHERE = {"machine": "x86_64", "isa": ["avx2"], "onnxruntime": "0.0.0", "cpu": "elsewhere"}
+
+
+def measured_elsewhere(bundle_dir: Path, backend: str = "onnx-int8") -> None:
+    """Record that `backend`'s export was measured on another CPU (so `auto` checks it here)."""
+    meta = json.loads((bundle_dir / BUNDLE_JSON).read_text())
+    for entry in meta["files"].values():
+        if entry.get("backend") == backend:
+            entry["measured_on"] = dict(ELSEWHERE)
+    rewrite_meta(bundle_dir, meta)
+
+
+def break_int8(bundle_dir: Path, factor: float = 4.0) -> None:
+    """Make the int8 export load and run but disagree with fp32, as saturating kernels would.
+
+    Every weight scale of the QDQ graph is multiplied by `factor`; the file's new hash is
+    recorded (with its other figures kept), so only its outputs give it away.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    meta = json.loads((bundle_dir / BUNDLE_JSON).read_text())
+    name = next(n for n, e in meta["files"].items() if e.get("backend") == "onnx-int8")
+    model = onnx.load(str(bundle_dir / name))
+    weight_scales = {
+        node.input[1]
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear" and node.input[0].endswith("_quantized")
+    }
+    for init in model.graph.initializer:
+        if init.name in weight_scales:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * factor, init.name))
+    onnx.save(model, str(bundle_dir / name))
+    data = (bundle_dir / name).read_bytes()
+    meta["files"][name].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    rewrite_meta(bundle_dir, meta)
+
+
+def int8_first(bundle_dir: Path) -> None:
+    """Record figures that make int8 `auto`'s first choice, as on the real model.
+
+    A tiny model's measured latencies are noise (its int8 graph is not faster than fp32), so
+    tests of what `auto` does with int8 fix them: int8 as accurate as fp32 and faster.
+    """
+    meta = json.loads((bundle_dir / BUNDLE_JSON).read_text())
+    for entry in meta["files"].values():
+        if entry.get("backend") in ("onnx", "onnx-int8"):
+            fast = entry["backend"] == "onnx-int8"
+            entry.update(accuracy=1.0, reference_accuracy=1.0, reference_latency_ms=10.0)
+            entry["latency_ms"] = 1.0 if fast else 2.0
+    rewrite_meta(bundle_dir, meta)

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from fisheye.bundle import BUNDLE_JSON, BundleError, load_bundle
+from fisheye.data.files import collect_image_paths
 from fisheye.inference.measure import LabelledSet, accuracy, load_labelled_set, preprocessed
 from fisheye.inference.predictor import Predictor
 from fisheye.inference.registry import EXPORTED, exported_entries, select_backend
-from tests.helpers.bundles import copy_bundle
-from tests.helpers.paths import DEFAULT_MODEL, VAL
+from fisheye.monitoring.drift_check import check_photos
+from fisheye.monitoring.reference import load_predictor
+from tests.helpers.bundles import copy_bundle, measured_elsewhere
+from tests.helpers.paths import DEFAULT_MODEL, OOD_PHOTOS, VAL
 
 pytestmark = pytest.mark.integration
 
@@ -52,13 +55,43 @@ def test_onnx_matches_eager_on_real_photos(real_set: LabelledSet) -> None:
     np.testing.assert_allclose(got.features, ref.features, atol=1e-3, rtol=1e-3)
 
 
-def test_int8_accuracy_within_one_point_of_fp32(real_set: LabelledSet) -> None:
-    _exported("onnx-int8")
+def test_auto_serves_within_half_a_point_of_fp32(real_set: LabelledSet) -> None:
+    """Whatever this CPU is: int8 when it holds here, else fp32 (the host check's fallback)."""
     bundle = load_bundle(DEFAULT_MODEL)
     fp32 = accuracy(bundle, Predictor(bundle, backend="torch").backend, real_set)
-    int8 = accuracy(bundle, Predictor(bundle, backend="onnx-int8").backend, real_set)
-    assert fp32 is not None and int8 is not None
-    assert int8 >= fp32 - 0.01, f"int8 {int8:.2%} vs fp32 {fp32:.2%} on {len(real_set)} photos"
+    served = Predictor(bundle)
+    auto = accuracy(bundle, served.backend, real_set)
+    assert fp32 is not None and auto is not None
+    assert auto >= fp32 - 0.005, (
+        f"{served.backend_name} ({served.backend_selection.status}) {auto:.2%} vs fp32 {fp32:.2%} "
+        f"on {len(real_set)} photos"
+    )
+
+
+def test_committed_int8_holds_on_this_cpu(tmp_path: Path) -> None:
+    """The int8 export computes here what it computed where it was measured (7-bit weights).
+
+    Its figures are marked as measured on another CPU, so `auto` runs the host check.
+    """
+    _exported("onnx-int8")
+    copy = copy_bundle(DEFAULT_MODEL, tmp_path / "default")
+    measured_elsewhere(copy)
+    choice = Predictor.from_dir(copy).backend_selection
+    check = choice.checks[0]
+    assert choice.backend.name == "onnx-int8", check.detail
+    assert check.status == "passed" and check.deviation <= check.limit
+
+
+def test_served_monitoring_passes_val_photos_and_flags_web_photos() -> None:
+    """Drift and OOD mean the same on this CPU: healthy photos pass, other fish are flagged."""
+    if not OOD_PHOTOS.is_dir():
+        pytest.skip(f"OOD photos not found at {OOD_PHOTOS} (they live in ../shared/data)")
+    predictor, monitor = load_predictor(DEFAULT_MODEL)
+    assert monitor is not None and monitor.matches_backend
+    val = check_photos(predictor, monitor, collect_image_paths([VAL]), sample_size=200)
+    web = check_photos(predictor, monitor, collect_image_paths([OOD_PHOTOS]), sample_size=200)
+    assert not val.result.drift and val.result.ood_fraction < 0.15, val.to_json()
+    assert web.result.drift and web.result.ood_fraction > 0.8, web.to_json()
 
 
 def test_int8_features_feed_monitoring(real_set: LabelledSet) -> None:
@@ -75,6 +108,7 @@ def test_default_bundle_auto_backend_and_size() -> None:
     assert size_mb <= MAX_BUNDLE_MB
     predictor = Predictor(bundle)
     assert predictor.backend_name == select_backend(bundle.meta)
+    assert predictor.backend_selection.status in ("same_cpu", "passed")
     if exported_entries(bundle.meta):
         assert predictor.backend_name in EXPORTED  # `make serve` takes the fast path
 

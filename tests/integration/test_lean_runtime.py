@@ -53,6 +53,9 @@ def test_serve_runs_without_pytorch(tmp_path: Path) -> None:
         assert res.status_code == 200, res.text
         assert res.json()["label"] == label and res.json()["model"]["backend"] == "onnx-int8"
         assert res.json()["in_distribution"] is True  # monitoring works without PyTorch
+        ready = httpx.get(f"{server.url}/readyz", timeout=10).json()
+        # The committed int8 holds on every CPU: served here as where it was measured.
+        assert ready["backend"] == "onnx-int8" and ready["backend_status"] in ("same_cpu", "passed")
         assert httpx.get(f"{server.url}/v1/monitoring/drift", timeout=10).status_code == 200
 
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from fisheye.cli import app
 from fisheye.inference.bench import bench_preprocessing, pruned_model
 from fisheye.inference.export import export_onnx
+from fisheye.inference.host import host_profile
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
@@ -71,3 +72,18 @@ def test_profile_writes_traces(
     assert (tmp_path / "prof" / "inference.trace.json").stat().st_size > 0
     assert (tmp_path / "prof" / "train.trace.json").stat().st_size > 0
     assert "Self CPU" in result.stdout
+
+
+def test_bench_names_the_cpu_and_checks_int8_on_it(
+    exported_bundle: Path, synthetic_dataset: Path
+) -> None:
+    args = ["bench", "--model", str(exported_bundle), "--data", str(synthetic_dataset)]
+    args += ["--repeats", "1", "--backend", "onnx-int8"]
+    table = runner.invoke(app, args, env=ENV)
+    assert table.exit_code == 0, table.output
+    host = host_profile()
+    assert f"CPU: {host.cpu or 'unknown'}, {host.machine}" in table.stdout
+    assert "onnx-int8 host check: same_cpu" in table.stdout
+    out = json.loads(runner.invoke(app, [*args, "--json"], env=ENV).stdout)
+    assert out["machine"]["cpu"] == host.to_dict()
+    assert out["backends"]["onnx-int8"]["host_check"]["status"] == "same_cpu"

@@ -17,7 +17,7 @@ from fisheye.inference.backend import InferenceOutput
 from fisheye.serving.app import create_app
 from fisheye.serving.batcher import BatcherStoppedError, MicroBatcher, QueueFullError
 from fisheye.serving.settings import ServeSettings
-from tests.helpers.bundles import TINY_NAME
+from tests.helpers.bundles import TINY_NAME, break_int8, measured_elsewhere
 from tests.helpers.photos import encode, photo
 
 
@@ -216,3 +216,30 @@ def test_app_refuses_bodies_of_the_wrong_media_type(tiny_bundle: Path) -> None:
         # The right media type still gets through to the endpoint.
         res = client.post("/v1/predict", files={"file": ("a.jpg", encode(photo(1)))})
         assert res.status_code == 200, res.text
+
+
+def test_app_says_when_int8_fails_its_host_check(int8_bundle: Path) -> None:
+    break_int8(int8_bundle)
+    measured_elsewhere(int8_bundle)
+    with TestClient(create_app(ServeSettings(model=int8_bundle))) as client:
+        _wait_ready(client)
+        ready = client.get("/readyz").json()
+        assert ready["backend"] == "onnx" and ready["backend_status"] == "fallback"
+        assert "onnx-int8 failed its host check" in ready["detail"]
+        info = client.get("/v1/model").json()
+        assert info["backend"] == "onnx"
+        selection = info["backend_selection"]
+        assert selection["requested"] == "auto" and selection["fallback_from"] == "onnx-int8"
+        assert selection["checks"][0]["status"] == "failed"
+        assert "fisheye_backend_fallback 1.0" in client.get("/metrics").text
+        res = client.post("/v1/predict", files={"file": ("a.png", encode(photo(1), "PNG"))})
+        assert res.status_code == 200 and res.json()["model"]["backend"] == "onnx"
+
+
+def test_app_serves_int8_where_it_holds(int8_bundle: Path) -> None:
+    with TestClient(create_app(ServeSettings(model=int8_bundle))) as client:
+        _wait_ready(client)
+        ready = client.get("/readyz").json()
+        assert ready == {"status": "ready", "backend": "onnx-int8", "backend_status": "same_cpu"}
+        assert client.get("/v1/model").json()["backend_selection"]["fallback_from"] is None
+        assert "fisheye_backend_fallback 0.0" in client.get("/metrics").text

@@ -68,6 +68,22 @@ def bench(
         ),
         soft_wrap=True,
     )
+    cpu = result["machine"]["cpu"]
+    out.print(
+        Text(
+            f"CPU: {cpu['cpu'] or 'unknown'}, {cpu['machine']} {' '.join(cpu['isa'])}; "
+            f"onnxruntime {cpu['onnxruntime']}"
+        ),
+        soft_wrap=True,
+    )
+    for name, r in result["backends"].items():
+        check = r.get("host_check")
+        if check is not None:
+            style = None if check["status"] in ("same_cpu", "passed") else "yellow"
+            out.print(
+                Text(f"{name} host check: {check['status']}: {check['detail']}", style=style),
+                soft_wrap=True,
+            )
 
 
 def _table(result: dict[str, Any]) -> Table:

@@ -75,7 +75,11 @@ def evaluate(
         raise fail(err, f"cannot read the data at {data}: {exc}") from None
     predictor, _ = load_predictor_or_exit(err, model, backend=backend)
     target = out_dir if out_dir is not None else ev.default_out_dir()
-    info: dict[str, Any] = {**loaded.info(), "backend": predictor.backend_name}
+    info: dict[str, Any] = {
+        **loaded.info(),
+        "backend": predictor.backend_name,
+        "backend_selection": predictor.backend_selection.describe(),
+    }
     try:
         check_classes(loaded.rows, predictor.classes)
         if exclude_seen:
@@ -114,7 +118,8 @@ def evaluate(
         summary = (
             f"accuracy {metrics['accuracy']:.2%}, macro F1 {metrics['macro_f1']:.3f} on "
             f"{metrics['n_images']} photos: {metrics['n_errors']} wrong, "
-            f"{metrics['n_unreadable']} unreadable; ECE {metrics['ece']:.2%}"
+            f"{metrics['n_unreadable']} unreadable; ECE {metrics['ece']:.2%}; backend "
+            f"{predictor.backend_name} ({predictor.backend_selection.status})"
         )
         out.print(Text(summary, style="bold"), soft_wrap=True)
         written = f"wrote {target}/ ({', '.join(ev.OUTPUT_FILES)})"

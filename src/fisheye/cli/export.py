@@ -41,6 +41,14 @@ def export(
     method: Annotated[
         str, typer.Option("--method", help="int8 calibration: minmax, percentile, entropy.")
     ] = "minmax",
+    fp32_first_convs: Annotated[
+        int,
+        typer.Option(
+            "--fp32-first-convs",
+            min=0,
+            help="int8: leave the first N convolutions in fp32 (the head always is).",
+        ),
+    ] = 2,
 ) -> None:
     """Export the model into its bundle (checked, measured and recorded in bundle.json)."""
     out, err = consoles()
@@ -60,6 +68,7 @@ def export(
             data=data,
             limit=limit,
             method=method,
+            fp32_first_convs=fp32_first_convs,
         )
     except (BundleError, ExportError, LabelledDataError, OSError) as exc:
         raise fail(err, f"export failed: {exc}") from None

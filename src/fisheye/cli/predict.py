@@ -259,8 +259,11 @@ def _ray_batches(
         connect(address)
     except RayUnavailableError as exc:
         raise fail(err, str(exc)) from None
-    # The actors get a copy of the bundle this process has already verified.
-    load = functools.partial(load_actor_predictor, backend=predictor.backend_name, top_k=top_k)
+    # The actors get a copy of the bundle this process has already verified, and the backend
+    # that was asked for: `auto` checks int8 again on each actor's own CPU.
+    load = functools.partial(
+        load_actor_predictor, backend=predictor.backend_selection.requested, top_k=top_k
+    )
     return ray_batches(
         todo,
         bundle_dir=predictor.bundle.path,

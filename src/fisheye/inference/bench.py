@@ -27,6 +27,8 @@ from fisheye.data.images import decode_image
 from fisheye.data.preprocess import Preprocessing, normalize, resize_image, to_chw_uint8
 from fisheye.inference import registry
 from fisheye.inference.backend import Backend, default_threads
+from fisheye.inference.host import host_profile
+from fisheye.inference.host_check import verify
 from fisheye.inference.measure import (
     DEFAULT_VAL,
     LabelledSet,
@@ -106,9 +108,13 @@ def _build(bundle: Bundle, name: str, threads: int) -> tuple[Backend, dict[str, 
         return TorchBackend(compiled, TORCH_COMPILE, temperature=bundle.temperature), {
             "size_mb": weights_mb
         }
-    file_name = registry.export_file(bundle.meta, name)
+    file_name = registry.export_file(bundle.meta, name) or ""
     backend = registry.create_backend(bundle, name, threads=threads)
-    return backend, {"size_mb": (bundle.path / file_name).stat().st_size / MB}
+    info: dict[str, Any] = {"size_mb": (bundle.path / file_name).stat().st_size / MB}
+    if registry.spec(name).host_dependent:
+        # Whether `auto` would serve it on this CPU (timings are measured either way).
+        info["host_check"] = verify(bundle, name, file_name, backend).to_dict()
+    return backend, info
 
 
 def bench_backend(
@@ -268,6 +274,7 @@ def run_bench(
             "repeats": repeats,
             "torch": torch.__version__,
             "onnxruntime": _ort_version(),
+            "cpu": host_profile().to_dict(),
         },
     }
 

@@ -25,7 +25,8 @@ from fisheye.data.preprocess import Preprocessing, preprocess
 from fisheye.data.storage import PhotoRef, as_ref
 from fisheye.inference.backend import Backend, InferenceOutput
 from fisheye.inference.calibration import ShiftTemperature
-from fisheye.inference.registry import AUTO, create_backend
+from fisheye.inference.registry import AUTO
+from fisheye.inference.selection import BackendSelection, open_backend
 
 __all__ = [
     "FileOutput",
@@ -125,9 +126,10 @@ class Predictor:
     """Runs a bundle's model on photos with the bundle's own preprocessing.
 
     `backend` is a registry name ("torch", "onnx", "onnx-int8"), "auto" (the fastest
-    exported backend whose recorded accuracy is within 0.5 points of fp32), or a built
-    Backend. `ood` (from `fisheye.monitoring`) adds an OOD score and verdict to every output,
-    and `shift_temperature` then softens each photo's probabilities by its distance from the
+    exported backend whose recorded accuracy is within 0.5 points of fp32 and that holds on
+    this CPU: `selection.open_backend`), a BackendSelection, or a built Backend. `ood` (from
+    `fisheye.monitoring`) adds an OOD score and verdict to every output, and
+    `shift_temperature` then softens each photo's probabilities by its distance from the
     training photos (calibrated confidence on degraded photos too).
     """
 
@@ -135,7 +137,7 @@ class Predictor:
         self,
         bundle: Bundle,
         *,
-        backend: str | Backend = AUTO,
+        backend: str | Backend | BackendSelection = AUTO,
         top_k: int = 5,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
@@ -153,13 +155,14 @@ class Predictor:
         self.max_decode_bytes = max_decode_bytes
         self.ood = ood
         self.shift_temperature = shift_temperature if ood is not None else None
-        self.backend: Backend = (
-            create_backend(
+        if isinstance(backend, str):
+            backend = open_backend(
                 bundle, backend, threads=threads, spinning=spinning, batch_threads=batch_threads
             )
-            if isinstance(backend, str)
-            else backend
-        )
+        elif not isinstance(backend, BackendSelection):
+            backend = BackendSelection(backend.name, backend)
+        self.backend_selection = backend
+        self.backend: Backend = backend.backend
 
     def verify(self) -> None:
         """Run the model once and check it fits its bundle (BundleError if not).

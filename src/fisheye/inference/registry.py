@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -49,6 +49,9 @@ class BackendSpec:
     # Top-level modules the backend needs at run time, and the extra that installs them.
     requires: tuple[str, ...] = ()
     extra: str | None = None
+    # Its outputs depend on the CPU's kernels (int8): `auto` serves it on a CPU other than
+    # the one its figures were measured on only after a host check (inference/selection.py).
+    host_dependent: bool = False
 
     @property
     def needs_export(self) -> bool:
@@ -84,6 +87,7 @@ BACKENDS: dict[str, BackendSpec] = {
             exporter="fisheye.inference.export:export_onnx_int8",
             summary="ONNX Runtime, static int8 (QDQ), calibrated on training photos",
             requires=("onnxruntime",),
+            host_dependent=True,
         ),
     )
 }
@@ -179,16 +183,19 @@ def reference_backends(meta: dict[str, Any]) -> list[str]:
     return list(chosen.values())
 
 
-def select_backend(meta: dict[str, Any]) -> str:
+def select_backend(meta: dict[str, Any], exclude: Sequence[str] = ()) -> str:
     """The `auto` choice: the fastest recorded backend within 0.5 points of fp32, else torch.
 
     An exported backend qualifies only if its export recorded both its accuracy and fp32's on
     the same photos (`accuracy`, `reference_accuracy`) and its batch-1 latency (`latency_ms`).
     Torch competes with its own recorded latency (`reference_latency_ms`), when known.
+    Backends in `exclude` (e.g. one that failed its host check) are passed over.
     """
     best, best_ms = "torch", float("inf")
     torch_ms: list[float] = []
     for backend, (file_name, entry) in sorted(exported_entries(meta).items()):
+        if backend in exclude:
+            continue
         acc, ref = entry.get("accuracy"), entry.get("reference_accuracy")
         ms = entry.get("latency_ms")
         if entry.get("reference_latency_ms") is not None:
@@ -225,16 +232,18 @@ def resolve(meta: dict[str, Any], requested: str = AUTO) -> str:
 
 def create_backend(
     bundle: Bundle,
-    backend: str = AUTO,
+    backend: str,
     *,
     threads: int | None = None,
     spinning: bool = True,
     batch_threads: int | None = None,
 ) -> Backend:
-    """Build the named backend (or the `auto` choice) for a loaded bundle.
+    """Build the named backend for a loaded bundle (`auto`: `selection.open_backend`).
 
     `threads` run a lone photo, `batch_threads` (default: `threads`) a batch.
     """
+    if str(backend) == AUTO:
+        raise ValueError("`auto` is chosen on this CPU by fisheye.inference.selection.open_backend")
     name = resolve(bundle.meta, backend)
     require_installed(name)
     factory = _load(spec(name).factory)

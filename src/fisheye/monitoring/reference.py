@@ -28,6 +28,7 @@ from fisheye.data.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
 from fisheye.inference import registry
 from fisheye.inference.calibration import ShiftTemperature, fit_shift_temperature
 from fisheye.inference.predictor import Predictor
+from fisheye.inference.selection import open_backend
 from fisheye.monitoring.drift import DEFAULT_ALPHA, DEFAULT_PERMUTATIONS, DriftDetector
 from fisheye.monitoring.ood import DEFAULT_COMPONENTS, DEFAULT_FALSE_ALARM_RATE, OODScorer
 
@@ -422,24 +423,24 @@ def load_predictor(
     and the model is run once to check its outputs fit the class list and the monitor.
     """
     bundle = load_bundle(bundle_dir, expected_sha256)
-    name = registry.resolve(bundle.meta, backend)
+    choice = open_backend(
+        bundle, backend, threads=threads, spinning=spinning, batch_threads=batch_threads
+    )
     monitor = None
     if monitored:
+        # The monitor of the backend that serves: after a host-check fallback, fp32's.
         monitor = load_monitor(
             bundle,
-            backend=name,
+            backend=choice.backend.name,
             false_alarm_rate=false_alarm_rate,
             n_permutations=n_permutations,
         )
     predictor = Predictor(
         bundle,
-        backend=name,
+        backend=choice,
         top_k=top_k,
         max_pixels=max_pixels,
         max_decode_bytes=max_decode_bytes,
-        threads=threads,
-        spinning=spinning,
-        batch_threads=batch_threads,
         ood=monitor.ood if monitor is not None else None,
         shift_temperature=monitor.shift_temperature if monitor is not None else None,
     )

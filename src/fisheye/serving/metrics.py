@@ -65,6 +65,12 @@ class Metrics:
         self.ready = Gauge(
             "fisheye_model_ready", "1 once the model is loaded and warmed, else 0.", registry=r
         )
+        self.backend_fallback = Gauge(
+            "fisheye_backend_fallback",
+            "1 when the live model runs a slower backend because the preferred (quantised) "
+            "one failed its host check on this CPU, else 0.",
+            registry=r,
+        )
         # Monitoring (fisheye.serving.live_monitor).
         self.drift_p_value = Gauge(
             "fisheye_drift_p_value",

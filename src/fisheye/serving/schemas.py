@@ -68,6 +68,35 @@ class BatchOut(BaseModel):
     results: list[BatchItem]
 
 
+class BackendCheckOut(BaseModel):
+    """A quantised backend's host check: does it compute here what it did where measured?"""
+
+    backend: str
+    status: str = Field(description="same_cpu, passed, failed or unverifiable.")
+    host: str = Field(description="This CPU: architecture, int8 instruction sets, runtime.")
+    measured_on: str | None = Field(description="The CPU its recorded figures come from.")
+    features_deviation: float | None = Field(
+        description="Median relative distance of its features from fp32's on this CPU."
+    )
+    limit: float | None = Field(description="The most that deviation may be to pass.")
+    detail: str
+    seconds: float
+
+
+class BackendSelectionOut(BaseModel):
+    """Which backend serves, and why: `auto` checks a quantised backend on this CPU."""
+
+    requested: str = Field(description="The configured backend (FISHEYE_BACKEND), e.g. auto.")
+    served: str
+    status: str = Field(
+        description="fallback (the preferred backend failed its host check), same_cpu, "
+        "passed, or not_checked."
+    )
+    fallback_from: str | None = Field(description="The backend auto preferred but refused.")
+    host: str
+    checks: list[BackendCheckOut]
+
+
 class ModelOut(BaseModel):
     """The loaded model's description."""
 
@@ -75,6 +104,7 @@ class ModelOut(BaseModel):
     version: str
     architecture: str
     backend: str = Field(description="What runs the model: torch, onnx or onnx-int8.")
+    backend_selection: BackendSelectionOut
     sha256: str = Field(description="sha256 of the bundle's bundle.json; pins this bundle.")
     classes: list[str]
     metrics: dict[str, Any]
@@ -88,6 +118,10 @@ class HealthOut(BaseModel):
 
     status: str
     detail: str | None = None
+    backend: str | None = Field(None, description="Once ready: the backend that serves.")
+    backend_status: str | None = Field(
+        None, description="Once ready: fallback, same_cpu, passed or not_checked (/v1/model)."
+    )
 
 
 OTHER_LABEL = "other"  # feedback label for a photo of none of the model's classes

@@ -94,6 +94,7 @@ class ModelSlot:
             "name": bundle.name,
             "version": bundle.version,
             "backend": self.predictor.backend_name,
+            "backend_status": self.predictor.backend_selection.status,
             "sha256": bundle.sha256,
             "source": self.source,
             "path": str(bundle.path),
@@ -430,6 +431,9 @@ class ServingState:
             b = old.predictor.bundle
             self.metrics.model_info.remove(b.name, b.version, b.architecture)
         self.metrics.model_info.labels(bundle.name, bundle.version, bundle.architecture).set(1)
+        self.metrics.backend_fallback.set(
+            int(slot.predictor.backend_selection.fallback_from is not None)
+        )
         self.metrics.model_loaded_at.set(slot.loaded_at)
 
     def _replace_live(self, slot: ModelSlot, action: str) -> dict[str, Any]:

@@ -25,9 +25,25 @@ async def healthz() -> dict[str, str]:
     responses={503: {"model": HealthOut, "description": "The model is not loaded yet."}},
 )
 async def readyz(state: State) -> JSONResponse:
-    """Readiness: 200 once the model is loaded and warmed, else 503."""
-    if state.ready:
-        return JSONResponse({"status": "ready"})
+    """Readiness: 200 once the model is loaded and warmed, else 503.
+
+    Ready, it names the backend that serves; after a host-check fallback (a quantised
+    backend that does not hold on this CPU) `backend_status` is "fallback" and `detail` says
+    why. The model still answers, at fp32's speed.
+    """
+    if state.ready and state.predictor is not None:
+        selection = state.predictor.backend_selection
+        body = {
+            "status": "ready",
+            "backend": selection.backend.name,
+            "backend_status": selection.status,
+        }
+        if selection.fallback_from is not None:
+            body["detail"] = (
+                f"{selection.fallback_from} failed its host check on this CPU; "
+                f"{selection.backend.name} serves instead (GET /v1/model)"
+            )
+        return JSONResponse(body)
     detail = f"model failed to load: {state.load_error}" if state.load_error else "model is loading"
     return JSONResponse(
         {"status": "not_ready", "detail": detail}, status_code=503, headers={"Retry-After": "1"}

@@ -24,6 +24,7 @@ async def model_info(state: ReadyState) -> dict[str, Any]:
         "version": bundle.version,
         "architecture": bundle.architecture,
         "backend": state.predictor.backend_name,
+        "backend_selection": state.predictor.backend_selection.describe(),
         "sha256": bundle.sha256,
         "classes": list(state.predictor.classes),
         "metrics": meta.get("metrics", {}),
