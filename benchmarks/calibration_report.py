@@ -29,7 +29,7 @@ from fisheye.inference.calibration import (
     rescale,
 )
 from fisheye.inference.predictor import Predictor
-from fisheye.monitoring.reference import load_predictor
+from fisheye.monitoring.loading import load_model
 from fisheye.records import predict_rows
 
 
@@ -93,7 +93,7 @@ def main() -> None:
         raise SystemExit(f"{args.data} has no {args.split} photos")
     predictor = Predictor(bundle, backend=args.backend)
     after, labels, _ = predict_rows(predictor, rows)
-    served_predictor, _ = load_predictor(args.model, backend=args.backend)
+    served_predictor, _ = load_model(args.model, backend=args.backend)
     served, _, _ = predict_rows(served_predictor, rows)
     t = bundle.temperature
     before = rescale(after, 1.0 / t)

@@ -30,8 +30,9 @@ from fisheye.data.files import collect_image_paths
 from fisheye.data.preprocess import normalize, resize_image, to_chw_uint8
 from fisheye.inference.predictor import Predictor
 from fisheye.inference.registry import AUTO, NAMES
+from fisheye.monitoring.fitting import extract_features
+from fisheye.monitoring.loading import load_model
 from fisheye.monitoring.ood import auroc
-from fisheye.monitoring.reference import extract_features, load_predictor
 
 log = logging.getLogger("drift_eval")
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    predictor, monitor = load_predictor(args.model, backend=args.backend)
+    predictor, monitor = load_model(args.model, backend=args.backend)
     if monitor is None:
         raise SystemExit(f"{args.model} has no drift reference; run `fisheye drift fit` first")
     if not monitor.matches_backend:

@@ -34,7 +34,8 @@ import numpy as np
 from fisheye.data.files import collect_image_paths
 from fisheye.inference.registry import AUTO, NAMES
 from fisheye.monitoring.drift import DriftDetector
-from fisheye.monitoring.reference import extract_features, load_predictor
+from fisheye.monitoring.fitting import extract_features
+from fisheye.monitoring.loading import load_model
 from fisheye.serving.drift_window import DriftWindow
 
 log = logging.getLogger("drift_stream")
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     start = time.perf_counter()
 
-    predictor, monitor = load_predictor(args.model, backend=args.backend)
+    predictor, monitor = load_model(args.model, backend=args.backend)
     if monitor is None:
         raise SystemExit(f"{args.model} has no drift reference; run `fisheye drift fit` first")
     detector = DriftDetector(

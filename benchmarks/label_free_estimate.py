@@ -28,7 +28,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from fisheye.data.manifest import read_manifest
 from fisheye.inference.calibration import estimated_accuracy
 from fisheye.inference.predictor import Predictor
-from fisheye.monitoring.reference import load_predictor
+from fisheye.monitoring.loading import load_model
 
 Corruption = Callable[[Image.Image, np.random.Generator], Image.Image]
 
@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    predictor, _ = load_predictor(args.model, backend=args.backend)
+    predictor, _ = load_model(args.model, backend=args.backend)
     index = {c: i for i, c in enumerate(predictor.classes)}
     rows = read_manifest(args.data)
     sets = {}

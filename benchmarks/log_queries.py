@@ -19,12 +19,9 @@ import time
 import uuid
 from pathlib import Path
 
-from fisheye.monitoring.prediction_log import (
-    PredictionLog,
-    PredictionRow,
-    connect,
-    insert_predictions,
-)
+from fisheye.monitoring.prediction_log import PredictionLog, PredictionRow
+from fisheye.monitoring.prediction_log.queries import insert_predictions
+from fisheye.monitoring.prediction_log.schema import connect
 
 LABELS = ("Trout", "Sea Bass", "Shrimp", "Red Mullet", "Gilt-Head Bream")
 

@@ -272,10 +272,13 @@ def make_server(name: str, spec: dict, tmp: Path, run: str) -> Server:
 
 def check_tensors(args: argparse.Namespace, servers: list[str], tmp: Path) -> dict[str, dict]:
     """Stop unless every peer's interpreter makes FishEye's exact model inputs."""
+    from fisheye.inference.options import RuntimeOptions
     from fisheye.inference.predictor import Predictor
 
     photos = photo_paths(args.photos, args.check_photos, seed=1)
-    predictor = Predictor.from_dir(args.model, backend="onnx-int8", threads=1)
+    predictor = Predictor.from_dir(
+        args.model, backend="onnx-int8", runtime=RuntimeOptions(threads=1)
+    )
     reference = np.stack([predictor.prepare(p) for p in photos])
     pythons = {}
     if "bare" in servers:

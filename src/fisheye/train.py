@@ -19,7 +19,8 @@ from fisheye.data.datamodule import FishDataModule
 from fisheye.data.manifest import TRAINING_MANIFEST_NAME, read_training_manifest
 from fisheye.data.seen import seen_photos
 from fisheye.models.classifier import FishClassifier
-from fisheye.monitoring.reference import FitOptions, fit_bundle, load_predictor
+from fisheye.monitoring.fitting import FitOptions, fit_bundle
+from fisheye.monitoring.loading import load_model
 from fisheye.records import calibrate_and_score, record_training_photos
 from fisheye.tracking.runs import record_training_run
 
@@ -176,7 +177,7 @@ def _fit_drift_reference(cfg: DictConfig, bundle_dir: Path, dm: FishDataModule) 
         return
     try:
         options = FitOptions(**{"seed": int(cfg.seed), **drift_cfg})
-        predictor, _ = load_predictor(bundle_dir, backend="torch", monitored=False)
+        predictor, _ = load_model(bundle_dir, backend="torch", monitoring=None)
         fit_bundle(
             predictor,
             [(r.path, r.label) for r in dm.splits["train"]],

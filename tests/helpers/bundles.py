@@ -22,7 +22,7 @@ from fisheye.data.preprocess import Preprocessing
 from fisheye.inference.export import export_onnx, export_onnx_int8
 from fisheye.inference.predictor import Predictor
 from fisheye.models.backbones import build_model
-from fisheye.monitoring.reference import FitOptions, fit_bundle
+from fisheye.monitoring.fitting import FitOptions, fit_bundle
 from tests.helpers.paths import FISH_CLASSES
 from tests.helpers.photos import class_folders
 

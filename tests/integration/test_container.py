@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from fisheye.bundle import load_bundle
-from fisheye.monitoring.reference import load_predictor
+from fisheye.monitoring.loading import load_model
 from tests.helpers.docker import (
     BuiltImage,
     build_image,
@@ -117,7 +117,7 @@ def test_serve_image_runs_read_only_and_stops_cleanly(serve_image: BuiltImage) -
 
         # The container's answers are the host's for the same bundle and backend (monitored,
         # as served: the shift temperature applies).
-        local, _ = load_predictor(require_default_model(), backend="onnx-int8")
+        local, _ = load_model(require_default_model(), backend="onnx-int8")
         with httpx.Client(base_url=url, timeout=30) as client:
             for _, path in photos:
                 r = client.post(

@@ -151,9 +151,9 @@ def test_served_confidence_follows_accuracy_on_degraded_photos() -> None:
     from PIL import Image, ImageFilter
 
     from fisheye.data.labelled import labelled_paths
-    from fisheye.monitoring.reference import load_predictor
+    from fisheye.monitoring.loading import load_model
 
-    predictor, _ = load_predictor(DEFAULT_MODEL)
+    predictor, _ = load_model(DEFAULT_MODEL)
     assert predictor.shift_temperature is not None
     items = labelled_paths(VAL, predictor.classes)[::3]
     labels = np.array([predictor.classes.index(label) for _, label in items])

@@ -13,7 +13,7 @@ from fisheye.inference.measure import LabelledSet, accuracy, load_labelled_set, 
 from fisheye.inference.predictor import Predictor
 from fisheye.inference.registry import EXPORTED, exported_entries, select_backend
 from fisheye.monitoring.drift_check import check_photos
-from fisheye.monitoring.reference import load_predictor
+from fisheye.monitoring.loading import load_model
 from tests.helpers.bundles import copy_bundle, measured_elsewhere
 from tests.helpers.paths import DEFAULT_MODEL, OOD_PHOTOS, VAL
 
@@ -86,7 +86,7 @@ def test_served_monitoring_passes_val_photos_and_flags_web_photos() -> None:
     """Drift and OOD mean the same on this CPU: healthy photos pass, other fish are flagged."""
     if not OOD_PHOTOS.is_dir():
         pytest.skip(f"OOD photos not found at {OOD_PHOTOS} (they live in ../shared/data)")
-    predictor, monitor = load_predictor(DEFAULT_MODEL)
+    predictor, monitor = load_model(DEFAULT_MODEL)
     assert monitor is not None and monitor.matches_backend
     val = check_photos(predictor, monitor, collect_image_paths([VAL]), sample_size=200)
     web = check_photos(predictor, monitor, collect_image_paths([OOD_PHOTOS]), sample_size=200)

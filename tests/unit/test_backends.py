@@ -14,6 +14,7 @@ from fisheye.bundle import BundleError, load_bundle
 from fisheye.cli import app
 from fisheye.inference.export import INT8_FILE, ONNX_FILE
 from fisheye.inference.onnx_backend import OnnxBackend, session_options
+from fisheye.inference.options import RuntimeOptions
 from fisheye.inference.predictor import Predictor
 from fisheye.inference.registry import create_backend, select_backend
 from tests.helpers.paths import require_default_model
@@ -59,7 +60,9 @@ def test_auto_selection_rule(exports: dict[str, Any], expected: str) -> None:
 
 @pytest.mark.parametrize("backend", ["torch", "onnx", "onnx-int8"])
 def test_predictor_runs_each_backend_with_features(exported_bundle: Path, backend: str) -> None:
-    predictor = Predictor.from_dir(exported_bundle, backend=backend, threads=1)
+    predictor = Predictor.from_dir(
+        exported_bundle, backend=backend, runtime=RuntimeOptions(threads=1)
+    )
     assert predictor.backend_name == backend
     batch = np.stack([predictor.prepare(photo(i)) for i in range(3)])
     out = predictor.infer(batch)

@@ -19,7 +19,7 @@ from fisheye.bundle import (
     read_meta,
     sha256_file,
 )
-from fisheye.monitoring.reference import load_predictor
+from fisheye.monitoring.loading import load_model
 from tests.helpers.bundles import rewrite_meta
 from tests.helpers.paths import FISH_CLASSES
 
@@ -49,11 +49,11 @@ def test_classes_that_do_not_fit_the_model_are_refused(
         f"{len(classes)} classes"
     )
     with pytest.raises(BundleError, match=expected):
-        load_predictor(writable_tiny_bundle, backend="torch", monitored=False)
+        load_model(writable_tiny_bundle, backend="torch", monitoring=None)
 
 
 def test_the_tiny_bundle_itself_passes_verification(tiny_bundle: Path) -> None:
-    predictor, _ = load_predictor(tiny_bundle, backend="torch", monitored=False)
+    predictor, _ = load_model(tiny_bundle, backend="torch", monitoring=None)
     assert predictor.classes == list(FISH_CLASSES)
 
 
@@ -81,7 +81,7 @@ def test_file_entries_must_be_plain_names(writable_tiny_bundle: Path, name: str)
         load_bundle(writable_tiny_bundle)
     assert repr(name) in str(info.value)
     with pytest.raises(BundleError, match="plain names"):
-        load_predictor(writable_tiny_bundle, backend="torch", monitored=False)
+        load_model(writable_tiny_bundle, backend="torch", monitoring=None)
 
 
 @pytest.mark.parametrize("name", [BUNDLE_JSON, CHECKSUM_FILE])
@@ -102,7 +102,7 @@ def test_bundle_json_edited_without_resealing_is_refused(writable_tiny_bundle: P
     for load in (
         lambda: load_bundle(writable_tiny_bundle),
         lambda: read_meta(writable_tiny_bundle),
-        lambda: load_predictor(writable_tiny_bundle, backend="torch", monitored=False),
+        lambda: load_model(writable_tiny_bundle, backend="torch", monitoring=None),
     ):
         with pytest.raises(BundleError, match=f"does not match {CHECKSUM_FILE}"):
             load()
@@ -122,7 +122,7 @@ def test_a_missing_or_unreadable_checksum_is_refused(
     with pytest.raises(BundleError, match=f"no readable {CHECKSUM_FILE}"):
         load_bundle(writable_tiny_bundle)
     with pytest.raises(BundleError, match=CHECKSUM_FILE):
-        load_predictor(writable_tiny_bundle, backend="torch", monitored=False)
+        load_model(writable_tiny_bundle, backend="torch", monitoring=None)
 
 
 def test_a_checksum_of_another_bundle_json_is_refused(writable_tiny_bundle: Path) -> None:
@@ -143,9 +143,7 @@ def test_the_right_pin_loads(tiny_bundle: Path) -> None:
     assert load_bundle(tiny_bundle, expected_sha256=pin).sha256 == pin
     # As pasted from `sha256sum` output or a config file: case and spaces do not matter.
     assert load_bundle(tiny_bundle, expected_sha256=f" {pin.upper()}\n").sha256 == pin
-    predictor, _ = load_predictor(
-        tiny_bundle, backend="torch", monitored=False, expected_sha256=pin
-    )
+    predictor, _ = load_model(tiny_bundle, backend="torch", monitoring=None, expected_sha256=pin)
     assert predictor.bundle.sha256 == pin
 
 
@@ -155,9 +153,7 @@ def test_a_wrong_pin_is_refused(tiny_bundle: Path) -> None:
     for load in (
         lambda: load_bundle(tiny_bundle, expected_sha256=wrong),
         lambda: read_meta(tiny_bundle, wrong),
-        lambda: load_predictor(
-            tiny_bundle, backend="torch", monitored=False, expected_sha256=wrong
-        ),
+        lambda: load_model(tiny_bundle, backend="torch", monitoring=None, expected_sha256=wrong),
     ):
         with pytest.raises(BundleError, match="not the pinned"):
             load()

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from fisheye.monitoring.reference import FitOptions
+from fisheye.monitoring.fitting import FitOptions
 
 CONFIG_MODULE = "fisheye.conf"
 PRIMARY = "train"

@@ -23,6 +23,7 @@ from fisheye.inference.export import (
 )
 from fisheye.inference.measure import example_batch
 from fisheye.inference.onnx_backend import OnnxBackend
+from fisheye.inference.options import RuntimeOptions
 from fisheye.inference.predictor import Predictor
 from fisheye.inference.torch_backend import TorchBackend
 
@@ -42,7 +43,7 @@ def test_onnx_graph_has_dynamic_batch_two_outputs_and_opset(exported_bundle: Pat
 def test_onnx_matches_eager_at_several_batch_sizes(exported_bundle: Path) -> None:
     bundle = load_bundle(exported_bundle)
     eager = TorchBackend(bundle.build_model())
-    onnx_backend = OnnxBackend(exported_bundle / ONNX_FILE, threads=1)
+    onnx_backend = OnnxBackend(exported_bundle / ONNX_FILE, runtime=RuntimeOptions(threads=1))
     for n in (1, 5):
         x = example_batch(Predictor(bundle, backend=eager), None, n)
         ref, got = eager.run(x), onnx_backend.run(x)
@@ -72,7 +73,7 @@ def test_exports_are_recorded_with_hash_accuracy_and_latency(exported_bundle: Pa
 
 def test_int8_runs_and_gives_probabilities(exported_bundle: Path) -> None:
     bundle = load_bundle(exported_bundle)
-    int8 = OnnxBackend(exported_bundle / INT8_FILE, "onnx-int8", threads=1)
+    int8 = OnnxBackend(exported_bundle / INT8_FILE, "onnx-int8", RuntimeOptions(threads=1))
     out = int8.run(example_batch(Predictor(bundle, backend=int8), None, 4))
     assert out.probabilities.shape == (4, 3)
     np.testing.assert_allclose(out.probabilities.sum(axis=1), 1.0, atol=1e-5)

@@ -19,7 +19,7 @@ from fisheye.inference.host import HostProfile, host_profile
 from fisheye.inference.host_check import check_file, dead_leaves, feature_deviation
 from fisheye.inference.predictor import Predictor
 from fisheye.inference.selection import open_backend
-from fisheye.monitoring.reference import load_predictor
+from fisheye.monitoring.loading import load_model
 from tests.helpers.bundles import break_int8, measured_elsewhere, rewrite_meta
 
 runner = CliRunner()
@@ -113,7 +113,7 @@ def test_int8_that_disagrees_on_this_cpu_is_not_served(
     break_int8(int8_bundle)
     measured_elsewhere(int8_bundle)
     with caplog.at_level(logging.WARNING, logger="fisheye.inference.selection"):
-        predictor, monitor = load_predictor(int8_bundle, monitored=False)
+        predictor, monitor = load_model(int8_bundle, monitoring=None)
     selection = predictor.backend_selection
     assert predictor.backend_name == "onnx"  # the next selection: fp32 ONNX
     assert selection.status == "fallback" and selection.fallback_from == "onnx-int8"
@@ -158,7 +158,7 @@ def test_drift_reference_follows_the_backend_that_serves(
     assert result.exit_code == 0, result.output
     break_int8(int8_bundle)
     measured_elsewhere(int8_bundle)
-    predictor, monitor = load_predictor(int8_bundle)
+    predictor, monitor = load_model(int8_bundle)
     assert predictor.backend_name == "onnx"
     assert monitor is not None and monitor.backend in ("torch", "onnx")
     assert predictor.ood is monitor.ood

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from fisheye.bundle import load_bundle
 from fisheye.cli import app
-from fisheye.monitoring.reference import DRIFT_FILE, load_monitor, load_predictor
+from fisheye.monitoring.loading import load_model
+from fisheye.monitoring.storage import DRIFT_FILE, load_monitor
 from tests.helpers.bundles import copy_bundle
 
 runner = CliRunner()
@@ -71,7 +72,7 @@ def test_predict_json_adds_ood_fields(fitted: Path, synthetic_dataset: Path) -> 
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout)[0]
     assert isinstance(rec["ood_score"], float) and isinstance(rec["in_distribution"], bool)
-    predictor, monitor = load_predictor(fitted)
+    predictor, monitor = load_model(fitted)
     assert monitor is not None and predictor.ood is monitor.ood
     threshold = monitor.ood.threshold
     assert rec["in_distribution"] == (rec["ood_score"] <= threshold + 1e-3)
@@ -117,7 +118,7 @@ def test_drift_fit_stores_one_reference_per_feature_space(
     for backend, expected in (("torch", "torch"), ("onnx", "torch"), ("onnx-int8", "onnx-int8")):
         monitor = load_monitor(bundle, backend=backend)
         assert monitor is not None and monitor.backend == expected and monitor.matches_backend
-    predictor, monitor = load_predictor(copy, backend="onnx-int8")
+    predictor, monitor = load_model(copy, backend="onnx-int8")
     assert monitor is not None and monitor.backend == "onnx-int8"
     assert predictor.backend_name == "onnx-int8" and predictor.ood is monitor.ood
     res = runner.invoke(
@@ -154,7 +155,7 @@ def test_drift_fit_with_labelled_val_photos_fits_the_shift_temperature(
     assert set(entry["shift_temperature"]) == {"slope", "offset", "reference"}
     assert entry["fitted"]["shift_temperature_views"] == 2
     # Served confidences are the plain calibrated ones, softened by each photo's factor.
-    predictor, monitor = load_predictor(bundle)
+    predictor, monitor = load_model(bundle)
     assert monitor is not None and predictor.shift_temperature == monitor.shift_temperature
     plain = Predictor(load_bundle(bundle), backend="torch")
     photos = sorted(synthetic_dataset.rglob("*.png"))[:8]
@@ -167,4 +168,4 @@ def test_drift_fit_with_labelled_val_photos_fits_the_shift_temperature(
     assert res.exit_code == 0, res.output
     entry = json.loads((bundle / "bundle.json").read_text())["files"][DRIFT_FILE]
     assert entry["shift_temperature"] is None
-    assert load_predictor(bundle)[0].shift_temperature is None
+    assert load_model(bundle)[0].shift_temperature is None

@@ -10,16 +10,18 @@ from pathlib import Path
 import pytest
 
 from fisheye.monitoring.prediction_log import (
-    LATENCY_BASE_MS,
-    LATENCY_GROWTH,
     FeedbackConflictError,
     FeedbackError,
     PredictionLog,
     PredictionRow,
-    apply_retention,
-    connect,
+)
+from fisheye.monitoring.prediction_log.queries import apply_retention
+from fisheye.monitoring.prediction_log.rollups import (
+    LATENCY_BASE_MS,
+    LATENCY_GROWTH,
     latency_bucket,
 )
+from fisheye.monitoring.prediction_log.schema import connect
 from fisheye.monitoring.report import parse_window, write_report
 
 
@@ -226,14 +228,14 @@ def test_challenger_drift_tests_are_logged_apart_from_the_live_ones(
     tmp_path: Path, tiny_bundle: Path
 ) -> None:
     from fisheye.monitoring.drift import DriftResult
-    from fisheye.monitoring.reference import load_predictor
+    from fisheye.monitoring.loading import load_model
     from fisheye.serving.live_monitor import LiveMonitor
     from fisheye.serving.metrics import Metrics
     from fisheye.serving.settings import ServeSettings
 
     log = PredictionLog(tmp_path / "log.sqlite")
     log.start()
-    predictor, _ = load_predictor(tiny_bundle)
+    predictor, _ = load_model(tiny_bundle)
     metrics = Metrics()
     live = LiveMonitor(ServeSettings(), metrics, predictor, None, log)
     challenger = LiveMonitor(ServeSettings(), metrics, predictor, None, log, role="challenger")

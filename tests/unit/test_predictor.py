@@ -11,6 +11,7 @@ from PIL import Image
 
 from fisheye.data.images import decode_image
 from fisheye.data.preprocess import Preprocessing, preprocess
+from fisheye.inference.options import PredictionOptions
 from fisheye.inference.predictor import Predictor
 from tests.helpers.bundles import TINY_INPUT_SIZE as INPUT_SIZE
 from tests.helpers.bundles import rewrite_meta
@@ -20,7 +21,7 @@ from tests.helpers.photos import encode, photo, write_bad_files
 
 @pytest.fixture(scope="module")
 def predictor(tiny_bundle: Path) -> Predictor:
-    return Predictor.from_dir(tiny_bundle, top_k=3)
+    return Predictor.from_dir(tiny_bundle, options=PredictionOptions(top_k=3))
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_files_keep_order_with_errors_interleaved(
 
 
 def test_max_pixels_limit(tiny_bundle: Path, tmp_path: Path) -> None:
-    pred = Predictor.from_dir(tiny_bundle, max_pixels=100)
+    pred = Predictor.from_dir(tiny_bundle, options=PredictionOptions(max_pixels=100))
     path = tmp_path / "big.png"
     Image.new("RGB", (20, 20)).save(path)
     (res,) = pred.predict_files([path])

@@ -7,18 +7,20 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import progress as rich_progress
 from rich.console import Console
 from rich.text import Text
 
-from fisheye.bundle import BundleError
+from fisheye.bundle import DEFAULT_BUNDLE
 from fisheye.data.progress import Advance
-from fisheye.inference.registry import AUTO, NAMES, BackendChoice, BackendUnavailableError
-from fisheye.tracking.registry import PinMismatchError, is_registry_uri, resolve_reference
-from fisheye.tracking.store import TrackingError, TrackingUnavailableError, default_tracking_uri
+from fisheye.inference.registry import AUTO, NAMES, BackendChoice
+
+if TYPE_CHECKING:
+    from fisheye.monitoring.loading import LoadedModel
+    from fisheye.tracking.loading import ResolvedSource
 
 MAX_LISTED = 20  # unreadable files and the like listed before "... and N more"
 
@@ -127,55 +129,42 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object,
 
 def resolve_model_or_exit(
     err: Console, model: Path | str | None, pinned: str | None = None
-) -> tuple[Path | None, str | None]:
-    """A `--model` value (else $FISHEYE_MODEL) as (bundle folder, sha256 to pin it to).
+) -> ResolvedSource:
+    """A `--model` value (else $FISHEYE_MODEL, else models/default) as a local, pinned bundle.
 
     A registry URI (`models:/NAME@ALIAS`) is resolved through MLflow to a verified local
-    copy of the registered bundle, pinned to its registered hash; a folder is returned as
-    it is, with `pinned`. Any failure exits with one clear line.
+    copy of the registered bundle, pinned to its registered hash; a folder is taken as it
+    is, with `pinned`. Any failure exits with one clear line.
     """
-    ref = model if model is not None else os.environ.get("FISHEYE_MODEL")
-    if ref is None or not is_registry_uri(ref):
-        return (Path(model) if model is not None else None), pinned
+    from fisheye.tracking.loading import ModelLoadError, resolve_model
+
+    ref = model if model is not None else os.environ.get("FISHEYE_MODEL") or DEFAULT_BUNDLE
     try:
-        _, _, resolved = resolve_reference(ref, pinned)
-    except TrackingUnavailableError as exc:
-        raise fail(err, str(exc)) from None
-    except PinMismatchError as exc:
-        raise fail(err, str(exc)) from None
-    except (TrackingError, BundleError) as exc:
-        raise fail(err, f"cannot use {ref}: {exc}") from None
-    except Exception as exc:  # MLflow's own errors: an unreachable server, a bad URI
-        raise fail(
-            err,
-            f"cannot resolve {ref} in the MLflow registry at {default_tracking_uri()} "
-            f"({type(exc).__name__}: {exc})",
-        ) from None
-    assert resolved is not None
-    version = resolved.version
-    err.print(
-        Text(f"{ref}: {version.name} version {version.version}, bundle {resolved.sha256[:12]}"),
-        soft_wrap=True,
-    )
-    return resolved.path, resolved.sha256
+        resolved = resolve_model(ref, pinned)
+    except ModelLoadError as exc:
+        raise fail(err, exc.detail) from None
+    if resolved.registered is not None:
+        version = resolved.registered.version
+        err.print(
+            Text(
+                f"{ref}: {version.name} version {version.version}, "
+                f"bundle {resolved.registered.sha256[:12]}"
+            ),
+            soft_wrap=True,
+        )
+    return resolved
 
 
-def load_predictor_or_exit(err: Console, model: Path | str | None, **kwargs: Any):
-    """The bundle's Predictor and Monitor (`fisheye.monitoring.reference.load_predictor`).
+def load_model_or_exit(err: Console, model: Path | str | None, **options: Any) -> LoadedModel:
+    """The bundle's Predictor and Monitor (`fisheye.monitoring.loading.load_model` options).
 
     `model` is a bundle folder or a registry URI (`resolve_model_or_exit`). A missing,
     tampered or malformed bundle exits with one clear line, no traceback.
     """
-    from fisheye.monitoring.reference import load_predictor as load
+    from fisheye.tracking.loading import ModelLoadError, open_model
 
-    path, pinned = resolve_model_or_exit(err, model, kwargs.pop("expected_sha256", None))
+    resolved = resolve_model_or_exit(err, model, options.pop("expected_sha256", None))
     try:
-        return load(path, expected_sha256=pinned, **kwargs)
-    except BundleError as exc:
-        raise fail(err, f"cannot load the model bundle: {exc}") from None
-    except BackendUnavailableError as exc:
-        raise fail(err, str(exc)) from None
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise fail(
-            err, f"the model bundle {model or 'models/default'} is invalid ({exc})"
-        ) from None
+        return open_model(resolved, **options)
+    except ModelLoadError as exc:
+        raise fail(err, exc.detail) from None

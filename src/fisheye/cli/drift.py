@@ -16,11 +16,11 @@ from fisheye.cli.common import (
     RichProgress,
     consoles,
     fail,
-    load_predictor_or_exit,
+    load_model_or_exit,
     warn,
 )
 from fisheye.inference.registry import AUTO, NAMES, BackendChoice
-from fisheye.monitoring.reference import FitOptions
+from fisheye.monitoring.fitting import FitOptions
 
 ALL = "all"
 DEFAULTS = FitOptions()
@@ -75,7 +75,7 @@ def drift(
         raise fail(err, str(exc)) from None
     if len(paths) < 2:
         raise fail(err, f"need at least 2 photos in {data}, found {len(paths)}")
-    predictor, monitor = load_predictor_or_exit(err, model, backend=backend)
+    predictor, monitor = load_model_or_exit(err, model, backend=backend)
     where = predictor.bundle.path
     if monitor is None:
         raise fail(
@@ -184,7 +184,7 @@ def fit(
     from fisheye.data.files import InputPathError
     from fisheye.data.labelled import LabelledDataError, reference_photos
     from fisheye.inference.registry import reference_backends, resolve
-    from fisheye.monitoring.reference import fit_bundle
+    from fisheye.monitoring.fitting import fit_bundle
 
     out, err = consoles()
     if not data.exists():
@@ -203,7 +203,7 @@ def fit(
         seed=seed,
     )
     for name in backends:
-        predictor, _ = load_predictor_or_exit(err, bundle_dir, backend=name, monitored=False)
+        predictor, _ = load_model_or_exit(err, bundle_dir, backend=name, monitoring=None)
         try:
             train, val_items = reference_photos(data, val, predictor.classes)
             total = min(options.sample, len(train)) + len(val_items or []) * (1 + shifted_views)

@@ -19,7 +19,7 @@ from fisheye.cli.common import (
     RichProgress,
     consoles,
     fail,
-    load_predictor_or_exit,
+    load_model_or_exit,
     warn,
 )
 
@@ -73,7 +73,7 @@ def evaluate(
         loaded = load_labelled(data, split)
     except (LabelledDataError, ValueError, OSError) as exc:
         raise fail(err, f"cannot read the data at {data}: {exc}") from None
-    predictor, _ = load_predictor_or_exit(err, model, backend=backend)
+    predictor, _ = load_model_or_exit(err, model, backend=backend)
     target = out_dir if out_dir is not None else ev.default_out_dir()
     info: dict[str, Any] = {
         **loaded.info(),

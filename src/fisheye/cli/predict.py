@@ -20,8 +20,9 @@ from fisheye.cli.common import (
     RichProgress,
     consoles,
     fail,
-    load_predictor_or_exit,
+    load_model_or_exit,
 )
+from fisheye.inference.options import PredictionOptions
 
 
 class Engine(StrEnum):
@@ -108,7 +109,9 @@ def predict(
         raise fail(err, str(exc)) from None
     if not files:
         raise fail(err, f"no photos found in {', '.join(map(str, paths))}")
-    predictor, _ = load_predictor_or_exit(err, model, top_k=top_k, backend=backend)
+    predictor, _ = load_model_or_exit(
+        err, model, options=PredictionOptions(top_k=top_k), backend=backend
+    )
     if out_file is not None:
         _predict_to_file(
             err,
@@ -277,6 +280,6 @@ def _ray_batches(
 
 def load_actor_predictor(bundle_dir: Path, *, backend: str, top_k: int):
     """The Predictor one Ray actor runs (the bundle's monitor included, as in this process)."""
-    from fisheye.monitoring.reference import load_predictor
+    from fisheye.monitoring.loading import load_model
 
-    return load_predictor(bundle_dir, backend=backend, top_k=top_k)[0]
+    return load_model(bundle_dir, backend=backend, options=PredictionOptions(top_k=top_k))[0]

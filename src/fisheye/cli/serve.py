@@ -48,8 +48,10 @@ def serve(
     source = settings.model
     if is_registry_uri(source):
         # The server loads the verified local copy, pinned to the registered hash.
-        path, pinned = resolve_model_or_exit(err, source, settings.model_sha256)
-        settings = settings.model_copy(update={"model": path, "model_sha256": pinned})
+        resolved = resolve_model_or_exit(err, source, settings.model_sha256)
+        settings = settings.model_copy(
+            update={"model": resolved.path, "model_sha256": resolved.pinned}
+        )
     try:
         # Fail fast on a wrong path or a missing export; the weights load in the server.
         name = resolve(read_meta(settings.model, settings.model_sha256), settings.backend)

@@ -37,6 +37,7 @@ from fisheye.inference.measure import (
     load_labelled_set,
     median_ms,
 )
+from fisheye.inference.options import RuntimeOptions
 from fisheye.inference.predictor import Predictor
 from fisheye.inference.torch_backend import TorchBackend
 
@@ -109,7 +110,7 @@ def _build(bundle: Bundle, name: str, threads: int) -> tuple[Backend, dict[str, 
             "size_mb": weights_mb
         }
     file_name = registry.export_file(bundle.meta, name) or ""
-    backend = registry.create_backend(bundle, name, threads=threads)
+    backend = registry.create_backend(bundle, name, RuntimeOptions(threads=threads))
     info: dict[str, Any] = {"size_mb": (bundle.path / file_name).stat().st_size / MB}
     if registry.spec(name).host_dependent:
         # Whether `auto` would serve it on this CPU (timings are measured either way).

@@ -41,6 +41,7 @@ from fisheye.inference.measure import (
     spread,
 )
 from fisheye.inference.onnx_backend import ONNX_INPUT, ONNX_OUTPUTS, OnnxBackend
+from fisheye.inference.options import RuntimeOptions
 from fisheye.inference.predictor import Predictor
 from fisheye.inference.torch_backend import TorchBackend
 
@@ -209,7 +210,7 @@ def export_onnx(
         example = torch.from_numpy(example_batch(inputs, evalset, 2))
         with _quiet_third_party():
             exporter = _onnx_export(model, example, tmp_file, opset)
-        candidate = OnnxBackend(tmp_file, ONNX, threads=threads)
+        candidate = OnnxBackend(tmp_file, ONNX, RuntimeOptions(threads=threads))
         diffs = check_outputs(reference, candidate, example_batch(inputs, evalset, 8))
         if (
             diffs["max_abs_diff_probabilities"] > PROB_ATOL
@@ -377,7 +378,7 @@ def export_onnx_int8(
                     },
                 },
             )
-        candidate = OnnxBackend(out, ONNX_INT8, threads=threads)
+        candidate = OnnxBackend(out, ONNX_INT8, RuntimeOptions(threads=threads))
         diffs = check_outputs(reference, candidate, example_batch(inputs, evalset, 8))
         info = _measure(bundle, reference, candidate, evalset, threads, repeats)
         host_check, check_arrays = record_host_check(reference, candidate, bundle.preprocessing)

@@ -9,6 +9,7 @@ import onnxruntime as ort
 
 from fisheye.bundle import Bundle, BundleError
 from fisheye.inference.backend import InferenceOutput, default_threads, softmax
+from fisheye.inference.options import RuntimeOptions
 
 ONNX_INPUT = "x"
 ONNX_OUTPUTS = ("logits", "features")
@@ -34,31 +35,30 @@ def session_options(threads: int | None = None, *, spinning: bool = True) -> ort
 class OnnxBackend:
     """ONNX Runtime over a graph with outputs `logits` and `features`.
 
-    With `spinning`, a single photo runs in a session whose `threads` spin while the call
-    is under way (about 1 ms less per photo than waking them from sleep), and batches run in
-    a session of `batch_threads` (default `threads`) that sleep when they wait, which leaves
-    more CPU for decoding photos under load. Both hold the same graph. Probabilities are
-    softmax(logits / temperature).
+    With `runtime.spin_wait`, a single photo runs in a session whose `threads` spin while
+    the call is under way (about 1 ms less per photo than waking them from sleep), and
+    batches run in a session of `batch_threads` (default `threads`) that sleep when they
+    wait, which leaves more CPU for decoding photos under load. Both hold the same graph.
+    Probabilities are softmax(logits / temperature).
     """
 
     def __init__(
         self,
         model: bytes | str | Path,
         name: str = "onnx",
-        *,
-        threads: int | None = None,
-        spinning: bool = True,
-        batch_threads: int | None = None,
+        runtime: RuntimeOptions = RuntimeOptions(),
         temperature: float = 1.0,
     ):
         self.name = name
         self.temperature = temperature
-        self.threads = threads or default_threads()
-        self.batch_threads = batch_threads or self.threads
+        self.threads = runtime.threads or default_threads()
+        self.batch_threads = runtime.batch_threads or self.threads
         source = model if isinstance(model, bytes) else str(model)
         self.session = self._session(source, self.batch_threads, spinning=False)
         self.single = (
-            self._session(source, self.threads, spinning=True) if spinning else self.session
+            self._session(source, self.threads, spinning=True)
+            if runtime.spin_wait
+            else self.session
         )
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
@@ -88,22 +88,9 @@ class OnnxBackend:
 
 
 def create(
-    bundle: Bundle,
-    name: str,
-    file_name: str | None,
-    *,
-    threads: int | None,
-    spinning: bool,
-    batch_threads: int | None = None,
+    bundle: Bundle, name: str, file_name: str | None, runtime: RuntimeOptions
 ) -> OnnxBackend:
     """The registry's factory: the bundle's exported graph `file_name`, hash-checked."""
     if file_name is None:
         raise BundleError(f"the {name} backend needs an exported file in the bundle")
-    return OnnxBackend(
-        bundle.read_file(file_name),
-        name,
-        threads=threads,
-        spinning=spinning,
-        batch_threads=batch_threads,
-        temperature=bundle.temperature,
-    )
+    return OnnxBackend(bundle.read_file(file_name), name, runtime, bundle.temperature)

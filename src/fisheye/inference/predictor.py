@@ -15,16 +15,12 @@ import numpy as np
 from PIL import Image
 
 from fisheye.bundle import Bundle, BundleError, load_bundle
-from fisheye.data.images import (
-    DEFAULT_MAX_DECODE_BYTES,
-    DEFAULT_MAX_PIXELS,
-    ImageDecodeError,
-    decode_image,
-)
+from fisheye.data.images import ImageDecodeError, decode_image
 from fisheye.data.preprocess import Preprocessing, preprocess
 from fisheye.data.storage import PhotoRef, as_ref
 from fisheye.inference.backend import Backend, InferenceOutput
 from fisheye.inference.calibration import ShiftTemperature
+from fisheye.inference.options import PredictionOptions, RuntimeOptions
 from fisheye.inference.registry import AUTO
 from fisheye.inference.selection import BackendSelection, open_backend
 
@@ -107,13 +103,14 @@ class PhotoPreparer:
     """Decode within limits + the bundle's preprocessing: a photo becomes a model input."""
 
     preprocessing: Preprocessing
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
+    options: PredictionOptions = PredictionOptions()
 
     def decode(self, source: Source) -> Image.Image:
         """Decode a photo (bytes, path or URL) within the limits (ImageDecodeError)."""
         return decode_image(
-            source, max_pixels=self.max_pixels, max_decode_bytes=self.max_decode_bytes
+            source,
+            max_pixels=self.options.max_pixels,
+            max_decode_bytes=self.options.max_decode_bytes,
         )
 
     def __call__(self, source: Source | Image.Image) -> np.ndarray:
@@ -130,7 +127,8 @@ class Predictor:
     this CPU: `selection.open_backend`), a BackendSelection, or a built Backend. `ood` (from
     `fisheye.monitoring`) adds an OOD score and verdict to every output, and
     `shift_temperature` then softens each photo's probabilities by its distance from the
-    training photos (calibrated confidence on degraded photos too).
+    training photos (calibrated confidence on degraded photos too). `runtime` is used only
+    when the Predictor builds its backend from a name.
     """
 
     def __init__(
@@ -138,27 +136,20 @@ class Predictor:
         bundle: Bundle,
         *,
         backend: str | Backend | BackendSelection = AUTO,
-        top_k: int = 5,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
-        threads: int | None = None,
-        spinning: bool = True,
-        batch_threads: int | None = None,
+        options: PredictionOptions = PredictionOptions(),
+        runtime: RuntimeOptions = RuntimeOptions(),
         ood: FeatureScorer | None = None,
         shift_temperature: ShiftTemperature | None = None,
     ):
         self.bundle = bundle
         self.classes = bundle.classes
         self.preprocessing = bundle.preprocessing
-        self.top_k = min(top_k, len(self.classes))
-        self.max_pixels = max_pixels
-        self.max_decode_bytes = max_decode_bytes
+        self.options = options
+        self.top_k = min(options.top_k, len(self.classes))
         self.ood = ood
         self.shift_temperature = shift_temperature if ood is not None else None
         if isinstance(backend, str):
-            backend = open_backend(
-                bundle, backend, threads=threads, spinning=spinning, batch_threads=batch_threads
-            )
+            backend = open_backend(bundle, backend, runtime)
         elif not isinstance(backend, BackendSelection):
             backend = BackendSelection(backend.name, backend)
         self.backend_selection = backend
@@ -200,7 +191,7 @@ class Predictor:
     @property
     def preparer(self) -> PhotoPreparer:
         """This Predictor's decode + preprocess step alone (picklable, for parallel workers)."""
-        return PhotoPreparer(self.preprocessing, self.max_pixels, self.max_decode_bytes)
+        return PhotoPreparer(self.preprocessing, self.options)
 
     def decode(self, source: Source) -> Image.Image:
         """Decode a photo within this Predictor's pixel and memory limits (ImageDecodeError)."""

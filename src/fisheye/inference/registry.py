@@ -22,6 +22,7 @@ from typing import Any
 
 from fisheye.bundle import Bundle, BundleError
 from fisheye.inference.backend import Backend
+from fisheye.inference.options import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,7 @@ class BackendSpec:
     # Backends of one family compute the same features (to ~1e-5), so they share one drift
     # reference; a quantised backend's features differ enough to need its own.
     family: str
-    # "module:function" building the backend:
-    # f(bundle, name, file_name, *, threads, spinning, batch_threads).
+    # "module:function" building the backend: f(bundle, name, file_name, runtime).
     factory: str
     # The file `fisheye export --format <name>` writes into the bundle; None: runs the weights.
     export_file: str | None = None
@@ -231,30 +231,15 @@ def resolve(meta: dict[str, Any], requested: str = AUTO) -> str:
 
 
 def create_backend(
-    bundle: Bundle,
-    backend: str,
-    *,
-    threads: int | None = None,
-    spinning: bool = True,
-    batch_threads: int | None = None,
+    bundle: Bundle, backend: str, runtime: RuntimeOptions = RuntimeOptions()
 ) -> Backend:
-    """Build the named backend for a loaded bundle (`auto`: `selection.open_backend`).
-
-    `threads` run a lone photo, `batch_threads` (default: `threads`) a batch.
-    """
+    """Build the named backend for a loaded bundle (`auto`: `selection.open_backend`)."""
     if str(backend) == AUTO:
         raise ValueError("`auto` is chosen on this CPU by fisheye.inference.selection.open_backend")
     name = resolve(bundle.meta, backend)
     require_installed(name)
     factory = _load(spec(name).factory)
-    return factory(
-        bundle,
-        name,
-        export_file(bundle.meta, name),
-        threads=threads,
-        spinning=spinning,
-        batch_threads=batch_threads,
-    )
+    return factory(bundle, name, export_file(bundle.meta, name), runtime)
 
 
 def exporter(name: str) -> Callable[..., dict[str, Any]]:

@@ -18,6 +18,7 @@ from fisheye.inference import registry
 from fisheye.inference.backend import Backend
 from fisheye.inference.host import host_profile
 from fisheye.inference.host_check import HostCheck, verify
+from fisheye.inference.options import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,12 @@ class BackendSelection:
 
 
 def open_backend(
-    bundle: Bundle,
-    requested: str = registry.AUTO,
-    *,
-    threads: int | None = None,
-    spinning: bool = True,
-    batch_threads: int | None = None,
+    bundle: Bundle, requested: str = registry.AUTO, runtime: RuntimeOptions = RuntimeOptions()
 ) -> BackendSelection:
-    """Build the requested backend, or `auto`'s first selection that holds on this CPU."""
+    """Build the requested backend, or `auto`'s first choice that holds on this CPU."""
 
     def build(name: str) -> Backend:
-        return registry.create_backend(
-            bundle, name, threads=threads, spinning=spinning, batch_threads=batch_threads
-        )
+        return registry.create_backend(bundle, name, runtime)
 
     if str(requested) != registry.AUTO:
         return BackendSelection(str(requested), build(str(requested)))

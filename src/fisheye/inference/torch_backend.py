@@ -9,6 +9,7 @@ import torch
 
 from fisheye.bundle import Bundle
 from fisheye.inference.backend import InferenceOutput, softmax
+from fisheye.inference.options import RuntimeOptions
 
 
 class TorchBackend:
@@ -43,13 +44,7 @@ class TorchBackend:
 
 
 def create(
-    bundle: Bundle,
-    name: str,
-    file_name: str | None,
-    *,
-    threads: int | None,
-    spinning: bool,
-    batch_threads: int | None = None,
+    bundle: Bundle, name: str, file_name: str | None, runtime: RuntimeOptions
 ) -> TorchBackend:
-    """The registry's factory: the bundle's weights in eager PyTorch."""
-    return TorchBackend(bundle.build_model(), name, threads, bundle.temperature)
+    """The registry's factory: the bundle's weights in eager PyTorch (`runtime.threads`)."""
+    return TorchBackend(bundle.build_model(), name, runtime.threads, bundle.temperature)

@@ -9,7 +9,8 @@ from pathlib import Path
 from fisheye.inference.calibration import estimated_accuracy
 from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DriftResult
-from fisheye.monitoring.reference import Monitor, extract_features, sample
+from fisheye.monitoring.fitting import extract_features, sample
+from fisheye.monitoring.monitor import Monitor
 
 
 class DriftCheckError(ValueError):

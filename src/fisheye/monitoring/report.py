@@ -6,14 +6,13 @@ import html
 import json
 import logging
 import re
-import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from fisheye.monitoring.prediction_log import summarize
+from fisheye.monitoring.prediction_log import SQLiteStore, StoreError
 
 log = logging.getLogger(__name__)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -57,23 +56,10 @@ def write_report(db: Path, out_dir: Path, *, window_s: float | None = None) -> P
         raise ReportError(f"no prediction log at {db} (set FISHEYE_PREDICTION_DB on the server)")
     since = 0.0 if window_s is None else time.time() - window_s
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        preds = conn.execute(
-            "SELECT ts, label, confidence, in_distribution FROM predictions WHERE ts >= ? "
-            "ORDER BY ts",
-            (since,),
-        ).fetchall()
-        drift = conn.execute(
-            "SELECT ts, p_value FROM drift WHERE ts >= ? AND role = 'live' ORDER BY ts", (since,)
-        ).fetchall()
-        fb = conn.execute(
-            "SELECT ts, correct FROM feedback WHERE prediction_ts >= ? ORDER BY ts",
-            (since,),
-        ).fetchall()
-        summary = summarize(conn, since)
-        conn.close()
-    except sqlite3.Error as exc:
+        read = SQLiteStore(db, readonly=True).report_rows(since)
+    except StoreError as exc:
         raise ReportError(f"cannot read the prediction log {db}: {exc}") from exc
+    preds, drift, fb, summary = (read[k] for k in ("predictions", "drift", "feedback", "summary"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: list[tuple[str, str]] = []

@@ -17,11 +17,13 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from fisheye import __version__
+from fisheye.serving.changes import ModelChangeError
 from fisheye.serving.errors import install_error_handlers
 from fisheye.serving.middleware import ServingMiddleware
 from fisheye.serving.routes import ROUTERS
 from fisheye.serving.settings import ServeSettings
-from fisheye.serving.state import ModelChangeError, ServingState
+from fisheye.serving.state import ServingState
+from fisheye.tracking.loading import ModelLoadError
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -37,9 +39,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     reloads: set[asyncio.Task] = set()
 
     async def reload() -> None:
+        if not state.ready or state.changes is None:
+            log.error("SIGHUP reload of %s refused: the server is still starting", settings.model)
+            return
         try:
-            await asyncio.to_thread(state.reload)
-        except ModelChangeError as exc:
+            await asyncio.to_thread(state.changes.reload)
+        except (ModelLoadError, ModelChangeError) as exc:
             log.error("SIGHUP reload of %s refused: %s", settings.model, exc.detail)
 
     def on_sighup() -> None:

@@ -19,13 +19,14 @@ import numpy as np
 
 from fisheye.monitoring.prediction_log import PredictionLog, ShadowRow
 from fisheye.serving.batcher import BatcherStoppedError, QueueFullError
+from fisheye.serving.capacity import OverloadedError
 from fisheye.serving.decoding import DecodePool
 from fisheye.serving.metrics import Metrics
 from fisheye.serving.settings import ServeSettings
 
-if TYPE_CHECKING:  # state.py imports this module
+if TYPE_CHECKING:  # slots.py refers to this module
     from fisheye.serving.live_monitor import Observation
-    from fisheye.serving.state import ModelSlot
+    from fisheye.serving.slots import ModelSlot
 
 log = logging.getLogger(__name__)
 MODES = ("shadow", "canary")
@@ -97,34 +98,32 @@ class Challenger:
                 self.metrics.challenger_skipped.inc()
                 continue
             self.pending += 1
-            self.slot.active += 1
             task = asyncio.create_task(self._run(decoder, observation, x if same_input else None))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, decoder: DecodePool, live: Observation, x: np.ndarray | None) -> None:
-        slot = self.slot
-        try:
-            if x is None:  # the challenger preprocesses differently: decode again
-                if live.data is None:
-                    return
-                x = (await decoder.run(slot.predictor.prepare, live.data))[None]
-            assert slot.batcher is not None
-            start = time.perf_counter()
-            out = await slot.batcher.submit(x)
-            seconds = time.perf_counter() - start
-            (pred,) = slot.predictor.predictions(out)
-            self._record(live, pred, out, seconds)
-        except (QueueFullError, BatcherStoppedError):
-            self.skipped += 1
-            self.metrics.challenger_skipped.inc()
-        except Exception:  # the challenger must never affect the live service
-            self.errors += 1
-            self.metrics.challenger_errors.inc()
-            log.exception("the challenger failed on a shadow photo")
-        finally:
-            self.pending -= 1
-            slot.active -= 1
+        with self.slot.in_flight() as slot:
+            try:
+                if x is None:  # the challenger preprocesses differently: decode again
+                    if live.data is None:
+                        return
+                    x = (await decoder.run(slot.predictor.prepare, live.data))[None]
+                assert slot.batcher is not None
+                start = time.perf_counter()
+                out = await slot.batcher.submit(x)
+                seconds = time.perf_counter() - start
+                (pred,) = slot.predictor.predictions(out)
+                self._record(live, pred, out, seconds)
+            except (QueueFullError, BatcherStoppedError, OverloadedError):
+                self.skipped += 1
+                self.metrics.challenger_skipped.inc()
+            except Exception:  # the challenger must never affect the live service
+                self.errors += 1
+                self.metrics.challenger_errors.inc()
+                log.exception("the challenger failed on a shadow photo")
+            finally:
+                self.pending -= 1
 
     def _record(self, live: Observation, pred: Any, out: Any, seconds: float) -> None:
         agree = pred.label == live.label
@@ -140,7 +139,7 @@ class Challenger:
         if pred.in_distribution is False:
             self.ood += 1
             m.challenger_ood.inc()
-        monitoring = self.slot.monitoring
+        monitoring = self.slot.live_monitor
         if monitoring is not None and monitoring.window is not None and out.features is not None:
             index = {c: i for i, c in enumerate(self.slot.predictor.classes)}
             monitoring.window.observe(
@@ -168,7 +167,7 @@ class Challenger:
     def describe(self) -> dict[str, Any]:
         """What the challenger is and how it compares, for the admin and monitoring endpoints."""
         latencies = list(self.latencies_ms)
-        monitoring = self.slot.monitoring
+        monitoring = self.slot.live_monitor
         return {
             "model": self.slot.describe(),
             "mode": self.mode,

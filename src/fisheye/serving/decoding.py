@@ -2,7 +2,7 @@
 
 Decoding is the step whose cost an upload controls, so it is bounded: at most `workers`
 photos decode at the same time (each within `fisheye.data.images`' memory budget), at most
-`max_waiting` more wait for a slot, and beyond that requests get 503 at once. The pool is
+`max_waiting` more wait for a slot, and beyond that requests are refused at once (503). The pool is
 separate from the thread pool that serves monitoring queries, so one cannot starve the
 other.
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from fisheye.serving.errors import APIError
+from fisheye.serving.capacity import OverloadedError
 
 T = TypeVar("T")
 
@@ -38,13 +38,10 @@ class DecodePool:
         return self._pending
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """`fn(*args)` on a decode thread; 503 when too many photos are already waiting."""
+        """`fn(*args)` on a decode thread; OverloadedError when too many photos wait already."""
         if self._pending >= self.workers + self.max_waiting:
-            raise APIError(
-                503,
-                "overloaded",
-                f"{self._pending} photos are already being decoded or waiting; retry shortly",
-                {"Retry-After": "1"},
+            raise OverloadedError(
+                f"{self._pending} photos are already being decoded or waiting; retry shortly"
             )
         self._pending += 1
         loop = asyncio.get_running_loop()

@@ -10,6 +10,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from fisheye.monitoring.prediction_log import PredictionLog
+from fisheye.serving.changes import ModelChanges
 from fisheye.serving.errors import APIError
 from fisheye.serving.state import ServingState
 
@@ -37,5 +39,24 @@ def ready_state(request: Request) -> ServingState:
     return state
 
 
+def prediction_log(state: ServingState) -> PredictionLog:
+    """The prediction log, or 404 when it is off."""
+    if state.prediction_log is None:
+        raise APIError(
+            404,
+            "prediction_log_disabled",
+            "the prediction log is off (FISHEYE_MONITORING / FISHEYE_PREDICTION_LOG)",
+        )
+    return state.prediction_log
+
+
+async def require_changes(request: Request) -> ModelChanges:
+    """The model changes of a ready server (503 while the model is loading)."""
+    state = ready_state(request)
+    assert state.changes is not None
+    return state.changes
+
+
 State = Annotated[ServingState, Depends(get_state)]
 ReadyState = Annotated[ServingState, Depends(require_ready)]
+Changes = Annotated[ModelChanges, Depends(require_changes)]

@@ -1,4 +1,8 @@
-"""JSON error bodies `{"error", "detail"}`: client mistakes are 4xx, never 500."""
+"""JSON error bodies `{"error", "detail"}`: client mistakes are 4xx, never 500.
+
+This is the one place where the runtime's domain errors (a model that cannot be loaded or
+changed, a full server) become status codes.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fisheye.serving import changes
+from fisheye.serving.capacity import OverloadedError
+from fisheye.serving.changes import ModelChangeError
+from fisheye.tracking import loading
+from fisheye.tracking.loading import ModelLoadError
+
 log = logging.getLogger(__name__)
+RETRY = {"Retry-After": "1"}
+# The status of each kind of ModelLoadError and ModelChangeError.
+STATUS = {
+    loading.REGISTRY_UNAVAILABLE: 503,
+    loading.NOT_PINNED: 422,
+    loading.INVALID: 422,
+    loading.BACKEND_UNAVAILABLE: 422,
+    changes.CHANGE_IN_PROGRESS: 409,
+    changes.NO_CHALLENGER: 404,
+    changes.NOTHING_TO_ROLL_BACK: 409,
+    changes.WARMUP_FAILED: 500,
+}
 
 
 class APIError(StarletteHTTPException):
@@ -29,6 +51,13 @@ class APIError(StarletteHTTPException):
         self.error = error
         self.detail = detail
         self.headers = headers
+
+
+def api_error(exc: ModelLoadError | ModelChangeError | OverloadedError) -> APIError:
+    """The HTTP error of a domain error."""
+    if isinstance(exc, OverloadedError):
+        return APIError(503, "overloaded", str(exc), RETRY)
+    return APIError(STATUS[exc.kind], exc.kind, exc.detail)
 
 
 def error_response(
@@ -75,6 +104,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", detail)
 
 
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ModelLoadError | ModelChangeError | OverloadedError)
+    err = api_error(exc)
+    return error_response(err.status, err.error, err.detail, err.headers)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "the server failed; this is a bug, not your fault")
@@ -85,4 +120,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for domain in (ModelLoadError, ModelChangeError, OverloadedError):
+        app.add_exception_handler(domain, _domain_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -18,8 +18,8 @@ import numpy as np
 
 from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DriftResult
+from fisheye.monitoring.monitor import Monitor
 from fisheye.monitoring.prediction_log import PredictionLog, PredictionRow
-from fisheye.monitoring.reference import Monitor
 from fisheye.serving.drift_window import DriftWindow
 from fisheye.serving.metrics import Metrics
 from fisheye.serving.settings import ServeSettings

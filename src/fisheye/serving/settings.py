@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fisheye.bundle import default_bundle_dir
 from fisheye.data.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
+from fisheye.inference.options import PredictionOptions, RuntimeOptions
 from fisheye.inference.registry import AUTO, BackendChoice
+from fisheye.monitoring.monitor import MonitorOptions
 from fisheye.tracking.registry import is_registry_uri
 
 MB = 1024 * 1024
@@ -240,6 +243,22 @@ class ServeSettings(BaseSettings):
     def batch_threads(self) -> int:
         """Intra-op threads of each batch: the threads shared among the model workers."""
         return max(1, self.threads // self.model_workers)
+
+    def runtime_options(self) -> RuntimeOptions:
+        """How backends run here: the RuntimeOptions fields, read from the same names."""
+        return RuntimeOptions(**{f.name: getattr(self, f.name) for f in fields(RuntimeOptions)})
+
+    def prediction_options(self) -> PredictionOptions:
+        """What a Predictor accepts and answers: the PredictionOptions fields, same names."""
+        return PredictionOptions(
+            **{f.name: getattr(self, f.name) for f in fields(PredictionOptions)}
+        )
+
+    def monitor_options(self) -> MonitorOptions | None:
+        """How the drift reference is used, or None when monitoring is off."""
+        if not self.monitoring:
+            return None
+        return MonitorOptions(self.ood_false_alarm_rate, self.drift_permutations)
 
     @property
     def max_decode_bytes(self) -> int:

@@ -16,33 +16,11 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 
+from fisheye.serving.capacity import UploadBudget
 from fisheye.serving.errors import APIError
 from fisheye.serving.settings import MB
 
 MAX_PART_HEADERS = 8
-
-
-class UploadBudget:
-    """Photo bytes held in memory by all requests together, up to `max_bytes`."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.used = 0  # only touched from the event loop
-
-    def take(self, n: int) -> None:
-        """Reserve n bytes, or 503 when the server already holds its share of uploads."""
-        if self.used + n > self.max_bytes:
-            raise APIError(
-                503,
-                "overloaded",
-                "the server is holding its limit of uploaded photos; retry shortly",
-                {"Retry-After": "1"},
-            )
-        self.used += n
-
-    def give(self, n: int) -> None:
-        """Release n reserved bytes."""
-        self.used -= n
 
 
 @dataclass

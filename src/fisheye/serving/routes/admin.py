@@ -2,22 +2,21 @@
 
 Every endpoint needs `Authorization: Bearer $FISHEYE_ADMIN_TOKEN`; without that setting
 they are disabled (403). A change loads and warms the new model in a thread while the live
-one keeps answering; a model that fails leaves the live one untouched.
+one keeps answering; a model that fails leaves the live one untouched (its ModelLoadError or
+ModelChangeError becomes the JSON error: `serving.errors`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from fisheye.serving.auth import require_admin
-from fisheye.serving.deps import State
+from fisheye.serving.deps import Changes, State
 from fisheye.serving.limits import LimitedRoute, limits
 from fisheye.serving.schemas import ChallengerIn, ModelChangeIn, error_responses
-from fisheye.serving.state import ModelChangeError
 
 router = APIRouter(
     prefix="/v1/admin",
@@ -29,54 +28,48 @@ RESPONSES = error_responses(401, 403, 404, 409, 422, 503)
 JSON = ("application/json",)
 
 
-async def _change(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """Run a blocking model change in a thread; its refusal becomes a JSON error."""
-    try:
-        return await run_in_threadpool(call, *args)
-    except ModelChangeError as exc:
-        raise exc.api_error() from None
-
-
 @router.get("/status", responses=RESPONSES)
 async def status(state: State) -> dict[str, Any]:
     """The live model, the one kept for rollback, the challenger, and recent changes."""
-    return state.status()
+    if state.changes is None:
+        return {"live": None, "previous": None, "challenger": None, "changes": []}
+    return state.changes.status()
 
 
 @router.post("/model", responses=RESPONSES)
 @limits(content_types=JSON)
-async def swap(body: ModelChangeIn, state: State) -> dict[str, Any]:
+async def swap(body: ModelChangeIn, changes: Changes) -> dict[str, Any]:
     """Hot swap: load, verify and warm a bundle folder or `models:/` URI, then make it live."""
-    return await _change(state.swap, body.model)
+    return await run_in_threadpool(changes.swap, body.model)
 
 
 @router.post("/reload", responses=RESPONSES)
-async def reload(state: State) -> dict[str, Any]:
+async def reload(changes: Changes) -> dict[str, Any]:
     """Load the configured model (FISHEYE_MODEL) again, as SIGHUP does."""
-    return await _change(state.reload)
+    return await run_in_threadpool(changes.reload)
 
 
 @router.post("/challenger", responses=RESPONSES)
 @limits(content_types=JSON)
-async def attach(body: ChallengerIn, state: State) -> dict[str, Any]:
+async def attach(body: ChallengerIn, changes: Changes) -> dict[str, Any]:
     """Attach a challenger in shadow mode (sees a share of photos) or canary mode (answers a
     share of requests); replaces any challenger already attached."""
-    return await _change(state.attach, body.model, body.mode, body.share)
+    return await run_in_threadpool(changes.attach, body.model, body.mode, body.share)
 
 
 @router.delete("/challenger", responses=RESPONSES)
-async def detach(state: State) -> dict[str, Any]:
+async def detach(changes: Changes) -> dict[str, Any]:
     """Drop the challenger."""
-    return await _change(state.detach)
+    return await run_in_threadpool(changes.detach)
 
 
 @router.post("/promote", responses=RESPONSES)
-async def promote(state: State) -> dict[str, Any]:
+async def promote(changes: Changes) -> dict[str, Any]:
     """Make the challenger live; the replaced live model is kept for a rollback."""
-    return await _change(state.promote)
+    return await run_in_threadpool(changes.promote)
 
 
 @router.post("/rollback", responses=RESPONSES)
-async def rollback(state: State) -> dict[str, Any]:
+async def rollback(changes: Changes) -> dict[str, Any]:
     """Make the model replaced by the last swap or promotion live again (one step)."""
-    return await _change(state.rollback)
+    return await run_in_threadpool(changes.rollback)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from fisheye.monitoring.prediction_log import FeedbackConflictError, FeedbackError
+from fisheye.monitoring.prediction_log import FeedbackConflictError, FeedbackError, StoreError
 from fisheye.serving.auth import require_feedback_token
-from fisheye.serving.deps import ReadyState
+from fisheye.serving.deps import ReadyState, prediction_log
 from fisheye.serving.errors import APIError
 from fisheye.serving.limits import LimitedRoute, limits
 from fisheye.serving.schemas import OTHER_LABEL, FeedbackIn, FeedbackOut, error_responses
@@ -45,7 +44,7 @@ async def feedback(body: FeedbackIn, state: ReadyState) -> dict[str, Any]:
             f"{body.label!r} is not one of the model's classes ({', '.join(classes)}) "
             f"nor {OTHER_LABEL!r}",
         )
-    plog = state.prediction_log()
+    plog = prediction_log(state)
     try:
         result = await run_in_threadpool(plog.add_feedback, body.id, body.label)
     except FeedbackError as exc:
@@ -53,7 +52,7 @@ async def feedback(body: FeedbackIn, state: ReadyState) -> dict[str, Any]:
     except FeedbackConflictError as exc:
         state.metrics.feedback_corrections.inc()
         raise APIError(409, "feedback_exists", str(exc)) from None
-    except (sqlite3.Error, OSError) as exc:
+    except StoreError as exc:
         log.warning("could not record feedback: %s", exc)
         raise APIError(
             503, "log_unavailable", f"the prediction log cannot be written: {exc}"

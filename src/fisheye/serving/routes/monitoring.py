@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
+from fisheye.monitoring.prediction_log import StoreError
 from fisheye.monitoring.report import parse_window
-from fisheye.serving.deps import ReadyState
+from fisheye.serving.deps import ReadyState, prediction_log
 from fisheye.serving.errors import APIError
 from fisheye.serving.limits import LimitedRoute
 from fisheye.serving.schemas import error_responses
@@ -20,18 +20,18 @@ router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"], route_class=Lim
 @router.get("/drift", responses=error_responses(503))
 async def drift(state: ReadyState) -> dict[str, Any]:
     """The latest background drift test (kernel MMD on the recent-photo window)."""
-    if state.monitoring is None:
+    if state.live_monitor is None:
         return {"enabled": False, "detail": "monitoring is off (FISHEYE_MONITORING=false)"}
-    return state.monitoring.drift_status()
+    return state.live_monitor.drift_status()
 
 
 @router.get("/challenger", responses=error_responses(503))
 async def challenger(state: ReadyState) -> dict[str, Any]:
     """The challenger model: mode, share, agreement with the live model, per-class
     disagreements, its latency and its own drift and OOD view."""
-    if state.challenger is None:
+    if state.slots.challenger is None:
         return {"attached": False, "detail": "no challenger is attached (fisheye admin attach)"}
-    view = state.challenger.describe()
+    view = state.slots.challenger.describe()
     # Anyone may read monitoring: where the bundle lies on the server is for admins only.
     view["model"] = {k: v for k, v in view["model"].items() if k not in ("path", "source")}
     return {"attached": True, **view}
@@ -49,18 +49,18 @@ async def summary(
         seconds = parse_window(window)
     except ValueError as exc:
         raise APIError(422, "invalid_window", str(exc)) from None
-    plog = state.prediction_log()
+    plog = prediction_log(state)
     try:
         out = await run_in_threadpool(plog.summary, seconds)
-    except (sqlite3.Error, OSError) as exc:
+    except StoreError as exc:
         raise APIError(
             503, "log_unavailable", f"the prediction log cannot be read: {exc}"
         ) from None
-    assert state.monitoring is not None
+    assert state.live_monitor is not None
     return {
         "window": window,
         "window_s": seconds,
         **out,
-        "drift_now": state.monitoring.drift_status(),
+        "drift_now": state.live_monitor.drift_status(),
         "lost_log_rows": plog.lost,
     }

@@ -23,13 +23,15 @@ from fisheye.inference.backend import InferenceOutput
 from fisheye.inference.predictor import Predictor
 from fisheye.serving.auth import require_api_key
 from fisheye.serving.batcher import BatcherStoppedError, QueueFullError
+from fisheye.serving.capacity import OverloadedError
 from fisheye.serving.deps import ready_state
-from fisheye.serving.errors import APIError
+from fisheye.serving.errors import APIError, api_error
 from fisheye.serving.limits import MULTIPART_OVERHEAD, LimitedRoute, limits
 from fisheye.serving.live_monitor import Observation
 from fisheye.serving.metrics import START_KEY
 from fisheye.serving.schemas import BatchItem, BatchOut, PredictionOut, error_responses
-from fisheye.serving.state import ModelSlot, ServingState
+from fisheye.serving.slots import ModelSlot
+from fisheye.serving.state import ServingState
 from fisheye.serving.uploads import Upload, read_uploads
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,10 @@ def _prepare(predictor: Predictor, upload: Upload) -> np.ndarray:
 async def _decode(state: ServingState, slot: ModelSlot, upload: Upload) -> np.ndarray:
     assert state.decoder is not None
     try:
-        return await state.decoder.run(_prepare, slot.predictor, upload)
+        try:
+            return await state.decoder.run(_prepare, slot.predictor, upload)
+        except OverloadedError as exc:
+            raise api_error(exc) from None
     except APIError as exc:
         state.metrics.rejected.labels(exc.error).inc()
         raise
@@ -152,24 +157,13 @@ async def _observe(
     if not seen:
         return
     try:
-        if slot.monitoring is not None:
-            slot.monitoring.observe(seen, latency_ms)
-        challenger = state.challenger
-        if challenger is not None and slot is state.live and state.decoder is not None:
+        if slot.live_monitor is not None:
+            slot.live_monitor.observe(seen, latency_ms)
+        challenger = state.slots.challenger
+        if challenger is not None and slot is state.slots.live and state.decoder is not None:
             challenger.shadow(state.decoder, slot, seen, inputs)
     except Exception:  # monitoring must never fail a prediction
         log.exception("monitoring failed to record %d prediction(s)", len(seen))
-
-
-def _take_slot(request: Request) -> tuple[ServingState, ModelSlot]:
-    """The ready state and the slot that answers this request (counted as in flight)."""
-    state = ready_state(request)
-    require_api_key(request)
-    slot = state.answering_slot()
-    if slot is not state.live and state.challenger is not None:
-        state.challenger.answered_canary(1)
-    slot.active += 1
-    return state, slot
 
 
 def _multipart_body(field_name: str, many: bool) -> dict[str, Any]:
@@ -204,10 +198,11 @@ async def predict(request: Request) -> Response:
     """Classify one photo (multipart field `file`: JPEG, PNG, WebP, BMP or TIFF)."""
     # The prediction routes check readiness themselves: FastAPI's dependency resolution
     # costs more than the check on the busiest path.
-    state, slot = _take_slot(request)
-    try:
-        s = state.settings
-        assert state.uploads is not None
+    state = ready_state(request)
+    require_api_key(request)
+    s = state.settings
+    assert state.uploads is not None
+    with state.slots.answering() as slot:
         async with read_uploads(
             request,
             "file",
@@ -219,8 +214,6 @@ async def predict(request: Request) -> Response:
             inputs = await _decode(state, slot, upload)
             out = await _infer(state, slot, inputs)
             (fields,), seen = _answers(state, slot, out, [upload.data])
-    finally:
-        slot.active -= 1
     answer = {**fields, "model": model_ref(slot.predictor), "latency_ms": _elapsed_ms(request)}
     return _respond(answer, state, slot, seen, [inputs])
 
@@ -238,10 +231,11 @@ async def predict_batch(request: Request) -> Response:
 
     A file that cannot be used gets an inline error; the others are still answered.
     """
-    state, slot = _take_slot(request)
-    try:
-        s = state.settings
-        assert state.uploads is not None
+    state = ready_state(request)
+    require_api_key(request)
+    s = state.settings
+    assert state.uploads is not None
+    with state.slots.answering() as slot:
         async with read_uploads(
             request,
             "files",
@@ -250,8 +244,6 @@ async def predict_batch(request: Request) -> Response:
             max_file_bytes=s.max_upload_bytes,
         ) as uploads:
             return await _answer_batch(request, state, slot, uploads)
-    finally:
-        slot.active -= 1
 
 
 async def _answer_batch(
