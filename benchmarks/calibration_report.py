@@ -30,7 +30,7 @@ from fisheye.inference.calibration import (
 )
 from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.loading import load_model
-from fisheye.records import predict_rows
+from fisheye.training.records import predict_rows
 
 
 def plot(before: np.ndarray, after: np.ndarray, labels: np.ndarray, path: Path, t: float) -> None:

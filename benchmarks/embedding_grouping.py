@@ -26,7 +26,7 @@ from fisheye.cli.common import RichProgress
 from fisheye.data.grouping import group_by_embedding
 from fisheye.data.manifest import ManifestRow
 from fisheye.data.pipelines import load_dataset_rows
-from fisheye.probe import extract_features, imagenet_predictor
+from fisheye.training.features import backbone_features, imagenet_predictor
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fish-256"
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
@@ -55,7 +55,7 @@ def main() -> None:
     classes = sorted({r.label for r in rows})
     with tempfile.TemporaryDirectory() as work:
         predictor = imagenet_predictor(classes, work_dir=Path(work))
-        feats = extract_features(predictor, rows, cache_dir=Path("runs/cache"))
+        feats = backbone_features(predictor, rows, cache_dir=Path("runs/cache"))
         ring = np.array([r.group for r in feats.rows])
         print(f"1. fish-256: {len(feats.rows)} photos, {len(set(ring))} ring groups")
         print("| cosine threshold | groups | ring groups split | groups mixing ring groups |")
@@ -87,7 +87,7 @@ def main() -> None:
                 path = folder / f"{i:04d}_{k}.png"
                 img.save(path)
                 edited.append(ManifestRow(path, row.label, "", f"{i}", 0, 0))
-        got = extract_features(predictor, edited)
+        got = backbone_features(predictor, edited)
         source = np.array([r.sha256 for r in got.rows])
         print(f"\n2. {len(originals)} photos with 3 edited copies each ({len(got.rows)} images)")
         print(

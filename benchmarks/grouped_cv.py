@@ -28,7 +28,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from benchmarks.probe_recipes import DEFAULT_DATA, pooled_features
 from fisheye.inference.scoring import grouped_scores
-from fisheye.probe import CORRUPTED, select_linear_head
+from fisheye.training.features import CORRUPTED
+from fisheye.training.probe import select_linear_head
 
 
 def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

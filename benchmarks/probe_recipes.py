@@ -30,7 +30,8 @@ from fisheye.data.manifest import ManifestRow
 from fisheye.data.pipelines import load_dataset_rows
 from fisheye.inference.calibration import expected_calibration_error, fit_temperature, rescale
 from fisheye.inference.scoring import grouped_scores
-from fisheye.probe import VIEWS, extract_features, imagenet_predictor, select_linear_head
+from fisheye.training.features import VIEWS, backbone_features, imagenet_predictor
+from fisheye.training.probe import select_linear_head
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fish-256"
 CACHE = Path("runs/cache")
@@ -55,7 +56,9 @@ def pooled_features(
         predictor = imagenet_predictor(classes, work_dir=Path(work))
         for view in views:
             with RichProgress().task(f"Features ({view})", len(rows), "photos") as advance:
-                got = extract_features(predictor, rows, cache_dir=CACHE, view=view, on_done=advance)
+                got = backbone_features(
+                    predictor, rows, cache_dir=CACHE, view=view, on_done=advance
+                )
             if len(got.rows) != len(rows):
                 raise SystemExit(f"{len(rows) - len(got.rows)} photos could not be read")
             feats[view] = got.features

@@ -10,7 +10,7 @@ from PIL import Image
 from fisheye.data.corruptions import FAMILIES, RandomCorruption
 from fisheye.data.preprocess import Preprocessing
 from fisheye.data.transforms import Augmentation, RandomCorrupt, train_transform
-from fisheye.probe import CORRUPTED, VIEWS, view_transform
+from fisheye.training.features import CORRUPTED, VIEWS, view_transform
 
 
 def _photos(n: int = 6, size: int = 32) -> np.ndarray:

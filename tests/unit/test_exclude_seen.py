@@ -15,7 +15,7 @@ from fisheye.data.manifest import TRAINING_MANIFEST_NAME, write_training_manifes
 from fisheye.data.pipelines import load_labelled_folder
 from fisheye.data.seen import SEEN_DESCRIPTORS_NAME
 from fisheye.evaluate import EvaluationError, unseen_photos
-from fisheye.records import record_seen_descriptors
+from fisheye.training.records import record_seen_descriptors
 from tests.helpers.bundles import copy_bundle
 from tests.helpers.photos import class_folders
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from fisheye.tuning import PRUNED_ATTR, OptunaPruning, pruning_callback
+from fisheye.training.tuning import PRUNED_ATTR, OptunaPruning, pruning_callback
 from hydra_plugins.fisheye_optuna_sweeper import _impl
 from hydra_plugins.fisheye_optuna_sweeper._impl import make_sampler, resume, search_space
 

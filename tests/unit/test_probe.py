@@ -11,8 +11,8 @@ from fisheye.cli import app
 from fisheye.data.manifest import TRAINING_MANIFEST_NAME, read_training_manifest
 from fisheye.data.pipelines import load_dataset_rows
 from fisheye.inference.predictor import Predictor
-from fisheye.probe import fit_linear_head, out_of_fold_probabilities, train_probe
-from fisheye.records import predict_rows
+from fisheye.training.probe import fit_linear_head, out_of_fold_probabilities, train_probe
+from fisheye.training.records import predict_rows
 
 
 def test_head_folds_standardisation_into_raw_feature_weights():

@@ -20,7 +20,7 @@ from fisheye.bundle import bundle_sha256, load_bundle
 from fisheye.tracking import registry
 from fisheye.tracking.runs import TrackingLogger, flat_params
 from fisheye.tracking.store import SHA256_TAG, artifact_root, local_store_uri, sqlite_path
-from fisheye.train import run
+from fisheye.training.train import run
 
 pytestmark = pytest.mark.timeout(300)
 

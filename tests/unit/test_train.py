@@ -23,7 +23,7 @@ from fisheye.data.manifest import TRAINING_MANIFEST_NAME, read_training_manifest
 from fisheye.inference.calibration import rescale
 from fisheye.inference.predictor import Predictor
 from fisheye.inference.torch_backend import TorchBackend
-from fisheye.train import run
+from fisheye.training.train import run
 
 
 def _cfg(tmp_path: Path, data_root: Path, *overrides: str):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fisheye.wandb_logger import wandb_logger
+from fisheye.training.wandb_logger import wandb_logger
 
 FISHEYE = str(Path(sys.executable).parent / "fisheye")
 WANDB = str(Path(sys.executable).parent / "wandb")

@@ -118,7 +118,7 @@ def import_cmd(
     grouper = None
     if grouping is Grouping.embedding:
         require_train_extra(err_console, "data import --grouping embedding")
-        from fisheye.probe import embedding_grouper
+        from fisheye.training.embedding_grouping import embedding_grouper
 
         grouper = embedding_grouper(threshold or DEFAULT_COSINE_THRESHOLD)
     elif threshold is not None:
@@ -167,7 +167,7 @@ def check_cmd(
     console, err_console = consoles()
     require_train_extra(err_console, "data check", ("sklearn", "torch", "cleanlab"))
     from fisheye.data.pipelines import load_dataset_rows
-    from fisheye.probe import check_data
+    from fisheye.training.data_check import check_data
 
     if not data.exists():
         raise fail(err_console, f"no such file or folder: {data}")

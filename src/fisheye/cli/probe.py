@@ -69,7 +69,7 @@ def probe(
     out_c, err = consoles()
     require_train_extra(err, "probe")
     from fisheye.data.pipelines import load_dataset_rows
-    from fisheye.probe import train_probe
+    from fisheye.training.probe import train_probe
 
     if backend not in ("onnx", "torch"):
         raise fail(err, f"--backend must be onnx or torch, got {backend!r}")

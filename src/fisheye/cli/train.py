@@ -17,7 +17,7 @@ def train(ctx: typer.Context) -> None:
     """
     _, err = consoles()
     require_train_extra(err, "train")
-    from fisheye.train import hydra_entry
+    from fisheye.training.train import hydra_entry
 
     sys.argv = ["fisheye train", *ctx.args]
     hydra_entry()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.types import Scope
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -209,12 +206,3 @@ class Metrics:
         """Record one model call (called from the batcher thread)."""
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
-
-
-def route_label(scope: Scope) -> str:
-    """The route template that answered (never the raw path, which would explode labels)."""
-    route: Any = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str) and path:
-        return path
-    return "static" if scope.get("path", "").startswith("/static/") else "unmatched"

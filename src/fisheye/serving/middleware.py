@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -14,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fisheye.serving.auth import presented_secret
 from fisheye.serving.errors import error_response
-from fisheye.serving.metrics import START_KEY, Metrics, route_label
+from fisheye.serving.metrics import START_KEY, Metrics
 from fisheye.serving.rate_limit import RateLimiter
 from fisheye.serving.settings import ServeSettings
 
@@ -171,3 +172,12 @@ class ServingMiddleware:
                     headers={"Connection": "close"},
                 )
                 await response(scope, receive, send)
+
+
+def route_label(scope: Scope) -> str:
+    """The route template that answered (never the raw path, which would explode labels)."""
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str) and path:
+        return path
+    return "static" if scope.get("path", "").startswith("/static/") else "unmatched"

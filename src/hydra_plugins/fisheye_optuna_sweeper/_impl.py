@@ -10,7 +10,7 @@ How a sweep, its jobs and the pruner fit together (docs/reproducibility.md):
 2. For each trial it asks Optuna for parameters and launches a Hydra job with them as
    overrides, plus `<trial_key>=<trial number>` (`optuna.trial=7`).
 3. The job (`fisheye train`) reconnects to the study by storage + name + trial number
-   (fisheye.tuning's pruning callback), reports val/acc each epoch, and when the pruner
+   (fisheye.training.tuning's pruning callback), reports val/acc each epoch, and when the pruner
    says so, stops training early and marks the trial `pruned_at_epoch`. It then ends like
    any run: a clean exit, its loggers (MLflow among them) closed as a success.
 4. The sweeper reads the job's return value and that mark, and tells Optuna COMPLETE with
@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The user attribute the job's pruning callback sets when it stops a trial (fisheye.tuning).
+# The user attribute the job's pruning callback sets when it stops a trial
+# (fisheye.training.tuning).
 PRUNED_ATTR = "pruned_at_epoch"
 # optuna-integration's Lightning callback marks a trial it stopped under DDP this way.
 DDP_PRUNED_ATTR = "ddp_pl:pruned"

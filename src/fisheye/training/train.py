@@ -21,8 +21,8 @@ from fisheye.data.seen import seen_photos
 from fisheye.models.classifier import FishClassifier
 from fisheye.monitoring.fitting import FitOptions, fit_bundle
 from fisheye.monitoring.loading import load_model
-from fisheye.records import calibrate_and_score, record_training_photos
 from fisheye.tracking.runs import record_training_run
+from fisheye.training.records import calibrate_and_score, record_training_photos
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _fit_drift_reference(cfg: DictConfig, bundle_dir: Path, dm: FishDataModule) 
         )
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def hydra_entry(cfg: DictConfig) -> float | None:
     """`fisheye train`: returns the optimised metric for Hydra sweepers."""
     result = run(cfg)
