@@ -28,8 +28,8 @@ import torch
 
 from fisheye.data.files import collect_image_paths
 from fisheye.data.preprocess import normalize, resize_image, to_chw_uint8
+from fisheye.inference.backends import AUTO, NAMES
 from fisheye.inference.predictor import Predictor
-from fisheye.inference.registry import AUTO, NAMES
 from fisheye.monitoring.fitting import extract_features
 from fisheye.monitoring.loading import load_model
 from fisheye.monitoring.ood import auroc

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fisheye.data.files import collect_image_paths
-from fisheye.inference.registry import AUTO, NAMES
+from fisheye.inference.backends import AUTO, NAMES
 from fisheye.monitoring.drift import DriftDetector
 from fisheye.monitoring.fitting import extract_features
 from fisheye.monitoring.loading import load_model

@@ -9,9 +9,9 @@ import pytest
 
 from fisheye.bundle import BUNDLE_JSON, BundleError, load_bundle
 from fisheye.data.files import collect_image_paths
-from fisheye.inference.measure import LabelledSet, accuracy, load_labelled_set, preprocessed
+from fisheye.inference.backends import EXPORTED, exported_entries, select_backend
+from fisheye.inference.measure import LabelledSet, backend_accuracy, load_labelled_set, preprocessed
 from fisheye.inference.predictor import Predictor
-from fisheye.inference.registry import EXPORTED, exported_entries, select_backend
 from fisheye.monitoring.drift_check import check_photos
 from fisheye.monitoring.loading import load_model
 from tests.helpers.bundles import copy_bundle, measured_elsewhere
@@ -58,9 +58,9 @@ def test_onnx_matches_eager_on_real_photos(real_set: LabelledSet) -> None:
 def test_auto_serves_within_half_a_point_of_fp32(real_set: LabelledSet) -> None:
     """Whatever this CPU is: int8 when it holds here, else fp32 (the host check's fallback)."""
     bundle = load_bundle(DEFAULT_MODEL)
-    fp32 = accuracy(bundle, Predictor(bundle, backend="torch").backend, real_set)
+    fp32 = backend_accuracy(bundle, Predictor(bundle, backend="torch").backend, real_set)
     served = Predictor(bundle)
-    auto = accuracy(bundle, served.backend, real_set)
+    auto = backend_accuracy(bundle, served.backend, real_set)
     assert fp32 is not None and auto is not None
     assert auto >= fp32 - 0.005, (
         f"{served.backend_name} ({served.backend_selection.status}) {auto:.2%} vs fp32 {fp32:.2%} "

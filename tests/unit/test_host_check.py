@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from fisheye.bundle import BUNDLE_JSON, load_bundle
 from fisheye.cli import app
 from fisheye.data.preprocess import Preprocessing
-from fisheye.inference import registry
+from fisheye.inference import backends
 from fisheye.inference.export import INT8_FILE
 from fisheye.inference.host import HostProfile, host_profile
 from fisheye.inference.host_check import check_file, dead_leaves, feature_deviation
@@ -82,7 +82,7 @@ def test_int8_export_records_its_cpu_and_host_check(exported_bundle: Path) -> No
     files = json.loads((exported_bundle / BUNDLE_JSON).read_text())["files"]
     assert files[check["file"]]["kind"] == "host_check"
     # The check file is not mistaken for an export of its own.
-    assert registry.exported_entries({"files": files})["onnx-int8"][0] == INT8_FILE
+    assert backends.exported_entries({"files": files})["onnx-int8"][0] == INT8_FILE
 
 
 def test_auto_trusts_the_figures_on_the_cpu_they_were_measured_on(int8_bundle: Path) -> None:
@@ -166,7 +166,7 @@ def test_drift_reference_follows_the_backend_that_serves(
 
 def test_auto_is_not_a_backend_to_build(int8_bundle: Path) -> None:
     with pytest.raises(ValueError, match="open_backend"):
-        registry.create_backend(load_bundle(int8_bundle), registry.AUTO)
+        backends.create_backend(load_bundle(int8_bundle), backends.AUTO)
     meta = load_bundle(int8_bundle).meta
-    assert registry.select_backend(meta) == "onnx-int8"
-    assert registry.select_backend(meta, exclude=["onnx-int8"]) == "onnx"
+    assert backends.select_backend(meta) == "onnx-int8"
+    assert backends.select_backend(meta, exclude=["onnx-int8"]) == "onnx"

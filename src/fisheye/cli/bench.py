@@ -50,7 +50,7 @@ def bench(
             limit=limit,
             repeats=repeats,
             threads=threads,
-            backends=backends,
+            only=backends,
             on_backend=lambda name: err.print(f"measuring {name}..."),
         )
     except (BundleError, LabelledDataError, ValueError, OSError) as exc:

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from fisheye.bundle import DEFAULT_BUNDLE
 from fisheye.data.progress import Advance
-from fisheye.inference.registry import AUTO, NAMES, BackendChoice
+from fisheye.inference.backends import AUTO, NAMES, BackendChoice
 
 if TYPE_CHECKING:
     from fisheye.monitoring.loading import LoadedModel

@@ -19,7 +19,7 @@ from fisheye.cli.common import (
     load_model_or_exit,
     warn,
 )
-from fisheye.inference.registry import AUTO, NAMES, BackendChoice
+from fisheye.inference.backends import AUTO, NAMES, BackendChoice
 from fisheye.monitoring.fitting import FitOptions
 
 ALL = "all"
@@ -183,7 +183,7 @@ def fit(
     from fisheye.bundle import BundleError, default_bundle_dir, read_meta
     from fisheye.data.files import InputPathError
     from fisheye.data.labelled import LabelledDataError, reference_photos
-    from fisheye.inference.registry import reference_backends, resolve
+    from fisheye.inference.backends import reference_backends, resolve
     from fisheye.monitoring.fitting import fit_bundle
 
     out, err = consoles()

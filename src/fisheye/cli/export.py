@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from fisheye.cli.common import ModelOption, consoles, fail, require_train_extra
-from fisheye.inference.registry import EXPORT_FORMATS
+from fisheye.inference.backends import EXPORT_FORMATS
 
 ExportFormat = StrEnum("ExportFormat", [(f.replace("-", "_"), f) for f in EXPORT_FORMATS])
 

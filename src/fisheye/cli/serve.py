@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from fisheye.cli.common import ModelRefOption, consoles, fail, resolve_model_or_exit
-from fisheye.inference.registry import BackendChoice
+from fisheye.inference.backends import BackendChoice
 
 
 def serve(
@@ -31,11 +31,11 @@ def serve(
     from pydantic import ValidationError
 
     from fisheye.bundle import BundleError, read_meta
-    from fisheye.inference.registry import BackendUnavailableError, require_installed, resolve
+    from fisheye.inference.backends import BackendUnavailableError, require_installed, resolve
     from fisheye.serving.app import create_app
     from fisheye.serving.http_protocol import protocol_for
     from fisheye.serving.settings import ServeSettings
-    from fisheye.tracking.registry import is_registry_uri
+    from fisheye.tracking.model_registry import is_registry_uri
 
     _, err = consoles()
     options = {"model": model, "host": host, "port": port, "backend": backend}

@@ -25,14 +25,14 @@ from PIL import Image
 from fisheye.bundle import WEIGHTS_FILE, Bundle, load_bundle
 from fisheye.data.images import decode_image
 from fisheye.data.preprocess import Preprocessing, normalize, resize_image, to_chw_uint8
-from fisheye.inference import registry
+from fisheye.inference import backends
 from fisheye.inference.backend import Backend, default_threads
 from fisheye.inference.host import host_profile
 from fisheye.inference.host_check import verify
 from fisheye.inference.measure import (
     DEFAULT_VAL,
     LabelledSet,
-    accuracy,
+    backend_accuracy,
     example_batch,
     load_labelled_set,
     median_ms,
@@ -48,7 +48,7 @@ TORCH = "torch"
 # Variants of eager PyTorch that bench measures besides the registry's backends.
 TORCH_COMPILE = "torch-compile"
 TORCH_PRUNED = "torch-pruned"
-ALL_BACKENDS = (*registry.NAMES, TORCH_COMPILE, TORCH_PRUNED)
+ALL_BACKENDS = (*backends.NAMES, TORCH_COMPILE, TORCH_PRUNED)
 PRUNE_AMOUNT = 0.3
 MB = 1024 * 1024
 
@@ -109,10 +109,10 @@ def _build(bundle: Bundle, name: str, threads: int) -> tuple[Backend, dict[str, 
         return TorchBackend(compiled, TORCH_COMPILE, temperature=bundle.temperature), {
             "size_mb": weights_mb
         }
-    file_name = registry.export_file(bundle.meta, name) or ""
-    backend = registry.create_backend(bundle, name, RuntimeOptions(threads=threads))
+    file_name = backends.export_file(bundle.meta, name) or ""
+    backend = backends.create_backend(bundle, name, RuntimeOptions(threads=threads))
     info: dict[str, Any] = {"size_mb": (bundle.path / file_name).stat().st_size / MB}
-    if registry.spec(name).host_dependent:
+    if backends.spec(name).host_dependent:
         # Whether `auto` would serve it on this CPU (timings are measured either way).
         info["host_check"] = verify(bundle, name, file_name, backend).to_dict()
     return backend, info
@@ -146,7 +146,7 @@ def bench_backend(
         "latency_ms": latency,
         "images_per_s": round(int(largest) * 1000.0 / latency[largest], 2),
         "size_mb": round(info.pop("size_mb"), 3),
-        "accuracy": accuracy(bundle, backend, evalset) if evalset is not None else None,
+        "accuracy": backend_accuracy(bundle, backend, evalset) if evalset is not None else None,
         "first_call_ms": round(first_call_ms or 0.0, 1),
         "setup_s": round(time.perf_counter() - start, 2),
         **info,
@@ -213,19 +213,19 @@ def run_bench(
     limit: int | None = None,
     repeats: int = 10,
     threads: int | None = None,
-    backends: Sequence[str] | None = None,
+    only: Sequence[str] | None = None,
     batch_sizes: Sequence[int] = BATCH_SIZES,
     on_backend: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure each available backend and the preprocessing; the `fisheye bench --json` object."""
     bundle = load_bundle(bundle_dir)
     threads = threads or default_threads()
-    wanted = list(backends) if backends else list(ALL_BACKENDS)
+    wanted = list(only) if only else list(ALL_BACKENDS)
     unknown = sorted(set(wanted) - set(ALL_BACKENDS))
     if unknown:
         raise ValueError(f"unknown backends {unknown}; choose from {list(ALL_BACKENDS)}")
     available = [
-        b for b in wanted if b not in registry.BACKENDS or registry.has_export(bundle.meta, b)
+        b for b in wanted if b not in backends.BACKENDS or backends.has_export(bundle.meta, b)
     ]
     for missing in sorted(set(wanted) - set(available)):
         log.info("%s: not exported in this bundle (fisheye export --format %s)", missing, missing)

@@ -25,7 +25,7 @@ import torch
 from fisheye.bundle import Bundle, add_arrays, add_file, load_bundle
 from fisheye.data.files import collect_image_paths
 from fisheye.data.manifest import read_manifest
-from fisheye.inference import registry
+from fisheye.inference import backends
 from fisheye.inference.backend import Backend, default_threads
 from fisheye.inference.host import host_profile
 from fisheye.inference.host_check import record as record_host_check
@@ -33,7 +33,7 @@ from fisheye.inference.measure import (
     DEFAULT_TRAIN,
     DEFAULT_VAL,
     LabelledSet,
-    accuracy,
+    backend_accuracy,
     example_batch,
     load_labelled_set,
     median_ms,
@@ -49,10 +49,10 @@ log = logging.getLogger(__name__)
 
 ONNX = "onnx"
 ONNX_INT8 = "onnx-int8"
-TORCHSCRIPT = registry.TORCHSCRIPT
-FORMATS = registry.EXPORT_FORMATS
-ONNX_FILE = registry.spec(ONNX).export_file or "model.onnx"
-INT8_FILE = registry.spec(ONNX_INT8).export_file or "model.int8.onnx"
+TORCHSCRIPT = backends.TORCHSCRIPT
+FORMATS = backends.EXPORT_FORMATS
+ONNX_FILE = backends.spec(ONNX).export_file or "model.onnx"
+INT8_FILE = backends.spec(ONNX_INT8).export_file or "model.int8.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 DEFAULT_OPSET = 18
 # fp32 ONNX must match eager within these (probabilities and features).
@@ -176,8 +176,8 @@ def _measure(
         "measured_on": host_profile().to_dict(),
     }
     if evalset is not None and len(evalset):
-        info["accuracy"] = accuracy(bundle, candidate, evalset)
-        info["reference_accuracy"] = accuracy(bundle, reference, evalset)
+        info["accuracy"] = backend_accuracy(bundle, candidate, evalset)
+        info["reference_accuracy"] = backend_accuracy(bundle, reference, evalset)
         info["eval"] = {"data": evalset.source, "n_images": len(evalset)}
     return info
 
@@ -449,7 +449,7 @@ def export(bundle_dir: Path, fmt: str, **options: Any) -> dict[str, Any]:
         return export_torchscript(bundle_dir)
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
-    exporter = registry.exporter(fmt)
+    exporter = backends.exporter(fmt)
     accepted = inspect.signature(exporter).parameters
     return exporter(bundle_dir, **{k: v for k, v in options.items() if k in accepted})
 

@@ -65,7 +65,7 @@ def load_labelled_set(
     return LabelledSet([Path(r.path) for r in rows], labels, str(Path(data)))
 
 
-def accuracy(
+def backend_accuracy(
     bundle: Bundle, backend: Backend, data: LabelledSet, batch_size: int = 32
 ) -> float | None:
     """Top-1 accuracy (0..1) of a backend on the readable photos of a set (None if none)."""

@@ -19,9 +19,9 @@ from fisheye.data.images import ImageDecodeError, decode_image
 from fisheye.data.preprocess import Preprocessing, preprocess
 from fisheye.data.storage import PhotoRef, as_ref
 from fisheye.inference.backend import Backend, InferenceOutput
+from fisheye.inference.backends import AUTO
 from fisheye.inference.calibration import ShiftTemperature
 from fisheye.inference.options import PredictionOptions, RuntimeOptions
-from fisheye.inference.registry import AUTO
 from fisheye.inference.selection import BackendSelection, open_backend
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Which backend runs a bundle here: a named one, or `auto`'s selection checked on this CPU.
 
 `auto` takes the fastest export whose recorded accuracy is within half a point of fp32's
-(`registry.select_backend`). Those figures were measured on one CPU; a quantised backend
+(`backends.select_backend`). Those figures were measured on one CPU; a quantised backend
 (`BackendSpec.host_dependent`) is served on another only after its host check passes
 (`host_check.verify`). One that fails is not served: the next choice is (fp32), with one
 warning, and the selection says why (`/readyz`, `/v1/model`, a metric, the CLI).
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fisheye.bundle import Bundle
-from fisheye.inference import registry
+from fisheye.inference import backends
 from fisheye.inference.backend import Backend
 from fisheye.inference.host import host_profile
 from fisheye.inference.host_check import HostCheck, verify
@@ -58,25 +58,25 @@ class BackendSelection:
 
 
 def open_backend(
-    bundle: Bundle, requested: str = registry.AUTO, runtime: RuntimeOptions = RuntimeOptions()
+    bundle: Bundle, requested: str = backends.AUTO, runtime: RuntimeOptions = RuntimeOptions()
 ) -> BackendSelection:
     """Build the requested backend, or `auto`'s first choice that holds on this CPU."""
 
     def build(name: str) -> Backend:
-        return registry.create_backend(bundle, name, runtime)
+        return backends.create_backend(bundle, name, runtime)
 
-    if str(requested) != registry.AUTO:
+    if str(requested) != backends.AUTO:
         return BackendSelection(str(requested), build(str(requested)))
     checks: list[HostCheck] = []
     while True:
-        name = registry.select_backend(bundle.meta, exclude=[c.backend for c in checks])
+        name = backends.select_backend(bundle.meta, exclude=[c.backend for c in checks])
         backend = build(name)
-        if registry.spec(name).host_dependent:
-            file_name = registry.export_file(bundle.meta, name) or ""
+        if backends.spec(name).host_dependent:
+            file_name = backends.export_file(bundle.meta, name) or ""
             checks.append(verify(bundle, name, file_name, backend))
             if not checks[-1].passed:
                 continue
-        selection = BackendSelection(registry.AUTO, backend, tuple(checks))
+        selection = BackendSelection(backends.AUTO, backend, tuple(checks))
         _report(selection)
         return selection
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fisheye.data.corruptions import RandomCorruption
-from fisheye.inference import registry
+from fisheye.inference import backends
 from fisheye.inference.calibration import ShiftTemperature, fit_shift_temperature
 from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DriftDetector
@@ -155,7 +155,7 @@ def fit_monitor(
     shift = None
     if val is not None and calib_source == "val" and shifted:
         shift = _fit_shift(ood, [val, *shifted], index, info)
-    return Monitor(drift, ood, info, registry.family(backend), backend, shift)
+    return Monitor(drift, ood, info, backends.family(backend), backend, shift)
 
 
 def _fit_shift(

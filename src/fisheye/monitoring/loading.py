@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fisheye.bundle import load_bundle
+from fisheye.inference.backends import AUTO
 from fisheye.inference.options import PredictionOptions, RuntimeOptions
 from fisheye.inference.predictor import Predictor
-from fisheye.inference.registry import AUTO
 from fisheye.inference.selection import open_backend
 from fisheye.monitoring.monitor import Monitor, MonitorOptions
 from fisheye.monitoring.storage import load_monitor

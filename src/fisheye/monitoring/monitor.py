@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fisheye.inference import registry
+from fisheye.inference import backends
 from fisheye.inference.calibration import ShiftTemperature
 from fisheye.monitoring.drift import DriftDetector
 from fisheye.monitoring.ood import OODScorer
@@ -37,7 +37,7 @@ class Monitor:
     @property
     def matches_backend(self) -> bool:
         """Whether the reference was fitted on features of the backend that uses it."""
-        return self.serving_backend is None or registry.family(self.serving_backend) == (
+        return self.serving_backend is None or backends.family(self.serving_backend) == (
             self.backend
         )
 

@@ -16,7 +16,7 @@ import numpy as np
 from safetensors.numpy import load
 
 from fisheye.bundle import Bundle, add_arrays
-from fisheye.inference import registry
+from fisheye.inference import backends
 from fisheye.inference.calibration import ShiftTemperature
 from fisheye.monitoring.drift import DEFAULT_ALPHA, DEFAULT_PERMUTATIONS, DriftDetector
 from fisheye.monitoring.monitor import Monitor, MonitorOptions
@@ -30,7 +30,7 @@ DRIFT_KIND = "drift_reference"
 
 def reference_file(backend: str) -> str:
     """The drift reference's file name for a backend (the fp32 one keeps the plain name)."""
-    family = registry.family(backend)
+    family = backends.family(backend)
     return DRIFT_FILE if family == "torch" else f"drift_reference.{family}.safetensors"
 
 
@@ -42,7 +42,7 @@ def reference_entries(meta: dict[str, Any]) -> dict[str, tuple[str, dict[str, An
     found: dict[str, tuple[str, dict[str, Any]]] = {}
     for name, entry in meta.get("files", {}).items():
         if entry.get("kind") == DRIFT_KIND:
-            found[registry.family(entry.get("features_backend", "torch"))] = (name, entry)
+            found[backends.family(entry.get("features_backend", "torch"))] = (name, entry)
     return found
 
 
@@ -51,7 +51,7 @@ def save_reference(
 ) -> Path:
     """Write the monitor's arrays into the bundle and record the file in bundle.json."""
     bundle_dir = Path(bundle_dir)
-    backend = registry.family(backend or monitor.backend)
+    backend = backends.family(backend or monitor.backend)
     file_name = reference_file(backend)
     ood = monitor.ood
     arrays = {
@@ -69,7 +69,7 @@ def save_reference(
         arrays,
         {"format": "np"},
         kind=DRIFT_KIND,
-        # Not `backend`: that key marks an exported model form (fisheye.inference.registry).
+        # Not `backend`: that key marks an exported model form (fisheye.inference.backends).
         features_backend=backend,
         bandwidth=monitor.drift.bandwidth,
         n_permutations=monitor.drift.n_permutations,
@@ -104,7 +104,7 @@ def load_monitor(
     entries = reference_entries(bundle.meta)
     if not entries:
         return None
-    wanted = registry.family(backend) if backend else "torch"
+    wanted = backends.family(backend) if backend else "torch"
     if wanted in entries:
         family = wanted
     else:

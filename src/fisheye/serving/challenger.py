@@ -58,7 +58,7 @@ class Challenger:
         self.share = share
         self.settings = settings
         self.metrics = metrics
-        self.log = prediction_log
+        self.prediction_log = prediction_log
         self.attached_at = time.time()
         self.shadowed = self.agreed = self.skipped = self.errors = self.ood = 0
         self.canary_answers = 0
@@ -147,9 +147,9 @@ class Challenger:
                 np.array([pred.in_distribution is not False]),
                 np.array([index.get(pred.label, -1)]),
             )
-        if self.log is not None:
+        if self.prediction_log is not None:
             score = pred.ood_score
-            self.log.record_shadow(
+            self.prediction_log.record_shadow(
                 ShadowRow(
                     id=live.id,
                     ts=time.time(),

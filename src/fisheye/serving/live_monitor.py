@@ -96,7 +96,7 @@ class LiveMonitor:
                 false_alarms_per_photo=settings.drift_false_alarms_per_10k / 10_000,
                 on_result=self._on_drift,
             )
-        self.log = prediction_log
+        self.prediction_log = prediction_log
 
     def start(self) -> None:
         """Start the background drift test (the app starts and stops the shared log)."""
@@ -122,7 +122,7 @@ class LiveMonitor:
         n_ood = sum(it.in_distribution is False for it in items)
         if n_ood:
             self.metrics.ood_predictions.inc(n_ood)
-        if self.log is None:
+        if self.prediction_log is None:
             return
         now = time.time()
         bundle = self.predictor.bundle
@@ -141,14 +141,16 @@ class LiveMonitor:
                 latency_ms=latency_ms,
                 sha256=hashlib.sha256(it.data).hexdigest() if it.data is not None else "",
             )
-            self.log.record(row, it.data if self.settings.store_images else None)
+            self.prediction_log.record(row, it.data if self.settings.store_images else None)
 
     def _on_drift(self, result: DriftResult) -> None:
+        version = self.predictor.bundle.version
         if self.role != "live":
             self.metrics.challenger_drift_p_value.set(result.p_value)
-            if self.log is not None:
-                version = self.predictor.bundle.version
-                self.log.record_drift(result.to_dict(), role="challenger", model_version=version)
+            if self.prediction_log is not None:
+                self.prediction_log.record_drift(
+                    result.to_dict(), role="challenger", model_version=version
+                )
             return
         self.metrics.drift_p_value.set(result.p_value)
         self.metrics.drift_alarm.set(int(result.alarm))
@@ -160,8 +162,8 @@ class LiveMonitor:
             self.metrics.drift_alarms.labels("class_mix").inc()
         self.metrics.drift_score.set(result.score)
         self.metrics.drift_tests.inc()
-        if self.log is not None:
-            self.log.record_drift(result.to_dict(), model_version=self.predictor.bundle.version)
+        if self.prediction_log is not None:
+            self.prediction_log.record_drift(result.to_dict(), model_version=version)
 
     def drift_status(self) -> dict[str, Any]:
         """The latest drift result with its window, for GET /v1/monitoring/drift."""

@@ -12,10 +12,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fisheye.bundle import default_bundle_dir
 from fisheye.data.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
+from fisheye.inference.backends import AUTO, BackendChoice
 from fisheye.inference.options import PredictionOptions, RuntimeOptions
-from fisheye.inference.registry import AUTO, BackendChoice
 from fisheye.monitoring.monitor import MonitorOptions
-from fisheye.tracking.registry import is_registry_uri
+from fisheye.tracking.model_registry import is_registry_uri
 
 MB = 1024 * 1024
 

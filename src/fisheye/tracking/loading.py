@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from fisheye.bundle import BundleError
-from fisheye.inference.registry import BackendUnavailableError
+from fisheye.inference.backends import BackendUnavailableError
 from fisheye.monitoring.loading import LoadedModel, load_model
-from fisheye.tracking.registry import (
+from fisheye.tracking.model_registry import (
     PinMismatchError,
     RegistryError,
     ResolvedModel,
