@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from fisheye.inference.backend import InferenceOutput
+from fisheye.inference.onnx_backend import OnnxBackend
+from fisheye.inference.options import PredictionOptions, RuntimeOptions
 from fisheye.serving.app import create_app
 from fisheye.serving.batcher import BatcherStoppedError, MicroBatcher, QueueFullError
 from fisheye.serving.settings import ServeSettings
@@ -30,6 +32,28 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert s.model == tmp_path and s.max_batch_size == 4 and s.threads == 1
     assert s.max_upload_bytes == int(1.5 * 1024 * 1024)
     assert s.max_files == 32 and s.host == "127.0.0.1" and s.port == 8000
+
+
+def test_settings_build_the_option_objects_by_name(
+    monkeypatch: pytest.MonkeyPatch, exported_bundle: Path
+) -> None:
+    monkeypatch.setenv("FISHEYE_THREADS", "2")
+    monkeypatch.setenv("FISHEYE_MODEL_WORKERS", "2")
+    monkeypatch.setenv("FISHEYE_SPIN_WAIT", "false")
+    monkeypatch.setenv("FISHEYE_MEMORY_ARENA", "false")
+    monkeypatch.setenv("FISHEYE_TOP_K", "3")
+    s = ServeSettings()
+    runtime = s.runtime_options()
+    assert runtime == RuntimeOptions(
+        threads=2, batch_threads=1, spin_wait=False, memory_arena=False
+    )
+    assert s.prediction_options() == PredictionOptions(
+        top_k=3, max_pixels=s.max_pixels, max_decode_bytes=s.max_decode_bytes
+    )
+    backend = OnnxBackend(exported_bundle / "model.onnx", runtime=runtime)
+    assert backend.single is backend.session  # no spinning session
+    assert backend.session.get_session_options().enable_cpu_mem_arena is False
+    assert ServeSettings(monitoring=False).monitor_options() is None
 
 
 def test_settings_reject_inconsistent_limits() -> None:

@@ -15,9 +15,12 @@ ONNX_INPUT = "x"
 ONNX_OUTPUTS = ("logits", "features")
 
 
-def session_options(threads: int | None = None, *, spinning: bool = True) -> ort.SessionOptions:
+def session_options(
+    threads: int | None = None, *, spinning: bool = True, memory_arena: bool = True
+) -> ort.SessionOptions:
     """CPU session options with explicit, non-oversubscribing thread settings."""
     opts = ort.SessionOptions()
+    opts.enable_cpu_mem_arena = memory_arena
     # intra-op threads include the calling thread: threads=2 keeps 2 cores busy, not 3.
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
@@ -51,6 +54,7 @@ class OnnxBackend:
     ):
         self.name = name
         self.temperature = temperature
+        self.runtime = runtime
         self.threads = runtime.threads or default_threads()
         self.batch_threads = runtime.batch_threads or self.threads
         source = model if isinstance(model, bytes) else str(model)
@@ -73,7 +77,9 @@ class OnnxBackend:
     ) -> ort.InferenceSession:
         return ort.InferenceSession(
             source,
-            sess_options=session_options(threads, spinning=spinning),
+            sess_options=session_options(
+                threads, spinning=spinning, memory_arena=self.runtime.memory_arena
+            ),
             providers=["CPUExecutionProvider"],
         )
 

@@ -23,6 +23,8 @@ class RuntimeOptions:
     batch_threads: int | None = None
     # Lone photos run in an ONNX Runtime session whose threads spin during the call.
     spin_wait: bool = True
+    # ONNX Runtime keeps freed buffers in an arena for the next call (faster, more memory).
+    memory_arena: bool = True
 
 
 @dataclass(frozen=True)

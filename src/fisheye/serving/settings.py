@@ -130,6 +130,11 @@ class ServeSettings(BaseSettings):
         description="Run single photos in an ONNX Runtime session whose threads spin during "
         "the call (about 1 ms less latency); batches always use sleeping threads.",
     )
+    memory_arena: bool = Field(
+        True,
+        description="Let ONNX Runtime keep freed buffers for the next call (an arena per "
+        "session): faster, but a process holds its peak memory; false returns it.",
+    )
     # Access control (docs/serving.md#access-control).
     admin_token: SecretStr | None = Field(
         None,
