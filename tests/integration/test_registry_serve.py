@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from fisheye.bundle import load_bundle
-from fisheye.tracking import registry
+from fisheye.tracking import model_registry as registry
 from fisheye.tracking.store import local_store_uri
 from tests.helpers.paths import require_default_model
 from tests.helpers.photos import encode, photo

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from fisheye.bundle import BUNDLE_JSON, WEIGHTS_FILE, load_bundle
 from fisheye.cli import app
 from fisheye.serving.settings import ServeSettings
-from fisheye.tracking import registry
+from fisheye.tracking import model_registry as registry
 from fisheye.tracking.store import (
     SHA256_TAG,
     TrackingError,

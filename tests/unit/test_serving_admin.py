@@ -325,7 +325,7 @@ def test_registry_uris_load_through_the_same_resolver_at_start_and_on_swap(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from fisheye.tracking import registry
+    from fisheye.tracking import model_registry as registry
     from fisheye.tracking.store import local_store_uri
 
     store = local_store_uri(tmp_path / "runs")

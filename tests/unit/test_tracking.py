@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from omegaconf import open_dict
 
 from fisheye.bundle import bundle_sha256, load_bundle
-from fisheye.tracking import registry
+from fisheye.tracking import model_registry as registry
 from fisheye.tracking.runs import TrackingLogger, flat_params
 from fisheye.tracking.store import SHA256_TAG, artifact_root, local_store_uri, sqlite_path
 from fisheye.training.train import run

@@ -53,12 +53,14 @@ def register(
     as_json: JsonOption = False,
 ) -> None:
     """Verify a bundle and register it as a new version (its artifact: the bundle folder)."""
-    from fisheye.tracking import registry
+    from fisheye.tracking import model_registry
 
     out, err = consoles()
     version, created = _run(
         err,
-        lambda: registry.register(bundle, name, tracking_uri=tracking_uri, description=description),
+        lambda: model_registry.register(
+            bundle, name, tracking_uri=tracking_uri, description=description
+        ),
     )
     if as_json:
         typer.echo(json.dumps({**version.to_dict(), "created_now": created}, indent=2))
@@ -83,10 +85,10 @@ def list_versions(
     as_json: JsonOption = False,
 ) -> None:
     """List registered versions: aliases, creation time, bundle hash and source run."""
-    from fisheye.tracking import registry
+    from fisheye.tracking import model_registry
 
     out, err = consoles()
-    versions = _run(err, lambda: registry.list_versions(name, tracking_uri=tracking_uri))
+    versions = _run(err, lambda: model_registry.list_versions(name, tracking_uri=tracking_uri))
     if as_json:
         typer.echo(json.dumps([v.to_dict() for v in versions], indent=2))
         return
@@ -118,10 +120,12 @@ def promote(
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Point an alias (e.g. champion) at a version, after verifying its bundle."""
-    from fisheye.tracking import registry
+    from fisheye.tracking import model_registry
 
     out, err = consoles()
-    promoted = _run(err, lambda: registry.promote(name, version, alias, tracking_uri=tracking_uri))
+    promoted = _run(
+        err, lambda: model_registry.promote(name, version, alias, tracking_uri=tracking_uri)
+    )
     out.print(
         Text(
             f"{name}@{alias} -> version {promoted.version} (bundle "
