@@ -19,8 +19,9 @@ import torch
 from fisheye.bundle import BUNDLE_JSON, CHECKSUM_FILE, save_bundle
 from fisheye.data.labelled import labelled_paths
 from fisheye.data.preprocess import Preprocessing
-from fisheye.inference.export import export_onnx, export_onnx_int8
+from fisheye.inference.export import export_onnx
 from fisheye.inference.predictor import Predictor
+from fisheye.inference.quantize import export_onnx_int8
 from fisheye.models.backbones import build_model
 from fisheye.monitoring.fitting import FitOptions, fit_bundle
 from tests.helpers.paths import FISH_CLASSES

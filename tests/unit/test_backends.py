@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from fisheye.bundle import BundleError, load_bundle
 from fisheye.cli import app
 from fisheye.inference.backends import create_backend, select_backend
-from fisheye.inference.export import INT8_FILE, ONNX_FILE
+from fisheye.inference.export import ONNX_FILE
 from fisheye.inference.onnx_backend import OnnxBackend, session_options
 from fisheye.inference.options import RuntimeOptions
 from fisheye.inference.predictor import Predictor
+from fisheye.inference.quantize import INT8_FILE
 from tests.helpers.paths import require_default_model
 from tests.helpers.photos import photo
 

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from fisheye.bundle import load_bundle, sha256_file
 from fisheye.cli import app
 from fisheye.inference.export import (
-    INT8_FILE,
     ONNX_FILE,
     TORCHSCRIPT_FILE,
     ExportError,
@@ -25,6 +24,7 @@ from fisheye.inference.measure import example_batch
 from fisheye.inference.onnx_backend import OnnxBackend
 from fisheye.inference.options import RuntimeOptions
 from fisheye.inference.predictor import Predictor
+from fisheye.inference.quantize import INT8_FILE
 from fisheye.inference.torch_backend import TorchBackend
 
 runner = CliRunner()

@@ -14,10 +14,10 @@ from fisheye.bundle import BUNDLE_JSON, load_bundle
 from fisheye.cli import app
 from fisheye.data.preprocess import Preprocessing
 from fisheye.inference import backends
-from fisheye.inference.export import INT8_FILE
 from fisheye.inference.host import HostProfile, host_profile
 from fisheye.inference.host_check import check_file, dead_leaves, feature_deviation
 from fisheye.inference.predictor import Predictor
+from fisheye.inference.quantize import INT8_FILE
 from fisheye.inference.selection import open_backend
 from fisheye.monitoring.loading import load_model
 from tests.helpers.bundles import break_int8, measured_elsewhere, rewrite_meta
