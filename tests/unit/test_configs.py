@@ -136,3 +136,16 @@ def test_drift_section_matches_fit_options_defaults(hydra_module: None) -> None:
     assert {"sample", "reference_size", "false_alarm_rate"} <= set(drift)
     assert drift == {name: fields[name] for name in drift}
     assert FitOptions() == FitOptions(**{**drift, "seed": fields["seed"]})
+
+
+def test_the_pipeline_depends_on_code_that_exists() -> None:
+    """dvc.yaml names source files as stage dependencies: each must exist (moves break it)."""
+    import yaml
+
+    from tests.helpers.paths import REPO_ROOT
+
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    deps = [d for stage in stages.values() for d in stage.get("deps", []) if d.startswith("src/")]
+    assert deps
+    missing = [d for d in deps if not (REPO_ROOT / d).exists()]
+    assert not missing, f"dvc.yaml depends on missing files: {missing}"
