@@ -80,7 +80,7 @@ def test_json_output(tiny_bundle: Path, photos) -> None:
     assert len(records) == 6
     for path in good:
         rec = by_path[path.name]
-        assert set(rec) == {"path", "label", "confidence", "top_k"}
+        assert set(rec) == {"path", "label", "status", "confidence", "top_k"}
         assert rec["label"] in CLASSES
         assert 0.0 <= rec["confidence"] <= 1.0
         assert [k["label"] for k in rec["top_k"]][0] == rec["label"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fisheye.bundle import BUNDLE_JSON
 from fisheye.data.images import decode_image
 from fisheye.data.preprocess import Preprocessing, preprocess
 from fisheye.inference.options import PredictionOptions
@@ -80,7 +81,7 @@ def test_prediction_shape(predictor: Predictor) -> None:
     assert pred.probabilities.shape == (len(CLASSES),)
     assert np.isclose(pred.probabilities.sum(), 1.0, atol=1e-5)
     d = pred.to_dict()
-    assert set(d) == {"label", "confidence", "top_k"}
+    assert set(d) == {"label", "status", "confidence", "top_k"} and d["status"] == "ok"
     assert d["top_k"][0] == {"label": pred.label, "probability": round(pred.confidence, 6)}
     assert len(predictor.predict_images([photo(1)], top_k=1)[0].top_k) == 1
     assert predictor.predict_images([]) == []
@@ -161,3 +162,23 @@ def test_output_rows_keep_each_photo_with_its_scores(predictor: Predictor) -> No
     for got, expected in zip(preds, predictor.predict_images(images[1:3]), strict=True):
         assert got.label == expected.label
         np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)
+
+
+def test_under_the_abstention_threshold_the_answer_is_not_sure(writable_tiny_bundle: Path) -> None:
+    img = photo(3)
+    sure = Predictor.from_dir(writable_tiny_bundle).predict_images([img])[0]
+    assert not sure.unsure and sure.to_dict()["label"] == sure.label  # no threshold: answers
+    meta = json.loads((writable_tiny_bundle / BUNDLE_JSON).read_text())
+    meta["abstention"] = {"threshold": sure.confidence + 1e-3}
+    rewrite_meta(writable_tiny_bundle, meta)
+    unsure = Predictor.from_dir(writable_tiny_bundle).predict_images([img])[0]
+    d = unsure.to_dict()
+    assert unsure.unsure and d["label"] is None and d["status"] == "unsure"
+    assert d["top_k"][0]["label"] == unsure.label  # the candidates are still given
+    # An operator may answer everything (0) or be stricter than the bundle.
+    never = PredictionOptions(abstain_below=0.0)
+    assert (
+        not Predictor.from_dir(writable_tiny_bundle, options=never).predict_images([img])[0].unsure
+    )
+    strict = PredictionOptions(abstain_below=1.0)
+    assert Predictor.from_dir(writable_tiny_bundle, options=strict).predict_images([img])[0].unsure

@@ -267,3 +267,22 @@ def test_app_serves_int8_where_it_holds(int8_bundle: Path) -> None:
         assert ready == {"status": "ready", "backend": "onnx-int8", "backend_status": "same_cpu"}
         assert client.get("/v1/model").json()["backend_selection"]["fallback_from"] is None
         assert "fisheye_backend_fallback 0.0" in client.get("/metrics").text
+
+
+def test_the_api_answers_not_sure_under_the_threshold(tiny_bundle: Path) -> None:
+    settings = ServeSettings(model=tiny_bundle, abstain_below=1.0, monitoring=False)
+    with TestClient(create_app(settings)) as client:
+        _wait_ready(client)
+        one = client.post("/v1/predict", files={"file": ("a.png", encode(photo(3), "PNG"))})
+        many = client.post(
+            "/v1/predict/batch",
+            files=[("files", ("b.png", encode(photo(4), "PNG"))), ("files", ("c.txt", b"no"))],
+        )
+        metrics = client.get("/metrics").text
+    body = one.json()
+    assert one.status_code == 200 and body["label"] is None and body["status"] == "unsure"
+    assert len(body["top_k"]) == 5  # the candidates
+    good, bad = many.json()["results"]
+    assert good["label"] is None and good["answer"] == "unsure" and good["status"] == 200
+    assert bad["status"] == 415 and bad["answer"] is None
+    assert "fisheye_unsure_answers_total 2.0" in metrics

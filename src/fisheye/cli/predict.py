@@ -171,7 +171,8 @@ def _table(results: list) -> Table:
             table.add_row(Text(str(r.path), style="red"), Text(f"error: {r.error}", style="red"))
             continue
         others = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top_k)
-        table.add_row(Text(str(r.path)), Text(p.label), f"{p.confidence:.1%}", Text(others))
+        answer = Text(p.label) if not p.unsure else Text("not sure", style="yellow")
+        table.add_row(Text(str(r.path)), answer, f"{p.confidence:.1%}", Text(others))
     return table
 
 

@@ -32,5 +32,7 @@ class PredictionOptions:
     """What a Predictor accepts (decode limits) and answers (how many classes)."""
 
     top_k: int = 5
+    # Answer "not sure" below this confidence (None: the bundle's threshold; 0: never).
+    abstain_below: float | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES

@@ -50,7 +50,12 @@ class FeatureScorer(Protocol):
 
 @dataclass(frozen=True)
 class Prediction:
-    """One photo's result: the top label, its probability and the top-k list."""
+    """One photo's result: the top label, its probability and the top-k list.
+
+    `unsure` when the probability is under the bundle's abstention threshold: the answer is
+    then "not sure", and `top_k` holds the candidates; `label` stays the most likely class
+    for monitoring and the log.
+    """
 
     label: str
     confidence: float
@@ -59,11 +64,18 @@ class Prediction:
     # Set when the Predictor has an OOD scorer: higher = less familiar.
     ood_score: float | None = None
     in_distribution: bool | None = None
+    unsure: bool = False
+
+    @property
+    def status(self) -> str:
+        """"unsure" when the model abstains, else "ok"."""
+        return "unsure" if self.unsure else "ok"
 
     def to_dict(self) -> dict:
-        """JSON-ready form shared by the CLI and the API."""
+        """JSON-ready form shared by the CLI and the API (label null when unsure)."""
         out = {
-            "label": self.label,
+            "label": None if self.unsure else self.label,
+            "status": self.status,
             "confidence": round(self.confidence, 6),
             "top_k": [{"label": k, "probability": round(p, 6)} for k, p in self.top_k],
         }
@@ -146,6 +158,14 @@ class Predictor:
         self.preprocessing = bundle.preprocessing
         self.options = options
         self.top_k = min(options.top_k, len(self.classes))
+        # Below this served confidence the answer is "not sure" (None: always answer).
+        self.abstain_below = (
+            options.abstain_below
+            if options.abstain_below is not None
+            else (bundle.meta.get("abstention") or {}).get("threshold")
+        )
+        if self.abstain_below is not None and self.abstain_below <= 0:
+            self.abstain_below = None
         self.ood = ood
         self.shift_temperature = shift_temperature if ood is not None else None
         if isinstance(backend, str):
@@ -223,7 +243,8 @@ class Predictor:
         in_dist = None
         if ood_score is not None and self.ood is not None:
             in_dist = bool(self.ood.is_in_distribution(np.asarray([ood_score]))[0])
-        return Prediction(top[0][0], top[0][1], top, probs, ood_score, in_dist)
+        unsure = self.abstain_below is not None and top[0][1] < self.abstain_below
+        return Prediction(top[0][0], top[0][1], top, probs, ood_score, in_dist, unsure)
 
     def predictions(self, out: InferenceOutput, top_k: int | None = None) -> list[Prediction]:
         """One Prediction per row of a model output, in order."""

@@ -46,6 +46,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.unsure_answers = Counter(
+            "fisheye_unsure_answers",
+            "Photos answered \"not sure\" (the confidence was under the abstention threshold).",
+            registry=r,
+        )
         self.queue_depth = Gauge("fisheye_queue_depth", "Photos waiting for the model.", registry=r)
         self.rejected = Counter(
             "fisheye_rejected_photos",

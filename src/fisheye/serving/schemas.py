@@ -26,8 +26,14 @@ class PredictionOut(BaseModel):
     """The answer for one photo."""
 
     id: str = Field(description="A uuid4 for this prediction, for logs and feedback.")
-    label: str = Field(description="The most likely species.")
-    confidence: float = Field(ge=0, le=1, description="Probability of `label`.")
+    label: str | None = Field(
+        description="The species; null when the model is not sure (`status`: unsure)."
+    )
+    status: Literal["ok", "unsure"] = Field(
+        description="unsure: the confidence is under the model's abstention threshold (chosen "
+        "on real-world validation photos); the candidates are in `top_k`."
+    )
+    confidence: float = Field(ge=0, le=1, description="Probability of the most likely class.")
     top_k: list[TopK] = Field(description="The most likely classes, best first.")
     ood_score: float | None = Field(
         None,
@@ -50,6 +56,9 @@ class BatchItem(BaseModel):
     filename: str | None = None
     id: str | None = None
     label: str | None = None
+    answer: Literal["ok", "unsure"] | None = Field(
+        None, description="As /v1/predict's `status`: unsure when the model is not sure."
+    )
     confidence: float | None = None
     top_k: list[TopK] | None = None
     ood_score: float | None = None

@@ -77,6 +77,13 @@ class ServeSettings(BaseSettings):
         description="Model backend; auto: the fastest exported one within 0.5 points of fp32.",
     )
     top_k: int = Field(5, ge=1, description="Classes listed in each answer.")
+    abstain_below: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Answer \"not sure\" (label null) below this confidence; unset: the "
+        "bundle's abstention threshold (bundle.json `abstention`); 0: always answer.",
+    )
     max_pixels: int = Field(
         DEFAULT_MAX_PIXELS, ge=1, description="Largest decoded photo (decompression-bomb guard)."
     )

@@ -125,6 +125,8 @@ def _answers(
     # The Predictor owns the probabilities -> top-k logic, so the CLI and the API agree.
     for i, pred in enumerate(slot.predictor.predictions(out)):
         state.metrics.predictions.labels(pred.label).inc()
+        if pred.unsure:
+            state.metrics.unsure_answers.inc()
         answer = {"id": str(uuid.uuid4()), **pred.to_dict()}
         fields.append(answer)
         seen.append(
@@ -269,7 +271,9 @@ async def _answer_batch(
         out = await _infer(state, slot, np.concatenate([x for _, x in good]))
         fields, seen = _answers(state, slot, out, [uploads[i].data for i, _ in good])
         for (i, _), answer in zip(good, fields, strict=True):
-            items[i].update(answer)
+            # `status` of a batch item is the file's HTTP status; the verdict is `answer`.
+            verdict = answer.pop("status")
+            items[i].update(answer, answer=verdict)
     answer = {
         "model": model_ref(predictor),
         "latency_ms": _elapsed_ms(request),

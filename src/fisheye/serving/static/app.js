@@ -63,8 +63,16 @@ function showError(card, message) {
   el.hidden = false;
 }
 
+function unsureText(topK) {
+  const names = topK.slice(0, 2).map((item) => item.label);
+  return `Not sure: looks most like ${names.join(" or ")}`;
+}
+
 function render(card, data) {
-  card.querySelector(".result-label").textContent = data.label;
+  // Below the model's abstention threshold the API answers label null, status "unsure".
+  const unsure = data.status === "unsure";
+  card.querySelector(".result-label").textContent = unsure ? unsureText(data.top_k) : data.label;
+  card.classList.toggle("unsure", unsure);
   card.querySelector(".confidence").textContent = `${(data.confidence * 100).toFixed(1)}%`;
   const bars = card.querySelector(".bars");
   bars.replaceChildren();
