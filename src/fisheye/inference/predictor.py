@@ -68,7 +68,7 @@ class Prediction:
 
     @property
     def status(self) -> str:
-        """"unsure" when the model abstains, else "ok"."""
+        """ "unsure" when the model abstains, else "ok"."""
         return "unsure" if self.unsure else "ok"
 
     def to_dict(self) -> dict:

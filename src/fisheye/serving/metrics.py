@@ -48,7 +48,7 @@ class Metrics:
         )
         self.unsure_answers = Counter(
             "fisheye_unsure_answers",
-            "Photos answered \"not sure\" (the confidence was under the abstention threshold).",
+            'Photos answered "not sure" (the confidence was under the abstention threshold).',
             registry=r,
         )
         self.queue_depth = Gauge("fisheye_queue_depth", "Photos waiting for the model.", registry=r)

@@ -81,7 +81,7 @@ class ServeSettings(BaseSettings):
         None,
         ge=0,
         le=1,
-        description="Answer \"not sure\" (label null) below this confidence; unset: the "
+        description='Answer "not sure" (label null) below this confidence; unset: the '
         "bundle's abstention threshold (bundle.json `abstention`); 0: always answer.",
     )
     max_pixels: int = Field(
