@@ -13,6 +13,7 @@ from fisheye.inference.calibration import (
     ShiftTemperature,
     estimated_accuracy,
     expected_calibration_error,
+    fit_abstention,
     fit_shift_temperature,
     fit_temperature,
     negative_log_likelihood,
@@ -166,3 +167,20 @@ def test_shift_temperature_factors_keep_the_ranking_and_soften_far_photos():
     assert ShiftTemperature.from_json(shift.to_json()) == shift
     with pytest.raises(ValueError, match="labelled photos"):
         fit_shift_temperature(probs[:0], labels=np.zeros(0), ood_scores=scores[:0], reference=0.0)
+
+
+def test_abstention_threshold_is_the_lowest_that_reaches_the_target():
+    # Confidence-sorted: right, right, wrong, right, wrong.
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4], [0.55, 0.45]])
+    labels = np.array([0, 0, 1, 0, 1])
+    strict = fit_abstention(probs, labels, 0.97)
+    assert (strict.threshold, strict.coverage, strict.accuracy) == (0.8, 0.4, 1.0)
+    loose = fit_abstention(probs, labels, 0.7)
+    assert (loose.threshold, loose.coverage, loose.accuracy) == (0.6, 0.8, 0.75)
+    # Ties are answered together: a threshold never splits photos of equal confidence.
+    tied = fit_abstention(np.array([[0.8, 0.2], [0.8, 0.2], [0.6, 0.4]]), np.array([0, 1, 0]), 0.9)
+    assert tied.coverage == 0.0 and tied.threshold > 0.8
+    none = fit_abstention(probs, np.ones(5, dtype=int), 0.9)
+    assert none.coverage == 0.0 and none.threshold > 0.9 and np.isnan(none.accuracy)
+    with pytest.raises(ValueError, match="labelled photos"):
+        fit_abstention(np.zeros((0, 2)), np.zeros(0, dtype=int), 0.9)

@@ -169,3 +169,34 @@ def test_drift_fit_with_labelled_val_photos_fits_the_shift_temperature(
     entry = json.loads((bundle / "bundle.json").read_text())["files"][DRIFT_FILE]
     assert entry["shift_temperature"] is None
     assert load_model(bundle)[0].shift_temperature is None
+
+
+def test_drift_fit_with_real_world_val_chooses_the_abstention_threshold(
+    tmp_path: Path, synthetic_dataset: Path
+) -> None:
+    from fisheye.data.labelled import labelled_paths
+    from fisheye.inference.predictor import Predictor
+    from fisheye.monitoring.fitting import FitOptions, extract_features, fit_real_world_abstention
+    from tests.helpers.bundles import class_folders, make_bundle
+
+    bundle = make_bundle(tmp_path / "bundle", class_folders(synthetic_dataset))
+    args = ["drift", "fit", "--model", str(bundle), "--data", str(synthetic_dataset)]
+    args += ["--val", str(synthetic_dataset), "--shifted-views", "1"]
+    res = runner.invoke(app, [*args, "--real-world-val", str(synthetic_dataset)])
+    assert res.exit_code == 0, res.output
+    assert "real-world val photos answered" in res.output
+    abstention = json.loads((bundle / "bundle.json").read_text())["abstention"]
+    items = labelled_paths(synthetic_dataset, class_folders(synthetic_dataset))
+    assert abstention["photos"] == len(items)
+    assert abstention["target_accuracy"] == 0.97
+    # The threshold is what the served confidences give on those photos, and it is served.
+    predictor, monitor = load_model(bundle)
+    assert predictor.abstain_below == abstention["threshold"]
+    photos = extract_features(Predictor(load_bundle(bundle), backend="torch"), items)
+    again = fit_real_world_abstention(monitor, photos, predictor.classes, FitOptions())
+    assert again.threshold == pytest.approx(abstention["threshold"], abs=1e-5)
+
+    # Photos outside the model's class folders are refused with a clear error.
+    res = runner.invoke(app, [*args, "--real-world-val", str(synthetic_dataset.parent)])
+    assert res.exit_code == 2
+    assert "named after one of the model's classes" in res.output

@@ -10,7 +10,9 @@ from fisheye.bundle import load_bundle
 from fisheye.cli import app
 from fisheye.data.manifest import TRAINING_MANIFEST_NAME, read_training_manifest
 from fisheye.data.pipelines import load_dataset_rows
+from fisheye.data.preprocess import Preprocessing
 from fisheye.inference.predictor import Predictor
+from fisheye.training.features import _cache_key, default_preprocessing
 from fisheye.training.probe import fit_linear_head, out_of_fold_probabilities, train_probe
 from fisheye.training.records import predict_rows
 
@@ -90,3 +92,31 @@ def test_probe_refuses_a_negative_number_of_corrupted_views(tmp_path, synthetic_
     rows = load_dataset_rows(synthetic_dataset, 0.25, 0.25, seed=0)
     with pytest.raises(ValueError, match="augment_corruptions"):
         train_probe(rows, synthetic_dataset, tmp_path / "b", augment_corruptions=-1)
+
+
+def test_probe_takes_the_backbone_size_and_a_resize_mode(tmp_path, synthetic_dataset):
+    rows = load_dataset_rows(synthetic_dataset, 0.25, 0.25, seed=0)
+    spec = Preprocessing(input_size=64, resize="center_crop")
+    train_probe(rows, synthetic_dataset, tmp_path / "b", backend="torch", preprocessing=spec)
+    assert load_bundle(tmp_path / "b").preprocessing == spec
+    assert default_preprocessing("efficientnet_lite2").input_size == 260
+    assert default_preprocessing("efficientnet_lite0", "center_crop").resize == "center_crop"
+    with pytest.raises(ValueError, match="unknown architecture"):
+        default_preprocessing("vgg99")
+
+
+def test_probe_cli_refuses_an_unknown_resize_mode(tmp_path, synthetic_dataset):
+    args = ["probe", "--data", str(synthetic_dataset), "--out", str(tmp_path / "b")]
+    result = CliRunner().invoke(app, [*args, "--resize", "stretch"])
+    assert result.exit_code == 2
+    assert "--resize must be one of" in result.output
+
+
+def test_feature_cache_keys_differ_by_preprocessing(synthetic_dataset):
+    rows = load_dataset_rows(synthetic_dataset, 0.25, 0.25, seed=0)
+    plain = _cache_key("efficientnet_lite0", "onnx", rows)
+    assert _cache_key("efficientnet_lite0", "onnx", rows, spec=Preprocessing()) == plain
+    cropped = Preprocessing(resize="center_crop")
+    assert _cache_key("efficientnet_lite0", "onnx", rows, spec=cropped) != plain
+    bigger = Preprocessing(input_size=260)
+    assert _cache_key("efficientnet_lite0", "onnx", rows, spec=bigger) != plain

@@ -169,6 +169,25 @@ def fit(
         ),
     ] = DEFAULTS.shifted_views,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the sample.")] = DEFAULTS.seed,
+    real_world_val: Annotated[
+        Path | None,
+        typer.Option(
+            "--real-world-val",
+            help="Labelled photos from outside the training photos' setting (class folders, "
+            "e.g. what `fisheye data download` staged under val/): the shift temperature is "
+            "also fitted on them, and the abstention threshold chosen on them.",
+        ),
+    ] = None,
+    abstain_target: Annotated[
+        float,
+        typer.Option(
+            "--abstain-target",
+            min=0.5,
+            max=1.0,
+            help="With --real-world-val: the accuracy the answered photos must reach there; "
+            "below the threshold that gives it, the answer is 'not sure'.",
+        ),
+    ] = DEFAULTS.abstain_target,
     backend: Annotated[
         str,
         typer.Option(
@@ -182,7 +201,7 @@ def fit(
     """Fit the drift reference and OOD threshold of a bundle and store them in it."""
     from fisheye.bundle import BundleError, default_bundle_dir, read_meta
     from fisheye.data.files import InputPathError
-    from fisheye.data.labelled import LabelledDataError, reference_photos
+    from fisheye.data.labelled import LabelledDataError, labelled_paths, reference_photos
     from fisheye.inference.backends import reference_backends, resolve
     from fisheye.monitoring.fitting import fit_bundle
 
@@ -201,17 +220,44 @@ def fit(
         false_alarm_rate=false_alarm_rate,
         shifted_views=shifted_views,
         seed=seed,
+        abstain_target=abstain_target,
     )
+    if real_world_val is not None and not real_world_val.is_dir():
+        raise fail(err, f"--real-world-val: no such folder: {real_world_val}")
     for name in backends:
         predictor, _ = load_model_or_exit(err, bundle_dir, backend=name, monitoring=None)
         try:
             train, val_items = reference_photos(data, val, predictor.classes)
+            outside = labelled_paths(real_world_val, predictor.classes) if real_world_val else None
+            if outside is not None and (not outside or any(lab is None for _, lab in outside)):
+                raise LabelledDataError(
+                    f"--real-world-val {real_world_val}: every photo must sit in a folder "
+                    f"named after one of the model's classes ({', '.join(predictor.classes)})"
+                )
             total = min(options.sample, len(train)) + len(val_items or []) * (1 + shifted_views)
+            total += len(outside or [])
             with RichProgress(err).task(f"extracting {name} features", total) as advance:
                 monitor = fit_bundle(
-                    predictor, train, val_items, options, data=str(data), on_done=advance
+                    predictor,
+                    train,
+                    val_items,
+                    options,
+                    data=str(data),
+                    real_world_items=outside,
+                    on_done=advance,
                 )
         except (InputPathError, LabelledDataError, ValueError) as exc:
             raise fail(err, str(exc)) from None
         written = f"{name} drift reference written to {bundle_dir}: {monitor.summary()}"
         out.print(Text(written), soft_wrap=True)
+        if outside:
+            abstention = read_meta(bundle_dir)["abstention"]
+            out.print(
+                Text(
+                    f"abstention below {abstention['threshold']:.3f}: "
+                    f"{abstention['coverage']:.0%} of {abstention['photos']} real-world val "
+                    f"photos answered, accuracy {abstention['accuracy']} "
+                    f"(target {abstention['target_accuracy']})"
+                ),
+                soft_wrap=True,
+            )

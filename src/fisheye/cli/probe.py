@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -34,6 +35,20 @@ def probe(
     arch: Annotated[str, typer.Option("--arch", help="Backbone (ImageNet weights).")] = (
         "efficientnet_lite0"
     ),
+    input_size: Annotated[
+        int | None,
+        typer.Option(
+            "--input-size", min=16, help="Model input in pixels (default: the backbone's own)."
+        ),
+    ] = None,
+    resize: Annotated[
+        str,
+        typer.Option(
+            "--resize",
+            help="squash (the whole photo, aspect ignored) or center_crop (aspect kept, the "
+            "centre cropped; better on photos that are not square).",
+        ),
+    ] = "squash",
     backend: Annotated[
         str, typer.Option("--backend", help="Feature extraction: onnx (faster) or torch.")
     ] = "onnx",
@@ -69,10 +84,20 @@ def probe(
     out_c, err = consoles()
     require_train_extra(err, "probe")
     from fisheye.data.pipelines import load_dataset_rows
+    from fisheye.data.preprocess import RESIZE_MODES
+    from fisheye.training.features import default_preprocessing
     from fisheye.training.probe import train_probe
 
     if backend not in ("onnx", "torch"):
         raise fail(err, f"--backend must be onnx or torch, got {backend!r}")
+    if resize not in RESIZE_MODES:
+        raise fail(err, f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    try:
+        spec = default_preprocessing(arch, resize)
+    except ValueError as exc:
+        raise fail(err, str(exc)) from None
+    if input_size is not None:
+        spec = dataclasses.replace(spec, input_size=input_size)
     if val_fraction + test_fraction >= 1.0:
         raise fail(err, "--val-fraction + --test-fraction must leave photos for training")
     if not data.exists():
@@ -95,6 +120,7 @@ def probe(
                 command=" ".join(["fisheye probe", *sys.argv[2:]]),
                 augment_views=augment_view or [],
                 augment_corruptions=augment_corruptions,
+                preprocessing=spec,
                 on_done=advance,
             )
     except (ValueError, OSError) as exc:

@@ -148,6 +148,57 @@ def fit_shift_temperature(
     return ShiftTemperature(slope=best[1], offset=best[2], reference=float(reference))
 
 
+@dataclass(frozen=True)
+class Abstention:
+    """Answer only above `threshold`: chosen so answered photos reach a target accuracy."""
+
+    threshold: float
+    target_accuracy: float
+    photos: int  # the labelled photos it was chosen on
+    coverage: float  # the share of them answered
+    accuracy: float  # the accuracy of those answered (nan when none is)
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "threshold": round(self.threshold, 6),
+            "target_accuracy": self.target_accuracy,
+            "photos": self.photos,
+            "coverage": round(self.coverage, 6),
+            "accuracy": round(self.accuracy, 6) if np.isfinite(self.accuracy) else None,
+        }
+
+
+def fit_abstention(probs: np.ndarray, labels: np.ndarray, target_accuracy: float) -> Abstention:
+    """The lowest confidence threshold at which the photos answered reach `target_accuracy`.
+
+    Photos are answered when their top probability is at least the threshold. When no
+    threshold reaches the target, the threshold is the highest confidence seen plus a hair:
+    nothing like these photos is answered.
+    """
+    probs, labels = np.asarray(probs), np.asarray(labels, dtype=int)
+    if len(labels) == 0:
+        raise ValueError("choosing an abstention threshold needs labelled photos")
+    conf = probs.max(axis=1)
+    order = np.argsort(-conf, kind="stable")
+    correct = (probs.argmax(axis=1) == labels)[order]
+    answered_accuracy = np.cumsum(correct) / np.arange(1, len(correct) + 1)
+    # Thresholds sit at distinct confidences: answering the k most confident photos.
+    distinct = np.r_[conf[order][1:] < conf[order][:-1], True]
+    ok = np.flatnonzero((answered_accuracy >= target_accuracy) & distinct)
+    if len(ok):
+        k = int(ok[-1]) + 1
+        threshold = float(conf[order][k - 1])
+        return Abstention(
+            threshold,
+            target_accuracy,
+            len(labels),
+            k / len(labels),
+            float(answered_accuracy[k - 1]),
+        )
+    threshold = float(min(1.0, conf.max() + 1e-6))
+    return Abstention(threshold, target_accuracy, len(labels), 0.0, float("nan"))
+
+
 def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of the true labels."""
     labels = np.asarray(labels, dtype=int)

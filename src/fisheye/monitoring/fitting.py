@@ -17,9 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from fisheye.bundle import update_meta
 from fisheye.data.corruptions import RandomCorruption
 from fisheye.inference import backends
-from fisheye.inference.calibration import ShiftTemperature, fit_shift_temperature
+from fisheye.inference.calibration import (
+    Abstention,
+    ShiftTemperature,
+    fit_abstention,
+    fit_shift_temperature,
+)
 from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DriftDetector
 from fisheye.monitoring.monitor import Monitor
@@ -41,6 +47,8 @@ class FitOptions:
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE  # OOD threshold, on val photos
     shifted_views: int = 3  # randomly corrupted views of each val photo (shift temperature)
     seed: int = 0
+    # With real-world val photos: the accuracy that the photos answered must reach there.
+    abstain_target: float = 0.97
 
 
 @dataclass
@@ -192,11 +200,16 @@ def fit_bundle(
     options: FitOptions = FitOptions(),
     *,
     data: str | None = None,
+    real_world_items: Sequence[tuple[Path, str]] | None = None,
     on_done: Callable[[int], None] | None = None,
 ) -> Monitor:
     """Extract features, fit, and save the drift reference into the predictor's bundle.
 
     The reference is fitted on the predictor's backend and stored for its feature family.
+    Labelled `real_world_items` (photos from outside the training photos' setting) join the
+    shift temperature's fit, and the abstention threshold is chosen on them: the lowest
+    confidence at which the answered ones reach `options.abstain_target` (bundle.json
+    `abstention`).
     """
     picked = sample(train_items, options.sample, options.seed)
     train = extract_features(predictor, picked, on_done=on_done)
@@ -209,6 +222,10 @@ def fit_bundle(
             shifted.append(
                 extract_features(predictor, readable, transform=corrupt, on_done=on_done)
             )
+    real_world = None
+    if real_world_items:
+        real_world = extract_features(predictor, list(real_world_items), on_done=on_done)
+        shifted.append(real_world)
     dim = train.features.shape[1] if train.features.size else 0
     monitor = fit_monitor(
         train,
@@ -222,4 +239,30 @@ def fit_bundle(
         shifted=shifted,
     )
     save_reference(predictor.bundle.path, monitor, data=data)
+    if real_world is not None and len(real_world.labels):
+        abstention = fit_real_world_abstention(monitor, real_world, predictor.classes, options)
+        update_meta(
+            predictor.bundle.path,
+            abstention={**abstention.to_json(), "backend": predictor.backend_name},
+        )
     return monitor
+
+
+def fit_real_world_abstention(
+    monitor: Monitor, photos: Features, classes: Sequence[str], options: FitOptions
+) -> Abstention:
+    """The abstention threshold on labelled photos, at the confidences the server shows."""
+    probs = photos.probabilities
+    if monitor.shift_temperature is not None:
+        probs = monitor.shift_temperature.apply(probs, monitor.ood.score(photos.features))
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[lab] for lab in photos.labels])
+    abstention = fit_abstention(probs, labels, options.abstain_target)
+    log.info(
+        "abstention below %.3f: %.0f%% of %d real-world photos answered, %.3f accurate",
+        abstention.threshold,
+        100 * abstention.coverage,
+        abstention.photos,
+        abstention.accuracy,
+    )
+    return abstention

@@ -8,6 +8,7 @@ one cache keyed by the photos' content hashes, the architecture, the backend and
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from fisheye.data.manifest import ManifestRow
 from fisheye.data.preprocess import Preprocessing
 from fisheye.inference.export import export_onnx
 from fisheye.inference.predictor import Predictor
-from fisheye.models.backbones import build_model
+from fisheye.models.backbones import BACKBONES, build_model
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +61,30 @@ def view_transform(view: str, spec: Preprocessing) -> Callable[[np.ndarray], np.
     raise ValueError(f"unknown view {view!r}; choose from {choices} or {CORRUPTED}<n>")
 
 
-def _cache_key(arch: str, backend: str, rows: Sequence[ManifestRow], view: str = "identity") -> str:
+def _cache_key(
+    arch: str,
+    backend: str,
+    rows: Sequence[ManifestRow],
+    view: str = "identity",
+    spec: Preprocessing | None = None,
+) -> str:
     if view.startswith(CORRUPTED):
         view = f"{view}|{corruptions.VERSION}"
     prefix = f"{arch}|{backend}|" if view == "identity" else f"{arch}|{backend}|{view}|"
+    if spec is not None and spec != Preprocessing():
+        # Keys of the default preprocessing stay as they were, so existing caches stay valid.
+        prefix += json.dumps(spec.to_dict(), sort_keys=True) + "|"
     digest = hashlib.sha256(prefix.encode())
     for r in rows:
         digest.update(r.sha256.encode())
     return digest.hexdigest()[:20]
+
+
+def default_preprocessing(arch: str, resize: str = "squash") -> Preprocessing:
+    """The preprocessing a backbone's ImageNet weights expect: its own input size."""
+    if arch not in BACKBONES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(BACKBONES)}")
+    return Preprocessing(input_size=BACKBONES[arch].input_size, resize=resize)
 
 
 def imagenet_predictor(
@@ -82,7 +99,7 @@ def imagenet_predictor(
     `backend="onnx"` exports the network first (ONNX Runtime extracts features about three
     times faster than eager PyTorch on a CPU).
     """
-    spec = spec or Preprocessing()
+    spec = spec or default_preprocessing(arch)
     n_classes = len(classes)
     net = build_model(arch, n_classes, pretrained=True, input_size=spec.input_size).eval()
     work = Path(work_dir or tempfile.mkdtemp(prefix="fisheye-probe-"))
@@ -115,7 +132,13 @@ def backbone_features(
     transform = view_transform(view, predictor.preprocessing)
     cache = None
     if cache_dir is not None:
-        key = _cache_key(predictor.bundle.architecture, predictor.backend_name, rows, view)
+        key = _cache_key(
+            predictor.bundle.architecture,
+            predictor.backend_name,
+            rows,
+            view,
+            predictor.preprocessing,
+        )
         cache = Path(cache_dir) / f"features_{key}.npz"
         if cache.is_file():
             data = np.load(cache)

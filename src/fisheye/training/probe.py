@@ -23,6 +23,7 @@ from sklearn.model_selection import GroupKFold
 from fisheye.bundle import read_meta, save_bundle, update_meta
 from fisheye.data import corruptions
 from fisheye.data.manifest import ManifestRow, manifest_hash
+from fisheye.data.preprocess import Preprocessing
 from fisheye.inference.scoring import macro_f1
 from fisheye.training.features import (
     CORRUPTED,
@@ -141,6 +142,7 @@ def train_probe(
     command: str | None = None,
     augment_views: Sequence[str] = (),
     augment_corruptions: int = 0,
+    preprocessing: Preprocessing | None = None,
     on_done: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Fit a linear head on frozen ImageNet features of the train rows and write a bundle.
@@ -148,7 +150,8 @@ def train_probe(
     `augment_views` (names of VIEWS, e.g. "hflip") add the features of those views of the
     train photos as further training samples, and `augment_corruptions` that many randomly
     corrupted views of each (fisheye.data.corruptions); val and test are scored as served
-    (one plain view). C is chosen on val; the bundle records its training photos, its temperature
+    (one plain view). `preprocessing` defaults to the backbone's own input size, squashed.
+    C is chosen on val; the bundle records its training photos, its temperature
     (fitted on val) and the grouped test figures (when there are test rows). Returns its
     metrics.
     """
@@ -164,7 +167,9 @@ def train_probe(
     classes = sorted({r.label for r in rows})
     class_index = {c: i for i, c in enumerate(classes)}
     with tempfile.TemporaryDirectory(prefix="fisheye-probe-") as work:
-        predictor = imagenet_predictor(classes, arch, backend, work_dir=Path(work))
+        predictor = imagenet_predictor(
+            classes, arch, backend, spec=preprocessing, work_dir=Path(work)
+        )
         feats = backbone_features(predictor, rows, cache_dir=cache_dir, on_done=on_done)
         extra = [
             backbone_features(predictor, feats.rows, cache_dir=cache_dir, view=v) for v in views
