@@ -264,7 +264,12 @@ def test_app_serves_int8_where_it_holds(int8_bundle: Path) -> None:
     with TestClient(create_app(ServeSettings(model=int8_bundle))) as client:
         _wait_ready(client)
         ready = client.get("/readyz").json()
-        assert ready == {"status": "ready", "backend": "onnx-int8", "backend_status": "same_cpu"}
+        assert ready == {
+            "status": "ready",
+            "backend": "onnx-int8",
+            "backend_status": "same_cpu",
+            "monitoring": "no_reference",
+        }
         assert client.get("/v1/model").json()["backend_selection"]["fallback_from"] is None
         assert "fisheye_backend_fallback 0.0" in client.get("/metrics").text
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich import progress as rich_progress
 from rich.console import Console
 from rich.text import Text
 
@@ -55,17 +54,17 @@ def warn(err: Console, message: str) -> None:
     err.print(Text(message, style="yellow"), soft_wrap=True)
 
 
-class _RateColumn(rich_progress.ProgressColumn):
-    """Steps per second, e.g. "41.2 photos/s"."""
+def _rate_column(unit: str) -> Any:
+    """A progress column with the steps per second, e.g. "41.2 photos/s"."""
+    from rich import progress as rich_progress
 
-    def __init__(self, unit: str) -> None:
-        super().__init__()
-        self.unit = unit
+    class RateColumn(rich_progress.ProgressColumn):
+        def render(self, task: rich_progress.Task) -> Text:
+            """The task's current rate."""
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{speed:.1f} {unit}/s", style="cyan")
 
-    def render(self, task: rich_progress.Task) -> Text:
-        """The task's current rate."""
-        speed = task.finished_speed or task.speed
-        return Text("?" if speed is None else f"{speed:.1f} {self.unit}/s", style="cyan")
+    return RateColumn()
 
 
 class RichProgress:
@@ -80,12 +79,15 @@ class RichProgress:
 
         With a `unit` (e.g. "photos") the bar also shows the rate, e.g. "41.2 photos/s".
         """
+        # Imported here: `fisheye serve` imports this module and shows no progress bar.
+        from rich import progress as rich_progress
+
         console = self._console or Console(stderr=True)
         columns = (
             rich_progress.TextColumn("{task.description}"),
             rich_progress.BarColumn(),
             rich_progress.MofNCompleteColumn(),
-            *([_RateColumn(unit)] if unit else []),
+            *([_rate_column(unit)] if unit else []),
             rich_progress.TimeRemainingColumn(),
         )
         with rich_progress.Progress(

@@ -27,14 +27,12 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the model over HTTP: the web page at /, the API under /v1, docs at /docs."""
-    import uvicorn
     from pydantic import ValidationError
 
     from fisheye.bundle import BundleError, read_meta
     from fisheye.inference.backends import BackendUnavailableError, require_installed, resolve
-    from fisheye.serving.app import create_app
-    from fisheye.serving.http_protocol import protocol_for
     from fisheye.serving.settings import ServeSettings
+    from fisheye.serving.state import ServingState
     from fisheye.tracking.model_registry import is_registry_uri
 
     _, err = consoles()
@@ -60,13 +58,22 @@ def serve(
         raise fail(err, f"cannot serve the model bundle {settings.model}: {exc}") from None
     except BackendUnavailableError as exc:
         raise fail(err, str(exc)) from None
+    # The model loads (verify, ONNX Runtime session, host check, warm-up) while the web
+    # framework is imported and the app is built: the first answer comes that much sooner.
+    state = ServingState(settings)
+    state.start_loading()
+    import uvicorn
+
+    from fisheye.serving.app import create_app
+    from fisheye.serving.http_protocol import protocol_for
+
     shown = f"{source} ({settings.model})" if source != settings.model else settings.model
     err.print(
         f"FishEye serving {shown} at http://{settings.host}:{settings.port} (API docs at /docs)",
         soft_wrap=True,
     )
     uvicorn.run(
-        create_app(settings),
+        create_app(state=state),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -75,5 +82,6 @@ def serve(
         timeout_graceful_shutdown=10,
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  (a float works)
         http=protocol_for(settings),
+        ws="none",  # no WebSocket routes: skip importing a WebSocket library at start-up
         server_header=False,
     )

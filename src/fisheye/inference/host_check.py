@@ -56,18 +56,26 @@ def dead_leaves(spec: Preprocessing, n: int = N_PHOTOS, seed: int = SEED) -> np.
     rng = np.random.default_rng(seed)
     size = spec.input_size
     canvas = (size + 1) // 2
-    yy, xx = np.mgrid[0:canvas, 0:canvas]
+    grid = np.arange(canvas)
     pixels = np.empty((n, canvas, canvas, 3), np.uint8)
     for i in range(n):
         img = np.empty((canvas, canvas, 3), np.float32)
         img[:] = rng.random(3)
-        for _ in range(DISCS):
-            radius = canvas * 0.02 / (1.0 - rng.random() * 0.97) ** 0.5
-            cy, cx = rng.random(2) * canvas
+        # Each disc draws (radius, y, x, r, g, b) in turn: one call draws the same stream.
+        draws = rng.random((DISCS, 6))
+        centres = draws[:, 1:3] * canvas
+        # Squared distances of every row and column to every centre: a pixel is inside a
+        # disc when its row's plus its column's is under the squared radius.
+        dy2 = (grid[None, :] - centres[:, :1]) ** 2
+        dx2 = (grid[None, :] - centres[:, 1:]) ** 2
+        colours = draws[:, 3:].astype(np.float32)
+        for k, u in enumerate(draws[:, 0].tolist()):
+            radius = canvas * 0.02 / (1.0 - u * 0.97) ** 0.5
+            cy, cx = centres[k].tolist()
             y0, y1 = max(0, int(cy - radius)), min(canvas, int(cy + radius) + 1)
             x0, x1 = max(0, int(cx - radius)), min(canvas, int(cx + radius) + 1)
-            inside = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 < radius**2
-            img[y0:y1, x0:x1][inside] = rng.random(3)
+            inside = dy2[k, y0:y1, None] + dx2[k, None, x0:x1] < radius**2
+            img[y0:y1, x0:x1][inside] = colours[k]
         img += rng.normal(0.0, 0.03, img.shape)
         pixels[i] = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
     full = pixels.repeat(2, axis=1).repeat(2, axis=2)[:, :size, :size]

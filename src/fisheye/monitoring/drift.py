@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -193,11 +194,27 @@ class DriftDetector:
         self.reference = ref
         # Training photos per class (the bundle's class order): the class-mix test's prior.
         self.class_prior = None if class_prior is None else np.asarray(class_prior, np.float64)
-        # The reference block of the kernel matrix never changes: compute it once.
-        self._ref_kernel = gaussian_kernel(squared_distances(ref, ref), self.bandwidth)
+        # The reference block of the kernel matrix never changes: computed once, by
+        # `prepare` or the first test (a server prepares it after it is ready to answer).
+        self._ref_kernel: np.ndarray | None = None
+        self._prepare_lock = threading.Lock()
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the reference block of the kernel matrix is computed."""
+        return self._ref_kernel is not None
+
+    def prepare(self) -> None:
+        """Compute the reference block of the kernel matrix (once; later calls return)."""
+        with self._prepare_lock:
+            if self._ref_kernel is None:
+                ref = self.reference
+                self._ref_kernel = gaussian_kernel(squared_distances(ref, ref), self.bandwidth)
 
     def kernel(self, x: np.ndarray) -> np.ndarray:
         """The joint kernel matrix of x (first) and the reference (after)."""
+        self.prepare()
+        assert self._ref_kernel is not None
         k_xx = gaussian_kernel(squared_distances(x, x), self.bandwidth)
         k_xr = gaussian_kernel(squared_distances(x, self.reference), self.bandwidth)
         return np.block([[k_xx, k_xr], [k_xr.T, self._ref_kernel]])

@@ -34,13 +34,16 @@ def load_model(
     options: PredictionOptions = PredictionOptions(),
     monitoring: MonitorOptions | None = MonitorOptions(),
     expected_sha256: str | None = None,
+    check_all_files: bool = True,
 ) -> LoadedModel:
     """Load, verify and assemble a bundle's model (`monitoring=None`: no monitor).
 
     Every file's hash is checked (and bundle.json's against `expected_sha256` when given),
     and the model is run once to check its outputs fit the class list and the monitor.
+    `check_all_files=False` checks each file when it is read instead of all of them first
+    (`load_bundle`): the server's start-up reads only what it serves.
     """
-    bundle = load_bundle(bundle_dir, expected_sha256)
+    bundle = load_bundle(bundle_dir, expected_sha256, check_all_files=check_all_files)
     selection = open_backend(bundle, backend, runtime)
     monitor = (
         None if monitoring is None else load_monitor(bundle, selection.backend.name, monitoring)

@@ -31,10 +31,15 @@ STATIC_DIR = Path(__file__).parent / "static"
 SWAGGER_DIR = Path(fastapi_offline.__file__).parent / "static"
 
 
-def create_app(settings: ServeSettings | None = None) -> FastAPI:
-    """Build the service; the model loads in the background once the app starts."""
-    settings = settings or ServeSettings()
-    state = ServingState(settings)
+def create_app(settings: ServeSettings | None = None, state: ServingState | None = None) -> FastAPI:
+    """Build the service; the model loads in the background once the app starts.
+
+    `state` may be one whose model is already loading (`ServingState.start_loading`, as
+    `fisheye serve` does before it imports this module); its settings are the app's.
+    """
+    if state is None:
+        state = ServingState(settings or ServeSettings())
+    settings = state.settings
 
     reloads: set[asyncio.Task] = set()
 
@@ -54,7 +59,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(asyncio.to_thread(state.load_or_report))
+        state.start_loading()
         loop = asyncio.get_running_loop()
         # SIGHUP reloads the configured model (only where the loop may own signals: the
         # main thread of a Unix process; not, e.g., under a test client's thread).
@@ -67,8 +72,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 loop.remove_signal_handler(signal.SIGHUP)
             if reloads:
                 await asyncio.wait(reloads, timeout=60)
-            if not loader.done():
-                await asyncio.wait([loader], timeout=60)
+            await asyncio.to_thread(state.wait_loaded, 60)
             await asyncio.to_thread(state.close)
 
     app = FastAPI(

@@ -68,7 +68,8 @@ class ModelChanges:
     def load(self) -> ModelSlot:
         """Start-up: load the configured model (pinned by FISHEYE_MODEL_SHA256), make it live."""
         with self._lock:
-            slot = self._open(self.settings.model)
+            # The largest batch is warmed after the server is ready (ServingState.load).
+            slot = self._open(self.settings.model, largest_batch=False)
             self._make_live(slot)
             return slot
 
@@ -167,16 +168,20 @@ class ModelChanges:
         finally:
             self._lock.release()
 
-    def _open(self, source: Path | str, role: str = "live") -> ModelSlot:
+    def _open(
+        self, source: Path | str, role: str = "live", largest_batch: bool = True
+    ) -> ModelSlot:
         """Resolve, load, verify and start `source` (pinned when it is the configured model)."""
         pinned = self.settings.model_sha256 if str(source) == str(self.settings.model) else None
         slot = load_slot(resolve_model(source, pinned), self.settings)
-        self._start(slot, role)
+        self._start(slot, role, largest_batch)
         return slot
 
-    def _start(self, slot: ModelSlot, role: str = "live") -> None:
+    def _start(self, slot: ModelSlot, role: str = "live", largest_batch: bool = True) -> None:
         try:
-            slot.start(self.settings, self.metrics, self.decoder, self.prediction_log, role)
+            slot.start(
+                self.settings, self.metrics, self.decoder, self.prediction_log, role, largest_batch
+            )
         except WarmupError as exc:
             raise ModelChangeError(WARMUP_FAILED, str(exc)) from exc
 

@@ -18,6 +18,16 @@ from fisheye.monitoring.drift import DriftDetector, DriftResult
 log = logging.getLogger(__name__)
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by `nice` (Linux: a thread id is a valid
+    PRIO_PROCESS target), so its background work yields the cores to answering requests."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError, AttributeError):
+            tid = threading.get_native_id()
+            current = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, current + nice))
+
+
 class DriftWindow:
     """A ring buffer of features (never photos) and a thread that runs the MMD test on it.
 
@@ -108,17 +118,23 @@ class DriftWindow:
             self._thread = None
 
     def _lower_priority(self) -> None:
-        # A higher nice value for this thread only (Linux: a thread id is a valid
-        # PRIO_PROCESS target): the test is background work and must not take cores from
-        # the model under load. (NumPy's BLAS runs one thread in the server.)
-        if self.nice > 0 and hasattr(os, "setpriority"):
-            with contextlib.suppress(OSError, AttributeError):
-                tid = threading.get_native_id()
-                current = os.getpriority(os.PRIO_PROCESS, tid)
-                os.setpriority(os.PRIO_PROCESS, tid, min(19, current + self.nice))
+        # The test is background work and must not take cores from the model under load.
+        # (NumPy's BLAS runs one thread in the server.)
+        lower_thread_priority(self.nice)
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the detector's reference is ready for a test (it is prepared in the thread)."""
+        return self.detector.prepared
 
     def _run(self) -> None:
         self._lower_priority()
+        try:
+            # The reference's own kernel block, at this thread's low priority: the server
+            # answers before it is done, and a test due earlier computes it itself.
+            self.detector.prepare()
+        except Exception:  # the monitor must never take the server down
+            log.exception("preparing the drift reference failed")
         while not self._stop.is_set():
             remaining = self.interval_s - (time.monotonic() - self._last_test)
             self._wake.wait(max(remaining, 0.05))

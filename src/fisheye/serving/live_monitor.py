@@ -98,6 +98,14 @@ class LiveMonitor:
             )
         self.prediction_log = prediction_log
 
+    @property
+    def status(self) -> str:
+        """ "ready", "loading" (the drift reference is prepared in the background; answers
+        already carry OOD scores) or "no_reference" (the bundle has none)."""
+        if self.window is None:
+            return "no_reference"
+        return "ready" if self.window.prepared else "loading"
+
     def start(self) -> None:
         """Start the background drift test (the app starts and stops the shared log)."""
         if self.window is not None:
@@ -173,6 +181,7 @@ class LiveMonitor:
         assert self.monitor is not None
         return {
             "enabled": True,
+            "status": self.status,
             # The reference must come from the serving backend's features (int8 differs).
             "reference_backend": self.monitor.backend,
             "serving_backend": self.predictor.backend_name,

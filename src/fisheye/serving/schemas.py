@@ -131,6 +131,12 @@ class HealthOut(BaseModel):
     backend_status: str | None = Field(
         None, description="Once ready: fallback, same_cpu, passed or not_checked (/v1/model)."
     )
+    monitoring: str | None = Field(
+        None,
+        description="Once ready: the drift monitoring of the live model: ready, loading (its "
+        "reference is prepared in the background; answers already carry OOD scores), "
+        "no_reference or off.",
+    )
 
 
 OTHER_LABEL = "other"  # feedback label for a photo of none of the model's classes

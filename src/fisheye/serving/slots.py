@@ -71,8 +71,14 @@ class ModelSlot:
         decoder: DecodePool | None,
         prediction_log: PredictionLog | None,
         role: str = "live",
+        largest_batch: bool = True,
     ) -> None:
-        """Start the batcher (warming the model: WarmupError) and the drift window."""
+        """Start the batcher (warming the model: WarmupError) and the drift window.
+
+        Each worker runs a photo and, with `largest_batch`, a largest batch first. At
+        start-up the server leaves the largest batch to `warm_largest_batch` after it is
+        ready: the host check and the model's own check have run both sessions already.
+        """
         predictor = self.predictor
         batcher = MicroBatcher(
             predictor.infer,
@@ -87,7 +93,7 @@ class ModelSlot:
         # Warm up in the worker threads, at the smallest and largest batch, so the first
         # real request does not pay for lazy initialisation.
         size = predictor.preprocessing.input_size
-        sizes = sorted({1, settings.max_batch_size})
+        sizes = sorted({1, settings.max_batch_size if largest_batch else 1})
         try:
             batcher.start([np.zeros((n, 3, size, size), np.float32) for n in sizes])
         except Exception as exc:
@@ -98,6 +104,11 @@ class ModelSlot:
                 settings, metrics, predictor, self.monitor, prediction_log, role
             )
             self.live_monitor.start()
+
+    def warm_largest_batch(self, settings: ServeSettings) -> None:
+        """Run one largest batch (its buffers are allocated now, not under the first burst)."""
+        size = self.predictor.preprocessing.input_size
+        self.predictor.backend.run(np.zeros((settings.max_batch_size, 3, size, size), np.float32))
 
     def stop(self) -> None:
         """Stop the batcher (after its queued work) and the drift window."""
@@ -130,6 +141,9 @@ def load_slot(resolved: ResolvedSource, settings: ServeSettings) -> ModelSlot:
         runtime=settings.runtime_options(),
         options=settings.prediction_options(),
         monitoring=settings.monitor_options(),
+        # Each file is hash-checked when it is read (before ONNX Runtime or the monitor
+        # gets its bytes), not every file of the bundle up front.
+        check_all_files=False,
     )
     return ModelSlot(resolved.source, loaded.predictor, loaded.monitor)
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from fisheye.serving.batcher import MicroBatcher
 from fisheye.serving.capacity import UploadBudget
 from fisheye.serving.changes import ModelChanges
 from fisheye.serving.decoding import DecodePool
+from fisheye.serving.drift_window import lower_thread_priority
 from fisheye.serving.live_monitor import LiveMonitor, open_prediction_log
 from fisheye.serving.memory import return_large_buffers_to_the_os, trim_freed_memory
 from fisheye.serving.metrics import Metrics
@@ -25,6 +27,7 @@ from fisheye.serving.slots import Slots
 from fisheye.tracking.loading import INVALID, NOT_PINNED, ModelLoadError
 
 log = logging.getLogger(__name__)
+BACKGROUND_NICE = 10  # how much lower the loader thread runs once the model answers
 
 
 def limit_blas_threads() -> None:
@@ -56,6 +59,7 @@ class ServingState:
     changes: ModelChanges | None = None
     ready: bool = False
     load_error: str | None = None
+    _loader: threading.Thread | None = field(default=None, repr=False)
 
     # The live slot's parts, for the routes (one attribute read each).
     @property
@@ -72,6 +76,23 @@ class ServingState:
     def live_monitor(self) -> LiveMonitor | None:
         """The live model's monitoring."""
         return None if self.slots.live is None else self.slots.live.live_monitor
+
+    def start_loading(self) -> None:
+        """Run `load_or_report` in a background thread, once (later calls do nothing).
+
+        `fisheye serve` calls it before it imports FastAPI and builds the app, so the model
+        loads while the rest of the server is imported; otherwise the app's start does.
+        """
+        if self._loader is None:
+            self._loader = threading.Thread(
+                target=self.load_or_report, name="fisheye-load", daemon=True
+            )
+            self._loader.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> None:
+        """Wait for the background load (if one was started) to finish or fail."""
+        if self._loader is not None:
+            self._loader.join(timeout)
 
     def load(self) -> None:
         """Open the shared resources and load, start and warm the model (blocking)."""
@@ -99,6 +120,13 @@ class ServingState:
             slot.predictor.backend_name,
             time.perf_counter() - start,
         )
+        # Work that can wait until the model answers, at a low priority in this thread: a
+        # largest batch (the drift reference is prepared in the drift window's thread).
+        lower_thread_priority(BACKGROUND_NICE)
+        try:
+            slot.warm_largest_batch(s)
+        except Exception as exc:  # the model answers already; the first burst pays instead
+            log.warning("warming the model at batch %d failed: %s", s.max_batch_size, exc)
 
     def load_or_report(self) -> None:
         """`load`, but a failure is kept in `load_error` (shown on /readyz), not raised.

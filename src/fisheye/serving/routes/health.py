@@ -29,14 +29,18 @@ async def readyz(state: State) -> JSONResponse:
 
     Ready, it names the backend that serves; after a host-check fallback (a quantised
     backend that does not hold on this CPU) `backend_status` is "fallback" and `detail` says
-    why. The model still answers, at fp32's speed.
+    why. The model still answers, at fp32's speed. `monitoring` is "loading" while the drift
+    reference is prepared in the background (a few tenths of a second after start-up; the
+    answers carry OOD scores already), then "ready"; "off" when monitoring is off.
     """
     if state.ready and state.predictor is not None:
         selection = state.predictor.backend_selection
+        live_monitor = state.live_monitor
         body = {
             "status": "ready",
             "backend": selection.backend.name,
             "backend_status": selection.status,
+            "monitoring": "off" if live_monitor is None else live_monitor.status,
         }
         if selection.fallback_from is not None:
             body["detail"] = (

@@ -1,0 +1,209 @@
+"""Start-up: files checked when read, monitoring prepared after ready, a lean `serve` path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from fisheye.bundle import BundleError, add_arrays, load_bundle
+from fisheye.data.seen import SEEN_DESCRIPTORS_NAME
+from fisheye.monitoring.drift import DriftDetector
+from fisheye.monitoring.loading import load_model
+from fisheye.serving.app import create_app
+from fisheye.serving.settings import ServeSettings
+from tests.helpers.bundles import copy_bundle, make_monitored_bundle
+from tests.helpers.photos import encode, photo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
+    """The tiny bundle with a fitted drift reference (read-only)."""
+    return make_monitored_bundle(tmp_path_factory.mktemp("monitored") / "bundle", synthetic_dataset)
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _wait(client: TestClient, ready: bool = True, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        res = client.get("/readyz")
+        body = res.json()
+        if (res.status_code == 200) == ready and (ready or "failed" in body.get("detail", "")):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.02)
+
+
+def test_a_tampered_file_the_server_does_not_read_is_refused_when_it_is_read(
+    writable_tiny_bundle: Path,
+) -> None:
+    bundle_dir = writable_tiny_bundle
+    add_arrays(
+        bundle_dir,
+        SEEN_DESCRIPTORS_NAME,
+        {"descriptors": np.zeros((4, 8), np.float32)},
+        kind="seen_descriptors",
+    )
+    _flip_last_byte(bundle_dir / SEEN_DESCRIPTORS_NAME)
+    # Checking every file up front (the CLI's default) refuses the bundle at once.
+    with pytest.raises(BundleError, match="integrity"):
+        load_bundle(bundle_dir)
+    # The server's start-up checks each file as it reads it: it serves, since it never
+    # reads the seen-photo descriptors ...
+    predictor, _ = load_model(bundle_dir, backend="torch", monitoring=None, check_all_files=False)
+    with TestClient(create_app(ServeSettings(model=bundle_dir, monitoring=False))) as client:
+        _wait(client)
+        res = client.post("/v1/predict", files={"file": ("a.png", encode(photo(1), "PNG"))})
+        assert res.status_code == 200, res.text
+    # ... and whoever reads them gets the refusal, before any byte is used.
+    with pytest.raises(BundleError, match="integrity"):
+        predictor.bundle.read_file(SEEN_DESCRIPTORS_NAME)
+
+
+def test_a_tampered_file_the_server_reads_is_refused_before_it_serves(
+    writable_tiny_bundle: Path,
+) -> None:
+    _flip_last_byte(writable_tiny_bundle / "model.safetensors")
+    settings = ServeSettings(model=writable_tiny_bundle, monitoring=False)
+    with TestClient(create_app(settings)) as client:
+        body = _wait(client, ready=False)
+        assert "failed verification" in body["detail"]
+        res = client.post("/v1/predict", files={"file": ("a.png", encode(photo(1), "PNG"))})
+        assert res.status_code == 503
+
+
+def test_a_tampered_drift_reference_is_refused_before_it_is_used(
+    monitored: Path, tmp_path: Path
+) -> None:
+    copy = copy_bundle(monitored, tmp_path / "copy")
+    reference = next(p for p in copy.iterdir() if p.name.startswith("drift_reference"))
+    _flip_last_byte(reference)
+    with TestClient(create_app(ServeSettings(model=copy))) as client:
+        assert "failed verification" in _wait(client, ready=False)["detail"]
+
+
+def test_readyz_says_monitoring_is_loading_until_the_drift_reference_is_prepared(
+    monitored: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    prepare = DriftDetector.prepare
+
+    def slow_prepare(self: DriftDetector) -> None:
+        release.wait(30)
+        prepare(self)
+
+    monkeypatch.setattr(DriftDetector, "prepare", slow_prepare)
+    with TestClient(create_app(ServeSettings(model=monitored))) as client:
+        try:
+            body = _wait(client)
+            assert body["status"] == "ready" and body["monitoring"] == "loading"
+            # The model answers meanwhile, with its OOD score: only the drift test waits.
+            res = client.post("/v1/predict", files={"file": ("a.png", encode(photo(2), "PNG"))})
+            assert res.status_code == 200 and "ood_score" in res.json()
+            assert client.get("/v1/monitoring/drift").json()["status"] == "loading"
+        finally:
+            release.set()
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").json()["monitoring"] != "ready":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
+def test_a_drift_test_before_the_reference_is_prepared_prepares_it() -> None:
+    rng = np.random.default_rng(0)
+    detector = DriftDetector(rng.normal(size=(40, 8)), n_permutations=50)
+    assert not detector.prepared
+    detector.test(rng.normal(size=(20, 8)))
+    assert detector.prepared
+
+
+def test_readyz_says_monitoring_is_off_when_it_is(tiny_bundle: Path) -> None:
+    with TestClient(create_app(ServeSettings(model=tiny_bundle, monitoring=False))) as client:
+        assert _wait(client)["monitoring"] == "off"
+
+
+# Modules `fisheye serve` has no use for: other commands, training, data import, evaluation.
+NOT_ON_THE_SERVE_PATH = (
+    "fisheye.cli.train",
+    "fisheye.cli.data",
+    "fisheye.cli.drift",
+    "fisheye.cli.evaluate",
+    "fisheye.cli.probe",
+    "fisheye.cli.bench",
+    "fisheye.cli.export",
+    "fisheye.cli.profile",
+    "fisheye.cli.predict",
+    "fisheye.training",
+    "fisheye.models",
+    "fisheye.evaluate",
+    "fisheye.monitoring.fitting",
+    "fisheye.data.pipelines",
+    "fisheye.data.download",
+    "fisheye.data.datamodule",
+    "fisheye.data.transforms",
+    "fisheye.data.corruptions",
+    "rich.progress",
+    "websockets",
+    "torch",
+    "lightning",
+    "hydra",
+    "sklearn",
+    "mlflow",
+)
+
+# Runs `fisheye serve` with uvicorn.run replaced: once the model is loaded, print the modules.
+SERVE_AND_LIST = """
+import json, sys
+import uvicorn
+
+def run(app, **kwargs):
+    state = app.state.serving
+    state.wait_loaded(120)
+    assert state.ready, state.load_error
+    print(json.dumps({"modules": sorted(sys.modules), "ws": kwargs.get("ws")}))
+
+uvicorn.run = run
+from fisheye.cli import app
+app(["serve", "--model", sys.argv[1], "--backend", "onnx-int8"], prog_name="fisheye")
+"""
+
+
+def test_fisheye_serve_imports_only_what_serving_needs(
+    exported_bundle: Path, tmp_path: Path
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT / "src"),
+        "FISHEYE_PREDICTION_DB": str(tmp_path / "predictions.sqlite"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVE_AND_LIST, str(exported_bundle)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    loaded = set(out["modules"])
+    assert {"fisheye.cli.serve", "fisheye.serving.app", "onnxruntime"} <= loaded
+    unwanted = sorted(
+        m for m in loaded if any(m == n or m.startswith(n + ".") for n in NOT_ON_THE_SERVE_PATH)
+    )
+    assert not unwanted, f"`fisheye serve` imported {unwanted}"
+    assert out["ws"] == "none"
