@@ -174,8 +174,8 @@ def fit(
         typer.Option(
             "--real-world-val",
             help="Labelled photos from outside the training photos' setting (class folders, "
-            "e.g. what `fisheye data download` staged under val/): the shift temperature is "
-            "also fitted on them, and the abstention threshold chosen on them.",
+            "e.g. what `fisheye data download` staged under val/): the abstention threshold "
+            "is chosen on them.",
         ),
     ] = None,
     abstain_target: Annotated[
