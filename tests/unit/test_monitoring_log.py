@@ -22,7 +22,7 @@ from fisheye.monitoring.prediction_log.rollups import (
     latency_bucket,
 )
 from fisheye.monitoring.prediction_log.schema import connect
-from fisheye.monitoring.report import parse_window, write_report
+from fisheye.monitoring.report import MAX_WINDOW_DAYS, parse_window, write_report
 
 
 def _row(i: int, label: str = "Trout", ts: float | None = None, ood: bool = False) -> PredictionRow:
@@ -167,8 +167,25 @@ def test_report_writes_html_and_plots(plog: PredictionLog, tmp_path: Path) -> No
 
 def test_parse_window() -> None:
     assert parse_window("24h") == 86400 and parse_window("30m") == 1800 and parse_window("90") == 90
+    assert parse_window(f"{MAX_WINDOW_DAYS}d") == MAX_WINDOW_DAYS * 86400
     with pytest.raises(ValueError):
         parse_window("soon")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["9999999999999999999w", f"{MAX_WINDOW_DAYS + 1}d", "1" * 30, "0", "0.0h", "1" * 40 + "s"],
+)
+def test_parse_window_refuses_windows_out_of_range(text: str) -> None:
+    with pytest.raises(ValueError, match="too long|positive|invalid window"):
+        parse_window(text)
+
+
+@pytest.mark.parametrize("window_s", [1e30, -1e30, float("inf"), float("-inf"), float("nan")])
+def test_the_summary_holds_any_window_arithmetic(plog: PredictionLog, window_s: float) -> None:
+    plog.record(_row(1))
+    out = plog.summary(window_s)  # no OverflowError from SQLite's 64-bit integers
+    assert out["predictions"] in (0, 1)
 
 
 def test_feedback_first_write_wins_and_corrections_are_audited(plog: PredictionLog) -> None:

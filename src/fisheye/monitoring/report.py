@@ -16,6 +16,7 @@ from fisheye.monitoring.prediction_log import SQLiteStore, StoreError
 
 log = logging.getLogger(__name__)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_WINDOW_DAYS = 3660  # ten years: longer than any log is kept, and far from float overflow
 
 
 class ReportError(RuntimeError):
@@ -23,13 +24,21 @@ class ReportError(RuntimeError):
 
 
 def parse_window(text: str) -> float:
-    """Seconds in a window such as `30m`, `24h`, `7d` (a bare number is seconds)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    """Seconds in a window such as `30m`, `24h`, `7d` (a bare number is seconds).
+
+    ValueError unless it is positive and at most MAX_WINDOW_DAYS.
+    """
+    m = re.fullmatch(r"\s*(\d{1,30}(?:\.\d{1,30})?)\s*([smhdw]?)\s*", text or "")
     if not m:
         raise ValueError(f"invalid window {text!r}; use e.g. 30m, 24h or 7d")
     value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     if value <= 0:
         raise ValueError(f"the window must be positive, got {text!r}")
+    if not value <= MAX_WINDOW_DAYS * 86400:  # also refuses inf and nan
+        raise ValueError(
+            f"the window {text!r} is too long; at most {MAX_WINDOW_DAYS}d "
+            f"({MAX_WINDOW_DAYS // 366} years)"
+        )
     return value
 
 

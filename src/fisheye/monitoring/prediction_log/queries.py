@@ -7,6 +7,7 @@ They run in the caller's connection and transaction (`store.SQLiteStore` owns th
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from dataclasses import astuple
@@ -14,6 +15,8 @@ from typing import Any
 
 from fisheye.monitoring.prediction_log.rollups import add_to_rollups, percentiles
 from fisheye.monitoring.prediction_log.rows import PredictionRow, ShadowRow
+
+_LATEST_TS = float(2**40)  # unix seconds far in the future, and a safe SQLite integer / 60
 
 
 def insert_predictions(conn: sqlite3.Connection, rows: list[PredictionRow]) -> None:
@@ -105,12 +108,21 @@ def apply_retention(conn: sqlite3.Connection, retention_days: float, max_rows: i
     return n
 
 
+def _clamp_since(since: float) -> float:
+    """`since` within what SQLite's integers and the log's timestamps can hold."""
+    if math.isnan(since):
+        return 0.0
+    return min(max(since, 0.0), _LATEST_TS)
+
+
 def summarize(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
     """The monitoring summary of predictions made after `since` (unix seconds).
 
     Read from the per-minute rollups (the window starts at the minute `since` falls in),
-    so it costs the same whatever the number of predictions.
+    so it costs the same whatever the number of predictions. A `since` before 1970 (or not
+    finite) means the whole log.
     """
+    since = _clamp_since(since)
     minute = int(since // 60)
     rows = conn.execute(
         "SELECT label, SUM(n), SUM(confidence_sum), SUM(verdicts), SUM(ood) FROM minute_counts "
@@ -181,6 +193,7 @@ def summarize(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
 
 def report_rows(conn: sqlite3.Connection, since: float) -> dict[str, list[tuple]]:
     """What `fisheye monitor report` plots: predictions, live drift tests and feedback."""
+    since = _clamp_since(since)
     return {
         "predictions": conn.execute(
             "SELECT ts, label, confidence, in_distribution FROM predictions WHERE ts >= ? "

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
 from fisheye.monitoring.prediction_log import StoreError
-from fisheye.monitoring.report import parse_window
+from fisheye.monitoring.report import MAX_WINDOW_DAYS, parse_window
 from fisheye.serving.deps import ReadyState, prediction_log
 from fisheye.serving.errors import APIError
 from fisheye.serving.limits import LimitedRoute
@@ -41,7 +41,11 @@ async def challenger(state: ReadyState) -> dict[str, Any]:
 async def summary(
     state: ReadyState,
     window: Annotated[
-        str, Query(description="How far back: e.g. 30m, 24h, 7d.", max_length=20)
+        str,
+        Query(
+            description=f"How far back: e.g. 30m, 24h, 7d; at most {MAX_WINDOW_DAYS}d.",
+            max_length=20,
+        ),
     ] = "24h",
 ) -> dict[str, Any]:
     """Counts per class, mean confidence, OOD rate, feedback accuracy, latency, drift."""
@@ -56,6 +60,8 @@ async def summary(
         raise APIError(
             503, "log_unavailable", f"the prediction log cannot be read: {exc}"
         ) from None
+    except (OverflowError, ValueError) as exc:  # a window the log's arithmetic cannot hold
+        raise APIError(422, "invalid_window", f"cannot use the window {window!r}: {exc}") from None
     assert state.live_monitor is not None
     return {
         "window": window,
