@@ -4,6 +4,7 @@ credentials every endpoint asks for (none, wrong and right)."""
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from fisheye.bundle import bundle_sha256
 from fisheye.serving.app import create_app
 from fisheye.serving.settings import ServeSettings
 from tests.helpers.bundles import TINY_NAME, make_bundle
@@ -361,3 +363,61 @@ def test_a_shadow_with_other_preprocessing_decodes_again_and_busy_shadows_are_sk
     # Ten photos at once, room for two: two shadowed (decoded again at 48 px), eight skipped.
     assert shadow["photos"] == 2 and shadow["skipped"] == 8 and shadow["errors"] == 0
     assert "fisheye_challenger_skipped_total 8.0" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    "window", ["9999999999999999999w", "99999999999999999999", "3661d", "0", "soon", "1e9d"]
+)
+def test_the_summary_window_is_range_checked(serve, tiny_bundle: Path, window: str) -> None:
+    client = serve(tiny_bundle)
+    res = client.get("/v1/monitoring/summary", params={"window": window})
+    assert res.status_code == 422, res.text
+    assert res.json()["error"] in ("invalid_window", "invalid_request"), res.text
+    assert client.get("/v1/monitoring/summary", params={"window": "3660d"}).status_code == 200
+
+
+def test_challenger_shares_out_of_range_are_refused(serve, tiny_bundle: Path) -> None:
+    client = serve(tiny_bundle, admin_token=TOKEN)
+    for share in ("NaN", "Infinity", "-Infinity", "-0.1", "1e308", "2"):
+        body = f'{{"model": "{tiny_bundle}", "mode": "canary", "share": {share}}}'
+        res = client.post(
+            "/v1/admin/challenger",
+            content=body,
+            headers={**_auth(TOKEN), "Content-Type": "application/json"},
+        )
+        assert res.status_code == 422, (share, res.text)
+
+
+@pytest.mark.parametrize("spelling", ["same", "trailing_slash", "dot_segment", "link"])
+def test_reload_and_swap_of_the_configured_folder_keep_the_pin(
+    serve, tiny_bundle: Path, second_bundle: Path, tmp_path: Path, spelling: str
+) -> None:
+    """FISHEYE_MODEL_SHA256 holds for reload (as SIGHUP does it) and for a swap to the same
+    folder however it is named: a folder rewritten with another valid bundle is refused."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bundle, model)
+    client = serve(model, admin_token=TOKEN, model_sha256=bundle_sha256(model))
+    # Someone replaces the folder's contents with another, self-consistent bundle.
+    for path in model.iterdir():
+        path.unlink()
+    for path in second_bundle.iterdir():
+        shutil.copy2(path, model / path.name)
+    (tmp_path / "link").symlink_to(model)
+    named = {
+        "same": str(model),
+        "trailing_slash": f"{model}/",
+        "dot_segment": f"{tmp_path}/./model",
+        "link": str(tmp_path / "link"),
+    }[spelling]
+    if spelling == "same":
+        res = _call(client, "POST", "/v1/admin/reload", None, _auth(TOKEN))
+    else:
+        res = _call(client, "POST", "/v1/admin/model", {"model": named}, _auth(TOKEN))
+    assert res.status_code == 422, res.text
+    assert res.json()["error"] == "bundle_not_pinned" or "pinned" in res.json()["detail"]
+    assert _live_name(client) == TINY_NAME
+    # Without the pin being in play (another folder), an admin may swap as before.
+    assert (
+        _call(client, "POST", "/v1/admin/model", {"model": str(second_bundle)}, _auth(TOKEN))
+    ).status_code == 200
+    assert _live_name(client) == SECOND_NAME

@@ -23,6 +23,7 @@ from fisheye.serving.metrics import Metrics
 from fisheye.serving.settings import ServeSettings
 from fisheye.serving.slots import ModelSlot, Slots, WarmupError, load_slot
 from fisheye.tracking.loading import resolve_model
+from fisheye.tracking.model_registry import is_registry_uri
 
 log = logging.getLogger(__name__)
 RETIRE_GRACE_S = 0.5
@@ -172,10 +173,23 @@ class ModelChanges:
         self, source: Path | str, role: str = "live", largest_batch: bool = True
     ) -> ModelSlot:
         """Resolve, load, verify and start `source` (pinned when it is the configured model)."""
-        pinned = self.settings.model_sha256 if str(source) == str(self.settings.model) else None
+        pinned = self.settings.model_sha256 if self._is_configured(source) else None
         slot = load_slot(resolve_model(source, pinned), self.settings)
         self._start(slot, role, largest_batch)
         return slot
+
+    def _is_configured(self, source: Path | str) -> bool:
+        """Whether `source` names the configured model (FISHEYE_MODEL), however it is spelled
+        (`dir/`, `./dir`, a link to it): the pin holds for every way of naming that folder."""
+        configured = self.settings.model
+        if str(source) == str(configured):
+            return True
+        if is_registry_uri(source) or is_registry_uri(configured):
+            return False
+        try:
+            return Path(source).resolve() == Path(configured).resolve()
+        except (OSError, RuntimeError, ValueError):  # a link loop, a NUL: not the configured one
+            return False
 
     def _start(self, slot: ModelSlot, role: str = "live", largest_batch: bool = True) -> None:
         try:
