@@ -5,6 +5,11 @@ lists the sha256 of every other file, and `bundle.json.sha256` holds bundle.json
 sha256 (in `sha256sum` format), so that one hash identifies the whole bundle: a user can pin
 it (`load_bundle(..., expected_sha256=...)`, `FISHEYE_MODEL_SHA256` for the server). Loading
 checks every hash, keeps every listed file inside the bundle folder, and never unpickles.
+
+Every read is bounded and never blocks: a file is read only when it is a regular file (a link
+is followed, but a FIFO, a device or a folder is refused before its contents are touched, and
+it is opened non-blocking), and only up to a cap: META_MAX_BYTES for bundle.json,
+CHECKSUM_MAX_BYTES for its checksum, and the size bundle.json records for a listed file.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -28,6 +34,8 @@ from fisheye import __version__
 from fisheye.data.preprocess import Preprocessing
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from torch import nn
 
 FORMAT_VERSION = 1
@@ -35,6 +43,11 @@ BUNDLE_JSON = "bundle.json"
 CHECKSUM_FILE = "bundle.json.sha256"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
+META_MAX_BYTES = 1 << 20  # bundle.json: classes, metrics and provenance are a few KiB
+CHECKSUM_MAX_BYTES = 1 << 10  # bundle.json.sha256: one `sha256sum` line
+# A listed file without a recorded size (bundles written by hand): the most that is read.
+UNRECORDED_MAX_BYTES = 4 << 30
+_CHUNK = 1 << 20
 
 
 class BundleError(RuntimeError):
@@ -48,6 +61,94 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _open_regular(path: Path, max_bytes: int, what: str) -> int:
+    """A descriptor on `path` once it is known to be a regular file of at most `max_bytes`.
+
+    The type is checked before opening (a FIFO is never opened for reading, a device never
+    touched) and again on the open descriptor (opened non-blocking, so a file swapped for a
+    FIFO in between cannot block).
+    """
+    try:
+        st = os.stat(path)  # follows a link: what counts is what it points to
+    except FileNotFoundError:
+        raise BundleError(f"{what} {path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read {what} {path}: {exc}") from None
+    _check_regular(path, st, max_bytes, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read {what} {path}: {exc}") from None
+    try:
+        _check_regular(path, os.fstat(fd), max_bytes, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_regular(path: Path, st: os.stat_result, max_bytes: int, what: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(
+            f"{what} {path} is {_file_kind(st.st_mode)}: a bundle holds only regular files"
+        )
+    if st.st_size > max_bytes:
+        raise BundleError(
+            f"{what} {path} is {st.st_size} bytes, more than the {max_bytes} it may be: "
+            "it was replaced or corrupted"
+        )
+
+
+def _read_chunks(path: Path, max_bytes: int, what: str) -> Iterator[bytes]:
+    """The bytes of a regular file of at most `max_bytes`, in chunks (BundleError if not)."""
+    fd = _open_regular(path, max_bytes, what)
+    total = 0
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, min(_CHUNK, max_bytes + 1 - total))
+            except OSError as exc:
+                raise BundleError(f"cannot read {what} {path}: {exc}") from None
+            if not chunk:
+                return
+            total += len(chunk)
+            if total > max_bytes:  # it grew while being read
+                raise BundleError(f"{what} {path} is larger than the {max_bytes} bytes it may be")
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+def _read_bounded(path: Path, max_bytes: int, what: str) -> bytes:
+    return b"".join(_read_chunks(path, max_bytes, what))
+
+
+def _hash_bounded(path: Path, max_bytes: int, what: str) -> str:
+    h = hashlib.sha256()
+    for chunk in _read_chunks(path, max_bytes, what):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _max_bytes(entry: dict[str, Any]) -> int:
+    """The most a listed file may hold: the size bundle.json records for it."""
+    recorded = entry.get("bytes")
+    return recorded if isinstance(recorded, int) else UNRECORDED_MAX_BYTES
 
 
 def _git(args: list[str], cwd: Path | None) -> str | None:
@@ -126,9 +227,9 @@ class Bundle:
         if entry is None:
             raise BundleError(f"the bundle {self.path} does not list a file {name!r}")
         path = self.path / name
-        if not path.is_file():
+        if not path.exists():
             raise BundleError(f"bundle file {path} is missing; re-create it (`fisheye export`)")
-        data = path.read_bytes()
+        data = _read_bounded(path, _max_bytes(entry), "bundle file")
         _check_hash(path, hashlib.sha256(data).hexdigest(), entry)
         return data
 
@@ -280,30 +381,39 @@ def _check_meta(meta: Any, where: str) -> None:
             )
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise BundleError(f"{where}: the entry of {name!r} has no sha256")
+        size = entry.get("bytes")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise BundleError(f"{where}: the entry of {name!r} has a bad size {size!r}")
 
 
 def bundle_sha256(bundle_dir: Path) -> str:
     """The sha256 of bundle.json: one hash that pins the whole bundle."""
-    return sha256_file(Path(bundle_dir) / BUNDLE_JSON)
+    return _hash_bounded(Path(bundle_dir) / BUNDLE_JSON, META_MAX_BYTES, BUNDLE_JSON)
 
 
 def read_meta(bundle_dir: Path, expected_sha256: str | None = None) -> dict[str, Any]:
     """Read and check bundle.json against its checksum (and a pinned hash), without weights."""
-    bundle_dir = Path(bundle_dir)
+    return _read_meta(Path(bundle_dir), expected_sha256)[0]
+
+
+def _read_meta(bundle_dir: Path, expected_sha256: str | None) -> tuple[dict[str, Any], str]:
+    """bundle.json, checked, and its sha256 (of the very bytes that were checked)."""
     meta_path = bundle_dir / BUNDLE_JSON
-    if not meta_path.is_file():
+    if not meta_path.exists():
         raise BundleError(
             f"{bundle_dir} is not a FishEye model bundle (no {BUNDLE_JSON}). "
             "Train one with `fisheye train` or use the default models/default."
         )
-    data = meta_path.read_bytes()
+    data = _read_bounded(meta_path, META_MAX_BYTES, BUNDLE_JSON)
     actual = hashlib.sha256(data).hexdigest()
     checksum_path = bundle_dir / CHECKSUM_FILE
     try:
-        recorded = checksum_path.read_text().split()[0]
-    except (OSError, IndexError, UnicodeDecodeError):
+        raw = _read_bounded(checksum_path, CHECKSUM_MAX_BYTES, CHECKSUM_FILE)
+        recorded = raw.decode("ascii").split()[0]
+    except (BundleError, IndexError, UnicodeDecodeError) as exc:
+        why = f": {exc}" if isinstance(exc, BundleError) else ""
         raise BundleError(
-            f"{bundle_dir} has no readable {CHECKSUM_FILE} (the checksum of {BUNDLE_JSON})"
+            f"{bundle_dir} has no readable {CHECKSUM_FILE} (the checksum of {BUNDLE_JSON}){why}"
         ) from None
     if actual != recorded:
         raise BundleError(
@@ -320,7 +430,7 @@ def read_meta(bundle_dir: Path, expected_sha256: str | None = None) -> dict[str,
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{meta_path} is not valid JSON: {exc}") from exc
     _check_meta(meta, str(meta_path))
-    return meta
+    return meta, actual
 
 
 def _check_hash(path: Path, actual: str, entry: dict[str, Any]) -> None:
@@ -338,9 +448,7 @@ def verify_files(bundle_dir: Path, meta: dict[str, Any], names: list[str] | None
         if names is not None and name not in names:
             continue
         path = Path(bundle_dir) / name
-        if not path.is_file():
-            raise BundleError(f"bundle file {path} is missing")
-        _check_hash(path, sha256_file(path), entry)
+        _check_hash(path, _hash_bounded(path, _max_bytes(entry), "bundle file"), entry)
 
 
 def load_bundle(
@@ -358,10 +466,10 @@ def load_bundle(
     training manifest or the seen-photo descriptors) cost nothing.
     """
     bundle_dir = Path(bundle_dir) if bundle_dir is not None else default_bundle_dir()
-    meta = read_meta(bundle_dir, expected_sha256)
+    meta, sha256 = _read_meta(bundle_dir, expected_sha256)
     if check_all_files:
         verify_files(bundle_dir, meta)
-    return Bundle(path=bundle_dir, meta=meta, sha256=bundle_sha256(bundle_dir))
+    return Bundle(path=bundle_dir, meta=meta, sha256=sha256)
 
 
 def update_meta(bundle_dir: Path, **sections: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -149,8 +150,16 @@ def test_load_never_unpickles(writable_tiny_bundle: Path, monkeypatch: pytest.Mo
             opened.append(Path(file))
         return real_open(file, *args, **kwargs)
 
+    real_os_open = os.open
+
+    def tracking_os_open(file, *args, **kwargs):
+        if isinstance(file, str | Path):
+            opened.append(Path(file))
+        return real_os_open(file, *args, **kwargs)
+
     monkeypatch.setattr(builtins, "open", tracking_open)
     monkeypatch.setattr(io, "open", tracking_open)
+    monkeypatch.setattr(os, "open", tracking_os_open)  # the bounded bundle reads
 
     bundle = load_bundle(writable_tiny_bundle)
     bundle.build_model()

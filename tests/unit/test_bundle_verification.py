@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -168,3 +171,96 @@ def test_a_resealed_edit_passes_the_checksum_but_not_the_pin(writable_tiny_bundl
     assert load_bundle(writable_tiny_bundle).meta["metrics"] == {"accuracy": 0.99}
     with pytest.raises(BundleError, match="not the pinned"):
         load_bundle(writable_tiny_bundle, expected_sha256=pin)
+
+
+def _special(path: Path, kind: str, tmp_path: Path) -> None:
+    """Replace `path` by a file that is not a regular one (or one far too large)."""
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link-to-dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "link-to-fifo":
+        os.mkfifo(tmp_path / "elsewhere.fifo")
+        path.symlink_to(tmp_path / "elsewhere.fifo")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "huge-sparse":
+        with open(path, "wb") as f:
+            f.truncate(3 << 30)  # 3 GiB of holes: costs no disk, but must not be read
+    else:
+        raise AssertionError(kind)
+
+
+KINDS = ["fifo", "link-to-dev-zero", "link-to-fifo", "folder", "huge-sparse"]
+
+
+def _refused_quickly(call, match: str) -> None:
+    """The call raises BundleError at once: it neither blocks on a FIFO nor reads GiBs."""
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            result["exc"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "the bundle read blocked"
+    assert isinstance(result.get("exc"), BundleError), result
+    assert re.search(match, str(result["exc"])), result["exc"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", [BUNDLE_JSON, CHECKSUM_FILE])
+def test_bundle_json_and_its_checksum_are_read_only_as_small_regular_files(
+    writable_tiny_bundle: Path, tmp_path: Path, name: str, kind: str
+) -> None:
+    _special(writable_tiny_bundle / name, kind, tmp_path)
+    match = "a FIFO|character device|a folder|more than the"
+    _refused_quickly(lambda: read_meta(writable_tiny_bundle), match)
+    _refused_quickly(lambda: load_bundle(writable_tiny_bundle, check_all_files=False), match)
+    if name == BUNDLE_JSON:
+        _refused_quickly(lambda: bundle_sha256(writable_tiny_bundle), match)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_listed_files_are_read_only_as_regular_files_up_to_their_recorded_size(
+    writable_tiny_bundle: Path, tmp_path: Path, kind: str
+) -> None:
+    bundle = load_bundle(writable_tiny_bundle, check_all_files=False)
+    _special(writable_tiny_bundle / WEIGHTS_FILE, kind, tmp_path)
+    match = "a FIFO|character device|a folder|more than the"
+    _refused_quickly(lambda: bundle.read_file(WEIGHTS_FILE), match)
+    _refused_quickly(lambda: load_bundle(writable_tiny_bundle), match)
+
+
+def test_a_listed_file_larger_than_its_recorded_size_is_refused_before_it_is_read(
+    writable_tiny_bundle: Path,
+) -> None:
+    bundle = load_bundle(writable_tiny_bundle, check_all_files=False)
+    recorded = bundle.meta["files"][WEIGHTS_FILE]["bytes"]
+    with open(writable_tiny_bundle / WEIGHTS_FILE, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match=f"{recorded + 1} bytes, more than the {recorded}"):
+        bundle.read_file(WEIGHTS_FILE)
+
+
+def test_a_link_to_a_regular_file_with_the_right_bytes_still_loads(
+    writable_tiny_bundle: Path, tmp_path: Path
+) -> None:
+    weights = writable_tiny_bundle / WEIGHTS_FILE
+    shutil.move(weights, tmp_path / "weights-elsewhere")
+    weights.symlink_to(tmp_path / "weights-elsewhere")
+    bundle = load_bundle(writable_tiny_bundle)
+    assert bundle.read_file(WEIGHTS_FILE) == (tmp_path / "weights-elsewhere").read_bytes()
+
+
+def test_a_bad_recorded_size_is_refused(writable_tiny_bundle: Path) -> None:
+    meta = _meta(writable_tiny_bundle)
+    meta["files"][WEIGHTS_FILE]["bytes"] = -1
+    rewrite_meta(writable_tiny_bundle, meta)
+    with pytest.raises(BundleError, match="bad size"):
+        read_meta(writable_tiny_bundle)

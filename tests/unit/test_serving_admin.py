@@ -4,6 +4,7 @@ credentials every endpoint asks for (none, wrong and right)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 import time
@@ -421,3 +422,26 @@ def test_reload_and_swap_of_the_configured_folder_keep_the_pin(
         _call(client, "POST", "/v1/admin/model", {"model": str(second_bundle)}, _auth(TOKEN))
     ).status_code == 200
     assert _live_name(client) == SECOND_NAME
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("name", ["bundle.json.sha256", "bundle.json", "model.safetensors"])
+def test_a_swap_to_a_folder_with_special_files_is_refused_and_frees_the_change_lock(
+    serve, tiny_bundle: Path, second_bundle: Path, tmp_path: Path, kind: str, name: str
+) -> None:
+    client = serve(tiny_bundle, admin_token=TOKEN)
+    target = tmp_path / "target"
+    shutil.copytree(second_bundle, target)
+    (target / name).unlink()
+    if kind == "fifo":
+        os.mkfifo(target / name)
+    else:
+        (target / name).symlink_to("/dev/zero")
+    res = _call(client, "POST", "/v1/admin/model", {"model": str(target)}, _auth(TOKEN))
+    assert res.status_code == 422, res.text
+    assert res.json()["error"] == "bundle_invalid"
+    assert "regular file" in res.json()["detail"]
+    assert _live_name(client) == TINY_NAME
+    # The refused change left the lock free: the next one goes through.
+    res = _call(client, "POST", "/v1/admin/model", {"model": str(second_bundle)}, _auth(TOKEN))
+    assert res.status_code == 200, res.text
