@@ -15,7 +15,10 @@ from fisheye.monitoring.prediction_log import (
     PredictionLog,
     PredictionRow,
 )
-from fisheye.monitoring.prediction_log.queries import apply_retention
+from fisheye.monitoring.prediction_log.queries import (
+    MAX_CORRECTIONS_PER_PREDICTION,
+    apply_retention,
+)
 from fisheye.monitoring.prediction_log.rollups import (
     LATENCY_BASE_MS,
     LATENCY_GROWTH,
@@ -88,6 +91,75 @@ def test_retention_by_age_and_rows(tmp_path: Path) -> None:
     assert apply_retention(conn, retention_days=30, max_rows=5) == 5
     left = [r[0] for r in conn.execute("SELECT id FROM predictions ORDER BY ts DESC")]
     assert left == [f"id-{i}" for i in range(3, 8)]  # the newest five, none of the old
+
+
+def _fill_every_growing_table(conn: sqlite3.Connection, old: float, n: int) -> None:
+    """`n` rows in each table that grows with traffic, the first three dated `old`."""
+    now = time.time()
+    with conn:
+        for i in range(n):
+            ts = old if i < 3 else now - i
+            row = _row(i, ts=ts)
+            conn.execute(
+                "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)", tuple(vars(row).values())
+            )
+            conn.execute(
+                "INSERT INTO feedback VALUES (?,?,?,?,?,?)", (row.id, ts, "Trout", "Trout", ts, 1)
+            )
+            conn.execute(
+                "INSERT INTO feedback_corrections VALUES (?,?,?,?)", (row.id, ts, "Shrimp", "Trout")
+            )
+            conn.execute(
+                "INSERT INTO shadow VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (row.id, ts, "v2", "Trout", 0.9, 1.0, 1, 5.0, "Trout", 1),
+            )
+            conn.execute("INSERT INTO drift (ts, n, role) VALUES (?, 10, 'live')", (ts,))
+
+
+@pytest.mark.parametrize("max_rows", [5, 1, 1000])
+def test_retention_covers_every_table_that_grows(tmp_path: Path, max_rows: int) -> None:
+    conn = connect(tmp_path / "r.sqlite")
+    _fill_every_growing_table(conn, time.time() - 40 * 86400, 12)
+    apply_retention(conn, retention_days=30, max_rows=max_rows)
+    keep = min(max_rows, 9)  # nine rows are recent enough
+    for table in ("predictions", "feedback", "feedback_corrections", "shadow", "drift"):
+        count = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        assert count == keep, table
+        oldest = conn.execute(f"SELECT MIN(ts) FROM {table}").fetchone()[0]
+        assert oldest > time.time() - 30 * 86400, table
+    # The feedback totals follow the rows that were deleted.
+    assert conn.execute("SELECT n, correct FROM feedback_totals").fetchone() == (keep, keep)
+
+
+def test_corrections_of_deleted_feedback_go_with_it(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "r.sqlite")
+    _fill_every_growing_table(conn, time.time() - 40 * 86400, 6)
+    with conn:  # a correction dated recently, of feedback that retention deletes
+        conn.execute(
+            "INSERT INTO feedback_corrections VALUES ('id-0', ?, 'Tuna', 'Trout')", (time.time(),)
+        )
+    apply_retention(conn, retention_days=30, max_rows=100)
+    ids = {r[0] for r in conn.execute("SELECT id FROM feedback_corrections")}
+    assert ids == {f"id-{i}" for i in range(3, 6)}
+
+
+@pytest.mark.parametrize("labels", [["Trout", "Shrimp"], ["Trout", "Shrimp", "Tuna", "Crab"]])
+def test_repeated_conflicting_feedback_keeps_only_the_latest_corrections(
+    plog: PredictionLog, labels: list[str]
+) -> None:
+    plog.record(_row(1, "Salmon"))
+    plog.add_feedback("id-1", "Salmon")
+    for i in range(3 * MAX_CORRECTIONS_PER_PREDICTION):
+        with pytest.raises(FeedbackConflictError):
+            plog.add_feedback("id-1", labels[i % len(labels)])
+    assert plog.flush()
+    with sqlite3.connect(plog.path) as conn:
+        rows = conn.execute(
+            "SELECT label FROM feedback_corrections WHERE id = 'id-1' ORDER BY ts, rowid"
+        ).fetchall()
+    assert len(rows) == MAX_CORRECTIONS_PER_PREDICTION
+    last = 3 * MAX_CORRECTIONS_PER_PREDICTION - 1
+    assert rows[-1] == (labels[last % len(labels)],)  # the latest is kept
 
 
 def test_a_locked_database_loses_rows_but_never_blocks(plog: PredictionLog) -> None:

@@ -214,9 +214,14 @@ class ServeSettings(BaseSettings):
         description="SQLite prediction log (default: $XDG_STATE_HOME/fisheye/predictions.sqlite).",
     )
     log_retention_days: float = Field(
-        30.0, gt=0, description="Delete logged predictions older than this."
+        30.0, gt=0, le=3660, description="Delete logged rows older than this (days)."
     )
-    log_max_rows: int = Field(1_000_000, ge=1, description="Keep at most this many predictions.")
+    log_max_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="Keep at most this many rows in each logged table (predictions, feedback, "
+        "corrections, shadow answers, drift tests).",
+    )
     store_images: bool = Field(
         False, description="Opt-in: keep uploaded photos (e.g. for relabelling) by sha256."
     )

@@ -17,6 +17,7 @@ from fisheye.monitoring.prediction_log.rollups import add_to_rollups, percentile
 from fisheye.monitoring.prediction_log.rows import PredictionRow, ShadowRow
 
 _LATEST_TS = float(2**40)  # unix seconds far in the future, and a safe SQLite integer / 60
+MAX_CORRECTIONS_PER_PREDICTION = 20  # conflicting feedback kept for audit, the latest first
 
 
 def insert_predictions(conn: sqlite3.Connection, rows: list[PredictionRow]) -> None:
@@ -87,25 +88,50 @@ def insert_feedback(
                 "INSERT INTO feedback_corrections VALUES (?,?,?,?)",
                 (prediction_id, now, label, recorded),
             )
+            # Conflicting feedback sent again and again keeps only the latest few.
+            conn.execute(
+                "DELETE FROM feedback_corrections WHERE rowid IN (SELECT rowid FROM "
+                "feedback_corrections WHERE id = ? ORDER BY ts DESC, rowid DESC "
+                "LIMIT -1 OFFSET ?)",
+                (prediction_id, MAX_CORRECTIONS_PER_PREDICTION),
+            )
     n, correct = conn.execute("SELECT n, correct FROM feedback_totals").fetchone()
     return bool(added), recorded, int(n), int(correct)
 
 
+# Every table that grows with traffic or time, and the column that dates its rows.
+_RETAINED = (
+    ("predictions", "ts"),
+    ("feedback", "prediction_ts"),
+    ("feedback_corrections", "ts"),
+    ("shadow", "ts"),
+    ("drift", "ts"),
+)
+
+
 def apply_retention(conn: sqlite3.Connection, retention_days: float, max_rows: int) -> int:
-    """Delete rows older than the retention age and beyond the row limit; rows deleted."""
-    cutoff = time.time() - retention_days * 86400
+    """Delete rows older than the retention age, and beyond the row limit in each table that
+    grows (predictions, feedback, corrections, shadow answers, drift tests); returns the
+    number of prediction rows deleted."""
+    cutoff = _clamp_since(time.time() - retention_days * 86400)
+    deleted: dict[str, int] = {}
     with conn:
         conn.execute("DELETE FROM minute_counts WHERE minute < ?", (int(cutoff // 60),))
         conn.execute("DELETE FROM minute_latency WHERE minute < ?", (int(cutoff // 60),))
-        conn.execute("DELETE FROM feedback WHERE prediction_ts < ?", (cutoff,))
-        n = conn.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,)).rowcount
-        n += conn.execute(
-            "DELETE FROM predictions WHERE rowid IN (SELECT rowid FROM predictions "
-            "ORDER BY ts DESC LIMIT -1 OFFSET ?)",
-            (max_rows,),
-        ).rowcount
-        conn.execute("DELETE FROM drift WHERE ts < ?", (cutoff,))
-    return n
+        for table, column in _RETAINED:
+            n = conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff,)).rowcount
+            n += conn.execute(
+                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "
+                f"ORDER BY {column} DESC LIMIT -1 OFFSET ?)",
+                (max(int(max_rows), 0),),
+            ).rowcount
+            deleted[table] = n
+        # Corrections of feedback that is gone are audit of nothing.
+        conn.execute(
+            "DELETE FROM feedback_corrections WHERE NOT EXISTS "
+            "(SELECT 1 FROM feedback f WHERE f.id = feedback_corrections.id)"
+        )
+    return deleted["predictions"]
 
 
 def _clamp_since(since: float) -> float:

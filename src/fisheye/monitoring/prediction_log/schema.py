@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fisheye.monitoring.prediction_log.rollups import add_to_rollups
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     id TEXT PRIMARY KEY,
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS minute_latency (
     PRIMARY KEY (minute, bucket)
 ) WITHOUT ROWID;
 -- The first feedback on a prediction is the one that counts; later ones are corrections,
--- kept for audit in feedback_corrections.
+-- kept for audit in feedback_corrections (the latest few per prediction).
 CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY,
     ts REAL NOT NULL,
@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS feedback_corrections (
     label TEXT NOT NULL,
     recorded TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS feedback_corrections_id ON feedback_corrections (id, ts);
+CREATE INDEX IF NOT EXISTS feedback_corrections_ts ON feedback_corrections (ts);
 CREATE TABLE IF NOT EXISTS feedback_totals (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     n INTEGER NOT NULL,
