@@ -19,6 +19,7 @@ from fisheye.inference.results import (
     COLUMNS,
     ResultsError,
     ResultWriter,
+    path_text,
     read_results,
     result_format,
 )
@@ -228,3 +229,110 @@ def test_ray_engine_steps_give_the_local_rows(tiny_bundle: Path, photos) -> None
     rows = [json.loads(r) for r in actor(prepared)["row"]]
     (expected,) = local_batches(predictor, files, batch_size=len(files), top_k=3)
     assert rows == json.loads(json.dumps(expected))
+
+
+# Names a file system may hold: not UTF-8, line separators str.splitlines splits at, a
+# carriage return, a quote, a backslash, a newline.
+ODD_NAMES = [
+    os.fsdecode(b"caf\xe9.jpg"),
+    os.fsdecode(b"\xff\xfe-fish.jpg"),
+    "line\u2028sep.jpg",
+    "next\x85line.jpg",
+    'carriage\rreturn "quoted".jpg',
+    "back\\slash.jpg",
+    "new\nline.jpg",
+]
+
+
+def test_path_text_escapes_only_what_is_not_text() -> None:
+    assert path_text("plain/fish.jpg") == "plain/fish.jpg"
+    assert path_text(Path("a/b.jpg")) == "a/b.jpg"
+    assert path_text(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
+    assert path_text("back\\slash") == "back\\\\slash"
+    # A literal backslash-x name and an undecodable byte stay apart.
+    assert path_text("caf\\xe9.jpg") != path_text(os.fsdecode(b"caf\xe9.jpg"))
+    assert path_text("line\u2028sep") == "line\u2028sep"
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl", "out.parquet"])
+def test_any_file_name_is_written_and_recognised_on_resume(tmp_path: Path, name: str) -> None:
+    out = tmp_path / name
+    paths = [path_text(p) for p in ODD_NAMES]
+    with ResultWriter(out, rows_per_part=2) as writer:
+        writer.write([_row(p) for p in paths])
+    assert [r["path"] for r in read_results(out)] == paths
+    resumed = ResultWriter(out, resume=True)
+    assert resumed.done == set(paths)
+    resumed.close()
+
+
+@pytest.mark.parametrize("cut", ["inside-the-quoted-newline", "after-the-opening-quote"])
+def test_resume_drops_a_csv_row_cut_inside_a_quoted_field(tmp_path: Path, cut: str) -> None:
+    out = tmp_path / "out.csv"
+    with ResultWriter(out) as writer:
+        writer.write([_row("a.jpg")])
+    whole = out.read_bytes()
+    with ResultWriter(out, resume=True) as writer:
+        writer.write([_row("two\nlines.jpg")])
+    data = out.read_bytes()
+    torn = data[len(whole) :]
+    at = torn.index(b"\n") + 1 if cut == "inside-the-quoted-newline" else torn.index(b'"') + 1
+    out.write_bytes(whole + torn[:at])  # killed mid-row
+    with ResultWriter(out, resume=True) as writer:
+        assert writer.done == {"a.jpg"}
+        writer.write([_row("b.jpg"), _row("new\nline.jpg")])
+    assert [r["path"] for r in read_results(out)] == ["a.jpg", "b.jpg", "new\nline.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("name", "junk", "line"),
+    [
+        ("out.jsonl", b"{}\n", 2),
+        ("out.jsonl", b"[1, 2]\n", 2),
+        ("out.jsonl", b"null\n", 2),
+        ("out.jsonl", b'"a.jpg"\n', 2),
+        ("out.jsonl", b'{"path": 7}\n', 2),
+        ("out.jsonl", b"\xff\xfe\n", 2),
+        ("out.jsonl", b"{not json\n", 2),
+        ("out.csv", b"b.jpg,Trout,not-a-number,,,,\n", 3),
+        ("out.csv", b"b.jpg,Trout,0.5,{bad json,,,\n", 3),
+        ("out.csv", b",Trout,0.5,,,,\n", 3),
+        ("out.csv", b"\xff,Trout,0.5,,,,\n", 3),
+    ],
+)
+def test_resume_reports_a_junk_row_with_its_file_and_line(
+    tmp_path: Path, name: str, junk: bytes, line: int
+) -> None:
+    out = tmp_path / name
+    with ResultWriter(out) as writer:
+        writer.write([_row("a.jpg")])
+    out.write_bytes(out.read_bytes() + junk)
+    before = out.read_bytes()
+    with pytest.raises(ResultsError, match=rf"{name}.*(line {line}|not UTF-8)"):
+        ResultWriter(out, resume=True)
+    assert out.read_bytes() == before  # nothing cut or lost
+
+
+def test_predict_out_writes_a_file_whose_name_is_not_utf8(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    write_photo(folder / "plain.jpg", 1)
+    odd = os.fsencode(folder) + b"/caf\xe9-\xff.jpg"
+    os.rename(write_photo(folder / "tmp.jpg", 2), odd)
+    for name in ("preds.csv", "preds.jsonl"):
+        out = tmp_path / name
+        args = ["predict", str(folder), "-m", str(tiny_bundle), "--out", str(out)]
+        result = runner.invoke(app, args, env=ENV)
+        assert result.exit_code == 0, result.output
+        names = sorted(Path(r["path"]).name for r in read_results(out))
+        assert names == ["caf\\xe9-\\xff.jpg", "plain.jpg"]
+        resumed = runner.invoke(app, [*args, "--resume"], env=ENV)
+        assert resumed.exit_code == 0, resumed.output
+        assert "wrote 0 rows" in resumed.stderr and "(2 already there)" in resumed.stderr
+    for fmt in ("json", "csv", "table"):
+        shown = runner.invoke(
+            app, ["predict", str(folder), "-m", str(tiny_bundle), "-f", fmt], env=ENV
+        )
+        assert shown.exit_code == 0, shown.output
+        assert "caf\\xe9-\\xff.jpg" in shown.stdout.replace("\\\\", "\\")

@@ -131,12 +131,14 @@ def predict(
     with RichProgress(err).task("predicting", len(files)) as advance:
         results = list(predictor.predict_files(files, batch_size=batch_size, on_done=advance))
 
+    from fisheye.inference.results import path_text
+
     failed = [r for r in results if r.prediction is None]
     if output_format is OutputFormat.json:
         records = [
-            {"path": str(r.path), **r.prediction.to_dict()}
+            {"path": path_text(r.path), **r.prediction.to_dict()}
             if r.prediction is not None
-            else {"path": str(r.path), "error": r.error}
+            else {"path": path_text(r.path), "error": r.error}
             for r in results
         ]
         typer.echo(json.dumps(records, indent=2))
@@ -146,20 +148,25 @@ def predict(
         writer.writerow(["path", "label", "confidence", "error"])
         for r in results:
             p = r.prediction
-            row = [r.path, p.label, f"{p.confidence:.6f}", ""] if p else [r.path, "", "", r.error]
+            name = path_text(r.path)
+            row = [name, p.label, f"{p.confidence:.6f}", ""] if p else [name, "", "", r.error]
             writer.writerow(row)
         typer.echo(buf.getvalue(), nl=False)
     else:
         out.print(_table(results))
     if output_format is not OutputFormat.table:
         for r in failed:
-            err.print(Text(f"cannot read {r.path}: {r.error}", style="red"), soft_wrap=True)
+            err.print(
+                Text(f"cannot read {path_text(r.path)}: {r.error}", style="red"), soft_wrap=True
+            )
     if failed:
         err.print(Text(f"{len(failed)} of {len(results)} files could not be read", style="yellow"))
         raise typer.Exit(1)
 
 
 def _table(results: list) -> Table:
+    from fisheye.inference.results import path_text
+
     table = Table(show_lines=False)
     table.add_column("file", overflow="fold")
     table.add_column("label")
@@ -168,11 +175,13 @@ def _table(results: list) -> Table:
     for r in results:
         p = r.prediction
         if p is None:
-            table.add_row(Text(str(r.path), style="red"), Text(f"error: {r.error}", style="red"))
+            table.add_row(
+                Text(path_text(r.path), style="red"), Text(f"error: {r.error}", style="red")
+            )
             continue
         others = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top_k)
         answer = Text(p.label) if not p.unsure else Text("not sure", style="yellow")
-        table.add_row(Text(str(r.path)), answer, f"{p.confidence:.1%}", Text(others))
+        table.add_row(Text(path_text(r.path)), answer, f"{p.confidence:.1%}", Text(others))
     return table
 
 

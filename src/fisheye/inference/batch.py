@@ -12,7 +12,7 @@ from typing import Any
 
 from fisheye.data.storage import PhotoRef
 from fisheye.inference.predictor import Predictor
-from fisheye.inference.results import ResultWriter, result_row
+from fisheye.inference.results import ResultWriter, path_text, result_row
 
 Rows = list[dict[str, Any]]
 
@@ -29,7 +29,7 @@ class BatchSummary:
 
 def pending(files: Sequence[PhotoRef], writer: ResultWriter) -> list[PhotoRef]:
     """The photos not yet in the writer's output, in order."""
-    return [f for f in files if str(f) not in writer.done]
+    return [f for f in files if path_text(f) not in writer.done]
 
 
 def write_rows(

@@ -5,10 +5,15 @@ on disk after a kill (SIGKILL, OOM, a lost node) is only whole rows, so a resume
 exactly the photos already written and every photo ends up in the output once:
 
 - a local CSV or JSON Lines file is appended to and flushed after every batch; a row cut
-  short by a kill is the text after the last newline, which `resume` cuts off;
+  short by a kill is the text after the last row's end (JSON Lines: the last newline; CSV:
+  the last newline outside a quoted field), which `resume` cuts off;
 - Parquet (whose footer is written last) and every object-storage output are a folder of
   part files, each made complete before it appears (written beside its final name then
   renamed; an object-storage PUT is atomic), `rows_per_part` rows each.
+
+Paths are written as text (`path_text`): a name's UTF-8 as it is, each byte that is not
+UTF-8 as `\\xNN`, and a backslash as two, so any file name can be written, and a resumed
+run recognises it. A row that is not a result row is refused with its line, never guessed at.
 """
 
 from __future__ import annotations
@@ -44,12 +49,36 @@ def result_format(out: str | Path) -> str:
     raise ResultsError(f"{out}: the output's name must end in {', '.join(FORMATS)}")
 
 
+def path_text(path: str | os.PathLike[str]) -> str:
+    """A path as the text written to results: undecodable bytes (the surrogate escapes of
+    `os.fsdecode`) as `\\xNN`, a backslash as `\\\\`, everything else as it is."""
+    text = os.fspath(path)
+    if "\\" not in text and not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub(_escape_surrogate, text.replace("\\", "\\\\"))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    # os.fsdecode maps an undecodable byte 0xNN to U+DCNN; any other lone surrogate is kept
+    # as its code point.
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def _plain_text(text: str) -> str:
+    """Text that encodes as UTF-8 (a lone surrogate, e.g. in an error message, escaped)."""
+    return _SURROGATE.sub(_escape_surrogate, text)
+
+
 def result_row(result: FileResult) -> dict[str, Any]:
     """One photo's output row (every column present; None where it does not apply)."""
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row["path"] = str(result.path)
+    row["path"] = path_text(result.path)
     if result.prediction is None:
-        row["error"] = result.error or "unreadable"
+        row["error"] = _plain_text(result.error or "unreadable")
         return row
     row.update(result.prediction.to_dict())
     return row
@@ -111,32 +140,99 @@ def encode(rows: list[dict[str, Any]], fmt: str, *, header: bool = True) -> byte
         pq.write_table(pa.Table.from_pylist(rows, schema=_parquet_schema(pa)), buf)
         return buf.getvalue()
     if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return text.encode("utf-8", "backslashreplace")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
     if header:
         writer.writerow(COLUMNS)
     writer.writerows([_csv_cell(c, r[c]) for c in COLUMNS] for r in rows)
-    return text.getvalue().encode()
+    return buf.getvalue().encode("utf-8", "backslashreplace")
 
 
 def decode(data: bytes, fmt: str) -> list[dict[str, Any]]:
-    """The rows of one CSV, JSON Lines or Parquet file (as `encode` writes them)."""
+    """The rows of one CSV, JSON Lines or Parquet file (as `encode` writes them).
+
+    ResultsError, naming the line, for a row that is not a result row.
+    """
     if fmt == "parquet":
         _, pq = _parquet()
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    text = data.decode()
+        rows = pq.read_table(io.BytesIO(data)).to_pylist()
+        for n, row in enumerate(rows, 1):
+            _check_row(row, f"row {n}")
+        return rows
     if fmt == "jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is not None and "path" not in reader.fieldnames:
-        raise ResultsError("not a FishEye results file: no `path` column")
-    return [{c: _csv_value(c, r.get(c) or "") for c in COLUMNS} for r in reader]
+        return list(_decode_jsonl(data))
+    return list(_decode_csv(data))
 
 
-def _whole_lines(data: bytes) -> bytes:
-    """The bytes up to and including the last newline (a row cut short by a kill dropped)."""
-    return data[: data.rfind(b"\n") + 1]
+def _check_row(row: Any, where: str) -> None:
+    if not isinstance(row, dict) or not isinstance(row.get("path"), str) or not row["path"]:
+        raise ResultsError(
+            f"{where}: not a result row (a row must be an object with a non-empty `path`), "
+            f"got {_preview(row)}"
+        )
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _decode_jsonl(data: bytes) -> Iterator[dict[str, Any]]:
+    # Rows end at "\n" only: a path may hold U+2028, U+0085 or "\r", which str.splitlines
+    # would also split at.
+    for n, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ResultsError(f"line {n}: not a JSON row ({exc})") from None
+        _check_row(row, f"line {n}")
+        yield row
+
+
+def _decode_csv(data: bytes) -> Iterator[dict[str, Any]]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"not UTF-8 text ({exc})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        if reader.fieldnames is not None and "path" not in reader.fieldnames:
+            raise ResultsError("not a FishEye results file: no `path` column")
+        for raw in reader:
+            where = f"line {reader.line_num}"
+            try:
+                row = {c: _csv_value(c, raw.get(c) or "") for c in COLUMNS}
+            except (ValueError, TypeError) as exc:
+                raise ResultsError(f"{where}: not a result row ({exc})") from None
+            _check_row(row, where)
+            yield row
+    except csv.Error as exc:
+        raise ResultsError(f"line {reader.line_num}: not CSV ({exc})") from None
+
+
+_CSV_SPECIAL = re.compile(rb'["\n]')
+
+
+def _whole_rows(data: bytes, fmt: str) -> bytes:
+    """The bytes up to the end of the last whole row (a row cut short by a kill dropped).
+
+    A JSON Lines row ends at a newline; a CSV row at a newline outside a quoted field (a
+    path with a newline is quoted), so a cut inside a quoted field is dropped whole.
+    """
+    if fmt != "csv":
+        return data[: data.rfind(b"\n") + 1]
+    end = 0
+    quoted = False
+    for m in _CSV_SPECIAL.finditer(data):
+        if m.group() == b'"':
+            quoted = not quoted  # a doubled quote inside a field toggles twice
+        elif not quoted:
+            end = m.end()
+    return data[:end]
 
 
 class _Parts:
@@ -216,7 +312,7 @@ def read_results(out: str | Path) -> Iterator[dict[str, Any]]:
         return
     path = Path(out)
     if path.exists():
-        yield from decode(_whole_lines(path.read_bytes()), fmt)
+        yield from decode(_whole_rows(path.read_bytes(), fmt), fmt)
 
 
 class ResultWriter:
@@ -267,7 +363,7 @@ class ResultWriter:
         existing = path.read_bytes() if path.exists() else b""
         if existing and not resume:
             self._refuse_existing()
-        whole = _whole_lines(existing)
+        whole = _whole_rows(existing, self.fmt)
         self.done.update(r["path"] for r in self._decode(whole, str(path)))
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "r+b" if path.exists() else "wb")  # noqa: SIM115 (closed in close)
@@ -280,8 +376,8 @@ class ResultWriter:
     def _decode(self, data: bytes, where: str) -> list[dict[str, Any]]:
         try:
             return decode(data, self.fmt)
-        except ResultsError:
-            raise
+        except ResultsError as exc:
+            raise ResultsError(f"cannot resume from {where}: {exc}") from None
         except Exception as exc:  # a format library's own errors: not a results file
             raise ResultsError(
                 f"cannot resume from {where}: not a FishEye results file ({exc})"
