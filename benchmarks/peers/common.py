@@ -33,9 +33,11 @@ class Bundle:
         meta = json.loads((self.dir / "bundle.json").read_text())
         self.classes: list[str] = list(meta["classes"])
         pre = meta["preprocessing"]
-        if pre["resize"] != "squash" or pre["interpolation"] != "bilinear":
-            raise SystemExit(f"the peers only implement squash + bilinear, not {pre}")
+        if pre["resize"] not in ("squash", "center_crop") or pre["interpolation"] != "bilinear":
+            raise SystemExit(f"the peers implement squash or center_crop, bilinear; not {pre}")
         self.size = int(pre["input_size"])
+        self.resize = pre["resize"]
+        self.crop_fraction = float(pre["crop_fraction"])
         # (x - 255 mean) / (255 std), all in float32, shaped (3, 1, 1) to broadcast over CHW.
         self.mean = np.asarray(pre["mean"], np.float32).reshape(3, 1, 1) * np.float32(255.0)
         self.std = np.asarray(pre["std"], np.float32).reshape(3, 1, 1) * np.float32(255.0)
@@ -50,7 +52,15 @@ class Bundle:
     def preprocess(self, img: Image.Image) -> np.ndarray:
         """RGB image to the (3, H, W) float32 model input."""
         size = (self.size, self.size)
-        if img.size != size:
+        if self.resize == "center_crop":
+            # The shorter side to size / crop_fraction, then the centre size x size.
+            w, h = img.size
+            scale = round(self.size / self.crop_fraction) / min(w, h)
+            nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+            img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            left, top = (nw - self.size) // 2, (nh - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
+        elif img.size != size:
             img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
         chw = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
         return (chw.astype(np.float32) - self.mean) / self.std
