@@ -213,31 +213,3 @@ def test_fisheye_turns_off_onnxruntime_telemetry(tmp_path: Path) -> None:
         "p.predict_images([Image.new('RGB', (64, 64))])\n"
     )
     assert _telemetry_state(tmp_path, "fisheye", through_fisheye) == []
-
-
-def test_the_batch_session_is_built_once_on_first_use(exported_bundle: Path) -> None:
-    import threading
-
-    backend = OnnxBackend(exported_bundle / ONNX_FILE, runtime=RuntimeOptions(spin_wait=True))
-    assert backend._batch_session is None  # a single photo never needs it
-    size = load_bundle(exported_bundle).preprocessing.input_size
-    one = np.random.default_rng(0).normal(size=(1, 3, size, size)).astype(np.float32)
-    first = backend.run(one)
-    assert backend._batch_session is None
-    sessions, outputs = [], []
-    barrier = threading.Barrier(4)
-
-    def batch() -> None:
-        barrier.wait()
-        sessions.append(backend.session)
-        outputs.append(backend.run(np.concatenate([one, one])))
-
-    threads = [threading.Thread(target=batch) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(sessions) == 4 and all(s is sessions[0] for s in sessions)
-    assert sessions[0] is not backend.single
-    for out in outputs:
-        np.testing.assert_allclose(out.probabilities[1], first.probabilities[0], atol=1e-5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -58,35 +57,20 @@ class OnnxBackend:
         self.runtime = runtime
         self.threads = runtime.threads or default_threads()
         self.batch_threads = runtime.batch_threads or self.threads
-        self._source: bytes | str = model if isinstance(model, bytes) else str(model)
-        self._batch_session: ort.InferenceSession | None = None
-        self._batch_lock = threading.Lock()
-        if runtime.spin_wait:
-            # The batch session is built on first use (the server's batch warm-up after
-            # ready), off the path to the first answer: a single photo never needs it.
-            self.single = self._session(self._source, self.threads, spinning=True)
-        else:
-            self.single = self._session(self._source, self.batch_threads, spinning=False)
-            self._batch_session = self.single
-        self.input_name = self.single.get_inputs()[0].name
-        outputs = [o.name for o in self.single.get_outputs()]
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = self._session(source, self.batch_threads, spinning=False)
+        self.single = (
+            self._session(source, self.threads, spinning=True)
+            if runtime.spin_wait
+            else self.session
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
         if set(ONNX_OUTPUTS) - set(outputs):
             raise BundleError(
                 f"the ONNX graph has outputs {outputs}; FishEye needs {list(ONNX_OUTPUTS)}. "
                 "Re-export it with `fisheye export --format onnx`."
             )
-
-    @property
-    def session(self) -> ort.InferenceSession:
-        """The session batches run in (built on first use)."""
-        if self._batch_session is None:
-            with self._batch_lock:
-                if self._batch_session is None:
-                    self._batch_session = self._session(
-                        self._source, self.batch_threads, spinning=False
-                    )
-                    self._source = b""  # the graph's bytes are not needed again
-        return self._batch_session
 
     def _session(
         self, source: bytes | str, threads: int, *, spinning: bool
