@@ -291,3 +291,17 @@ def test_the_api_answers_not_sure_under_the_threshold(tiny_bundle: Path) -> None
     assert good["label"] is None and good["answer"] == "unsure" and good["status"] == 200
     assert bad["status"] == 415 and bad["answer"] is None
     assert "fisheye_unsure_answers_total 2.0" in metrics
+
+
+def test_model_info_does_not_show_where_the_training_photos_were(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    from fisheye.bundle import update_meta
+    from tests.helpers.bundles import copy_bundle
+
+    bundle = copy_bundle(tiny_bundle, tmp_path / "bundle")
+    update_meta(bundle, data={"root": "/home/alice/fish-photos", "counts": {"train": 3}})
+    with TestClient(create_app(ServeSettings(model=bundle, monitoring=False))) as client:
+        _wait_ready(client)
+        data = client.get("/v1/model").json()["data"]
+    assert data == {"counts": {"train": 3}}

@@ -30,5 +30,6 @@ async def model_info(state: ReadyState) -> dict[str, Any]:
         "metrics": meta.get("metrics", {}),
         "preprocessing": meta.get("preprocessing", {}),
         "created": meta.get("provenance", {}).get("created"),
-        "data": meta.get("data", {}),
+        # Where the training photos were is a path on the training machine: not for clients.
+        "data": {k: v for k, v in meta.get("data", {}).items() if k != "root"},
     }
