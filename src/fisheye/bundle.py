@@ -18,8 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,11 +29,16 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from fisheye import __version__
+from fisheye.bundle_files import (
+    BundleError,
+    hash_bounded,
+    read_bounded,
+    sha256_file,
+)
 from fisheye.data.preprocess import Preprocessing
+from fisheye.provenance import git_commit, git_dirty
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from torch import nn
 
 FORMAT_VERSION = 1
@@ -47,135 +50,12 @@ META_MAX_BYTES = 1 << 20  # bundle.json: classes, metrics and provenance are a f
 CHECKSUM_MAX_BYTES = 1 << 10  # bundle.json.sha256: one `sha256sum` line
 # A listed file without a recorded size (bundles written by hand): the most that is read.
 UNRECORDED_MAX_BYTES = 4 << 30
-_CHUNK = 1 << 20
-
-
-class BundleError(RuntimeError):
-    """A bundle is missing, malformed, or fails its integrity check."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
-def _open_regular(path: Path, max_bytes: int, what: str) -> int:
-    """A descriptor on `path` once it is known to be a regular file of at most `max_bytes`.
-
-    The type is checked before opening (a FIFO is never opened for reading, a device never
-    touched) and again on the open descriptor (opened non-blocking, so a file swapped for a
-    FIFO in between cannot block).
-    """
-    try:
-        st = os.stat(path)  # follows a link: what counts is what it points to
-    except FileNotFoundError:
-        raise BundleError(f"{what} {path} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"cannot read {what} {path}: {exc}") from None
-    _check_regular(path, st, max_bytes, what)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"cannot read {what} {path}: {exc}") from None
-    try:
-        _check_regular(path, os.fstat(fd), max_bytes, what)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _check_regular(path: Path, st: os.stat_result, max_bytes: int, what: str) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        raise BundleError(
-            f"{what} {path} is {_file_kind(st.st_mode)}: a bundle holds only regular files"
-        )
-    if st.st_size > max_bytes:
-        raise BundleError(
-            f"{what} {path} is {st.st_size} bytes, more than the {max_bytes} it may be: "
-            "it was replaced or corrupted"
-        )
-
-
-def _read_chunks(path: Path, max_bytes: int, what: str) -> Iterator[bytes]:
-    """The bytes of a regular file of at most `max_bytes`, in chunks (BundleError if not)."""
-    fd = _open_regular(path, max_bytes, what)
-    total = 0
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, min(_CHUNK, max_bytes + 1 - total))
-            except OSError as exc:
-                raise BundleError(f"cannot read {what} {path}: {exc}") from None
-            if not chunk:
-                return
-            total += len(chunk)
-            if total > max_bytes:  # it grew while being read
-                raise BundleError(f"{what} {path} is larger than the {max_bytes} bytes it may be")
-            yield chunk
-    finally:
-        os.close(fd)
-
-
-def _read_bounded(path: Path, max_bytes: int, what: str) -> bytes:
-    return b"".join(_read_chunks(path, max_bytes, what))
-
-
-def _hash_bounded(path: Path, max_bytes: int, what: str) -> str:
-    h = hashlib.sha256()
-    for chunk in _read_chunks(path, max_bytes, what):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 def _max_bytes(entry: dict[str, Any]) -> int:
     """The most a listed file may hold: the size bundle.json records for it."""
     recorded = entry.get("bytes")
     return recorded if isinstance(recorded, int) else UNRECORDED_MAX_BYTES
-
-
-def _git(args: list[str], cwd: Path | None) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args],
-            cwd=cwd or Path.cwd(),
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout
-
-
-def git_commit(cwd: Path | None = None) -> str | None:
-    """The current git commit of the working tree, or None outside a repository."""
-    out = _git(["rev-parse", "HEAD"], cwd)
-    return (out or "").strip() or None
-
-
-def git_dirty(cwd: Path | None = None) -> bool | None:
-    """Whether tracked files differ from that commit (the code that ran is not the commit's)."""
-    out = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
-    return None if out is None else bool(out.strip())
 
 
 def default_bundle_dir() -> Path:
@@ -229,7 +109,7 @@ class Bundle:
         path = self.path / name
         if not path.exists():
             raise BundleError(f"bundle file {path} is missing; re-create it (`fisheye export`)")
-        data = _read_bounded(path, _max_bytes(entry), "bundle file")
+        data = read_bounded(path, _max_bytes(entry), "bundle file")
         _check_hash(path, hashlib.sha256(data).hexdigest(), entry)
         return data
 
@@ -388,7 +268,7 @@ def _check_meta(meta: Any, where: str) -> None:
 
 def bundle_sha256(bundle_dir: Path) -> str:
     """The sha256 of bundle.json: one hash that pins the whole bundle."""
-    return _hash_bounded(Path(bundle_dir) / BUNDLE_JSON, META_MAX_BYTES, BUNDLE_JSON)
+    return hash_bounded(Path(bundle_dir) / BUNDLE_JSON, META_MAX_BYTES, BUNDLE_JSON)
 
 
 def read_meta(bundle_dir: Path, expected_sha256: str | None = None) -> dict[str, Any]:
@@ -404,11 +284,11 @@ def _read_meta(bundle_dir: Path, expected_sha256: str | None) -> tuple[dict[str,
             f"{bundle_dir} is not a FishEye model bundle (no {BUNDLE_JSON}). "
             "Train one with `fisheye train` or use the default models/default."
         )
-    data = _read_bounded(meta_path, META_MAX_BYTES, BUNDLE_JSON)
+    data = read_bounded(meta_path, META_MAX_BYTES, BUNDLE_JSON)
     actual = hashlib.sha256(data).hexdigest()
     checksum_path = bundle_dir / CHECKSUM_FILE
     try:
-        raw = _read_bounded(checksum_path, CHECKSUM_MAX_BYTES, CHECKSUM_FILE)
+        raw = read_bounded(checksum_path, CHECKSUM_MAX_BYTES, CHECKSUM_FILE)
         recorded = raw.decode("ascii").split()[0]
     except (BundleError, IndexError, UnicodeDecodeError) as exc:
         why = f": {exc}" if isinstance(exc, BundleError) else ""
@@ -448,7 +328,7 @@ def verify_files(bundle_dir: Path, meta: dict[str, Any], names: list[str] | None
         if names is not None and name not in names:
             continue
         path = Path(bundle_dir) / name
-        _check_hash(path, _hash_bounded(path, _max_bytes(entry), "bundle file"), entry)
+        _check_hash(path, hash_bounded(path, _max_bytes(entry), "bundle file"), entry)
 
 
 def load_bundle(

@@ -131,7 +131,7 @@ def predict(
     with RichProgress(err).task("predicting", len(files)) as advance:
         results = list(predictor.predict_files(files, batch_size=batch_size, on_done=advance))
 
-    from fisheye.inference.results import path_text
+    from fisheye.inference.result_paths import path_text
 
     failed = [r for r in results if r.prediction is None]
     if output_format is OutputFormat.json:
@@ -165,7 +165,7 @@ def predict(
 
 
 def _table(results: list) -> Table:
-    from fisheye.inference.results import path_text
+    from fisheye.inference.result_paths import path_text
 
     table = Table(show_lines=False)
     table.add_column("file", overflow="fold")

@@ -12,7 +12,8 @@ from typing import Any
 
 from fisheye.data.storage import PhotoRef
 from fisheye.inference.predictor import Predictor
-from fisheye.inference.results import ResultWriter, path_text, result_row
+from fisheye.inference.result_paths import path_text
+from fisheye.inference.results import ResultWriter, result_row
 
 Rows = list[dict[str, Any]]
 

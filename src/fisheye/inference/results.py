@@ -29,6 +29,7 @@ from typing import Any
 
 from fisheye.data.storage import filesystem, is_url, url_of
 from fisheye.inference.predictor import FileResult
+from fisheye.inference.result_paths import path_text, plain_text
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 COLUMNS = ("path", "label", "confidence", "top_k", "ood_score", "in_distribution", "error")
@@ -49,36 +50,12 @@ def result_format(out: str | Path) -> str:
     raise ResultsError(f"{out}: the output's name must end in {', '.join(FORMATS)}")
 
 
-def path_text(path: str | os.PathLike[str]) -> str:
-    """A path as the text written to results: undecodable bytes (the surrogate escapes of
-    `os.fsdecode`) as `\\xNN`, a backslash as `\\\\`, everything else as it is."""
-    text = os.fspath(path)
-    if "\\" not in text and not _SURROGATE.search(text):
-        return text
-    return _SURROGATE.sub(_escape_surrogate, text.replace("\\", "\\\\"))
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _escape_surrogate(m: re.Match[str]) -> str:
-    code = ord(m.group())
-    # os.fsdecode maps an undecodable byte 0xNN to U+DCNN; any other lone surrogate is kept
-    # as its code point.
-    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
-
-
-def _plain_text(text: str) -> str:
-    """Text that encodes as UTF-8 (a lone surrogate, e.g. in an error message, escaped)."""
-    return _SURROGATE.sub(_escape_surrogate, text)
-
-
 def result_row(result: FileResult) -> dict[str, Any]:
     """One photo's output row (every column present; None where it does not apply)."""
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row["path"] = path_text(result.path)
     if result.prediction is None:
-        row["error"] = _plain_text(result.error or "unreadable")
+        row["error"] = plain_text(result.error or "unreadable")
         return row
     row.update(result.prediction.to_dict())
     return row
