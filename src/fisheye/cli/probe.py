@@ -74,6 +74,16 @@ def probe(
             "(noise, pixelation, low contrast, motion blur, colour; one more feature pass each).",
         ),
     ] = 0,
+    augment_composites: Annotated[
+        int,
+        typer.Option(
+            "--augment-composites",
+            min=0,
+            help="Also train on this many views of each train photo with its fish cut out and "
+            "laid on a drawn background (board, planks, ice, deck, cloth; one more feature "
+            "pass each).",
+        ),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Train a linear probe: frozen ImageNet backbone, logistic-regression head (C chosen on val).
@@ -107,7 +117,7 @@ def probe(
         rows = load_dataset_rows(
             data, val_fraction, test_fraction, seed, progress=progress, resplit=resplit
         )
-        passes = 1 + len(augment_view or []) + augment_corruptions
+        passes = 1 + len(augment_view or []) + augment_corruptions + augment_composites
         with progress.task("extracting features", len(rows) * passes) as advance:
             metrics = train_probe(
                 rows,
@@ -120,6 +130,7 @@ def probe(
                 command=" ".join(["fisheye probe", *sys.argv[2:]]),
                 augment_views=augment_view or [],
                 augment_corruptions=augment_corruptions,
+                augment_composites=augment_composites,
                 preprocessing=spec,
                 on_done=advance,
             )

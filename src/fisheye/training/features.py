@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fisheye.bundle import save_bundle
-from fisheye.data import corruptions
+from fisheye.data import composites, corruptions
 from fisheye.data.manifest import ManifestRow
 from fisheye.data.preprocess import Preprocessing
 from fisheye.inference.export import export_onnx
@@ -49,16 +49,25 @@ VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 # "corrupted-K": the K-th randomly corrupted view (fisheye.data.corruptions, seeded by K).
 CORRUPTED = "corrupted-"
+# "composite-K": the K-th view with each fish on a drawn background (fisheye.data.composites).
+COMPOSITE = "composite-"
+_SEEDED_VIEWS = {
+    CORRUPTED: (corruptions.RandomCorruption, corruptions.VERSION),
+    COMPOSITE: (composites.RandomComposite, composites.VERSION),
+}
 
 
 def view_transform(view: str, spec: Preprocessing) -> Callable[[np.ndarray], np.ndarray]:
-    """The batch transform of a view: one of VIEWS or a corrupted view."""
+    """The batch transform of a view: one of VIEWS, a corrupted or a composite view."""
     if view in VIEWS:
         return VIEWS[view]
-    if view.startswith(CORRUPTED) and view[len(CORRUPTED) :].isdigit():
-        return corruptions.RandomCorruption(spec, seed=int(view[len(CORRUPTED) :]))
+    for prefix, (transform, _) in _SEEDED_VIEWS.items():
+        if view.startswith(prefix) and view[len(prefix) :].isdigit():
+            return transform(spec, seed=int(view[len(prefix) :]))
     choices = sorted(set(VIEWS) - {"identity"})
-    raise ValueError(f"unknown view {view!r}; choose from {choices} or {CORRUPTED}<n>")
+    raise ValueError(
+        f"unknown view {view!r}; choose from {choices}, {CORRUPTED}<n> or {COMPOSITE}<n>"
+    )
 
 
 def _cache_key(
@@ -68,8 +77,9 @@ def _cache_key(
     view: str = "identity",
     spec: Preprocessing | None = None,
 ) -> str:
-    if view.startswith(CORRUPTED):
-        view = f"{view}|{corruptions.VERSION}"
+    for prefix, (_, version) in _SEEDED_VIEWS.items():
+        if view.startswith(prefix):
+            view = f"{view}|{version}"
     prefix = f"{arch}|{backend}|" if view == "identity" else f"{arch}|{backend}|{view}|"
     if spec is not None and spec != Preprocessing():
         # Keys of the default preprocessing stay as they were, so existing caches stay valid.

@@ -21,11 +21,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
 from fisheye.bundle import read_meta, save_bundle, update_meta
-from fisheye.data import corruptions
+from fisheye.data import composites, corruptions
 from fisheye.data.manifest import ManifestRow, manifest_hash
 from fisheye.data.preprocess import Preprocessing
 from fisheye.inference.scoring import macro_f1
 from fisheye.training.features import (
+    COMPOSITE,
     CORRUPTED,
     DEFAULT_ARCH,
     VIEWS,
@@ -142,6 +143,7 @@ def train_probe(
     command: str | None = None,
     augment_views: Sequence[str] = (),
     augment_corruptions: int = 0,
+    augment_composites: int = 0,
     preprocessing: Preprocessing | None = None,
     on_done: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
@@ -149,8 +151,9 @@ def train_probe(
 
     `augment_views` (names of VIEWS, e.g. "hflip") add the features of those views of the
     train photos as further training samples, and `augment_corruptions` that many randomly
-    corrupted views of each (fisheye.data.corruptions); val and test are scored as served
-    (one plain view). `preprocessing` defaults to the backbone's own input size, squashed.
+    corrupted views of each (fisheye.data.corruptions), `augment_composites` that many views
+    with each fish on a drawn background (fisheye.data.composites); val and test are scored
+    as served (one plain view). `preprocessing` defaults to the backbone's own input size, squashed.
     C is chosen on val; the bundle records its training photos, its temperature
     (fitted on val) and the grouped test figures (when there are test rows). Returns its
     metrics.
@@ -160,9 +163,14 @@ def train_probe(
         raise ValueError(
             f"unknown view(s) {unknown}; choose from {sorted(set(VIEWS) - {'identity'})}"
         )
-    if augment_corruptions < 0:
-        raise ValueError(f"augment_corruptions must be 0 or more, got {augment_corruptions}")
-    views = [*augment_views, *(f"{CORRUPTED}{k}" for k in range(1, augment_corruptions + 1))]
+    for name_, count in (("corruptions", augment_corruptions), ("composites", augment_composites)):
+        if count < 0:
+            raise ValueError(f"augment_{name_} must be 0 or more, got {count}")
+    views = [
+        *augment_views,
+        *(f"{CORRUPTED}{k}" for k in range(1, augment_corruptions + 1)),
+        *(f"{COMPOSITE}{k}" for k in range(1, augment_composites + 1)),
+    ]
     rows = list(rows)
     classes = sorted({r.label for r in rows})
     class_index = {c: i for i, c in enumerate(classes)}
@@ -172,7 +180,8 @@ def train_probe(
         )
         feats = backbone_features(predictor, rows, cache_dir=cache_dir, on_done=on_done)
         extra = [
-            backbone_features(predictor, feats.rows, cache_dir=cache_dir, view=v) for v in views
+            backbone_features(predictor, feats.rows, cache_dir=cache_dir, view=v, on_done=on_done)
+            for v in views
         ]
         net = predictor.bundle.build_model()
         spec = predictor.preprocessing
@@ -218,6 +227,10 @@ def train_probe(
                 "augment_views": list(augment_views),
                 "augment_corruptions": augment_corruptions,
                 "corruption_families": sorted(corruptions.FAMILIES) if augment_corruptions else [],
+                "augment_composites": augment_composites,
+                "composite_backgrounds": sorted(composites.BACKGROUNDS)
+                if augment_composites
+                else [],
                 "c": head.c,
                 "val_acc_by_c": {str(k): round(v, 6) for k, v in val_by_c.items()},
                 "unreadable": [str(p) for p, _ in feats.unreadable],
