@@ -279,7 +279,12 @@ def test_concurrent_scrapes_and_summaries_all_get_full_answers(
 def test_a_scrape_after_a_request_counts_it(client: httpx.Client) -> None:
     def served() -> float:
         for line in client.get("/metrics").text.splitlines():
-            if line.startswith('fisheye_http_requests_total{method="GET",route="/v1/model"'):
+            if (
+                line.startswith("fisheye_http_requests_total{")
+                and 'route="/v1/model"' in line
+                and 'method="GET"' in line
+                and 'status="200"' in line
+            ):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
