@@ -1,20 +1,24 @@
 """Who may do what: the admin token, the feedback token and the prediction API keys.
 
 Secrets are compared in constant time (`hmac.compare_digest`) and never logged; a refusal
-is counted in `fisheye_auth_failures_total` by scope and reason.
+is counted in `fisheye_auth_failures_total` by scope and reason. Routes behind a token use
+`authenticated_route`, which checks it before anything reads the body: an anonymous client
+gets 401, never a validation error that tells it what the route expects.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
 from pydantic import SecretStr
 from starlette.datastructures import Headers
 
 from fisheye.serving.errors import APIError
+from fisheye.serving.limits import LimitedRoute
 from fisheye.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -92,3 +96,22 @@ def require_api_key(request: Request) -> None:
     keys = state.settings.api_keys
     if keys:
         check(request, keys, "predict", "API key", state.metrics)
+
+
+def authenticated_route(
+    require: Callable[[Request], Awaitable[None]],
+) -> type[LimitedRoute]:
+    """A `LimitedRoute` class whose routes run `require` first: before the body is read,
+    parsed or validated, and before its size and content type are checked."""
+
+    class AuthenticatedRoute(LimitedRoute):
+        def get_route_handler(self) -> Callable[[Request], Any]:
+            handler = super().get_route_handler()
+
+            async def authenticated(request: Request) -> Response:
+                await require(request)
+                return await handler(request)
+
+            return authenticated
+
+    return AuthenticatedRoute

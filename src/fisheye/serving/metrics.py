@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from fisheye.serving.shared_results import SharedResults
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -206,6 +208,16 @@ class Metrics:
             ["test"],
             registry=r,
         )
+
+        # Scrapes at the same time share one rendering, in a thread: scrapers cost the
+        # predictions at most one rendering at a time.
+        self._scrapes: SharedResults[None, bytes] = SharedResults(
+            lambda _: generate_latest(self.registry)
+        )
+
+    async def render(self) -> bytes:
+        """The metrics in Prometheus' text format."""
+        return await self._scrapes.get(None)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one model call (called from the batcher thread)."""

@@ -118,6 +118,25 @@ class ServeSettings(BaseSettings):
     max_header_bytes: int = Field(
         16 * 1024, ge=1024, description="Largest total size of a request's headers (431 above)."
     )
+    max_unread_body_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="Body bytes the server still reads after answering a request whose body "
+        "the route did not read (e.g. a 404), to keep the connection; a longer body, or one "
+        "not all there within request_timeout_s of the headers, closes the connection.",
+    )
+    max_form_fields: int = Field(
+        16,
+        ge=0,
+        description="Multipart parts besides the photos in one request (413 above); with their "
+        "headers and values within 64 KiB.",
+    )
+    summary_cache_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long a /v1/monitoring/summary answer is reused for the same window "
+        "(identical requests at the same time share one computation whatever this is).",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed to call the API from a browser (CORS); none by default. "

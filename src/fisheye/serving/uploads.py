@@ -3,8 +3,15 @@
 Files are counted and measured part by part as the body arrives: the request is refused
 (413) the moment one file passes its size limit or one file too many begins, and nothing
 is ever written to disk. The route's whole-body limit (`limits.LimitedRoute`) bounds the
-rest (other fields, headers, boundaries), and an `UploadBudget` shared by all requests
-bounds the photo bytes held in memory at once (503 beyond it).
+body, and an `UploadBudget` shared by all requests bounds the photo bytes held in memory
+at once (503 beyond it).
+
+The parser runs on the event loop, and its cost grows with the number of parts, not their
+bytes (python-multipart finds boundaries with `bytes.find`, but calls back into Python for
+every part and header). So parts besides the photos are bounded too, in number
+(`max_form_fields`) and in bytes with every part's headers (`FORM_BYTES`): a body of 174,000
+tiny text fields is refused (413) after a few dozen, instead of holding the loop for
+seconds while every other request waits.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ from python_multipart.multipart import MultipartParseError, MultipartParser, par
 
 from fisheye.serving.capacity import UploadBudget
 from fisheye.serving.errors import APIError
+from fisheye.serving.limits import DEFAULT_BODY
 from fisheye.serving.settings import MB
 
 MAX_PART_HEADERS = 8
+FORM_BYTES = DEFAULT_BODY  # the other fields' values and all part headers: a JSON body's limit
 
 
 @dataclass
@@ -55,8 +64,12 @@ class _Collector:
         max_file_bytes: int,
         single: bool,
         budget: UploadBudget,
+        max_fields: int,
     ):
         self.budget = budget
+        self.max_fields = max_fields
+        self.fields = 0  # parts that are not files of `field_name`
+        self.form_bytes = 0  # their values, and every part's headers
         self.taken = 0
         self.field = field_name
         self.max_files = max_files
@@ -82,10 +95,21 @@ class _Collector:
         self.part = _Part()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_form_bytes(end - start)
         self._header_field += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_form_bytes(end - start)
         self._header_value += data[start:end]
+
+    def _count_form_bytes(self, n: int) -> None:
+        self.form_bytes += n
+        if self.form_bytes > FORM_BYTES:
+            raise APIError(
+                413,
+                "form_too_large",
+                f"the form fields and part headers are over the {FORM_BYTES // 1024} KiB limit",
+            )
 
     def on_header_end(self) -> None:
         self.part.headers[self._header_field.strip().lower()] = self._header_value.strip()
@@ -101,6 +125,14 @@ class _Collector:
         filename = options.get(b"filename")
         self.part.filename = _decode_header(filename) if filename is not None else None
         if self.part.name != self.field:
+            self.fields += 1
+            if self.fields > self.max_fields:
+                raise APIError(
+                    413,
+                    "too_many_fields",
+                    f"more than {self.max_fields} form fields besides the photos; "
+                    f"the limit is {self.max_fields}",
+                )
             return
         if self.part.filename is None:
             raise APIError(
@@ -121,7 +153,8 @@ class _Collector:
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.part.name != self.field:
-            return  # other fields are bounded by the body limit and ignored
+            self._count_form_bytes(end - start)  # other fields are counted and ignored
+            return
         self.part.size += end - start
         self.budget.take(end - start)
         self.taken += end - start
@@ -155,14 +188,16 @@ async def read_uploads(
     *,
     max_files: int,
     max_file_bytes: int,
+    max_fields: int,
     single: bool = False,
 ) -> AsyncIterator[list[Upload]]:
     """The files of a multipart/form-data body's field `field_name`, in order.
 
     Their bytes count against `budget` until the block ends. 413 for a file over
-    `max_file_bytes` or more than `max_files` files (422 when `single` and a second file
-    arrives), 415 for another content type, 422 for a malformed body or a missing field,
-    503 when the budget is spent.
+    `max_file_bytes`, more than `max_files` files (422 when `single` and a second file
+    arrives), more than `max_fields` other parts, or more than `FORM_BYTES` of other parts
+    and part headers; 415 for another content type, 422 for a malformed body or a missing
+    field, 503 when the budget is spent.
     """
     header = request.headers.get("content-type")
     if header is None:
@@ -177,7 +212,7 @@ async def read_uploads(
     boundary = params.get(b"boundary")
     if not boundary:
         raise APIError(422, "invalid_request", "the multipart body has no boundary")
-    collector = _Collector(field_name, max_files, max_file_bytes, single, budget)
+    collector = _Collector(field_name, max_files, max_file_bytes, single, budget, max_fields)
     try:
         try:
             parser = MultipartParser(

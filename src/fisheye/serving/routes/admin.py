@@ -1,7 +1,8 @@
 """/v1/admin: change the live model (hot swap), attach a challenger, promote, roll back.
 
-Every endpoint needs `Authorization: Bearer $FISHEYE_ADMIN_TOKEN`; without that setting
-they are disabled (403). A change loads and warms the new model in a thread while the live
+Every endpoint needs `Authorization: Bearer $FISHEYE_ADMIN_TOKEN`, checked before the body
+is read (401 without it, whatever the body); without that setting they are disabled (403).
+A change loads and warms the new model in a thread while the live
 one keeps answering; a model that fails leaves the live one untouched (its ModelLoadError or
 ModelChangeError becomes the JSON error: `serving.errors`).
 """
@@ -10,19 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from fisheye.serving.auth import require_admin
+from fisheye.serving.auth import authenticated_route, require_admin
 from fisheye.serving.deps import Changes, State
-from fisheye.serving.limits import LimitedRoute, limits
+from fisheye.serving.limits import limits
 from fisheye.serving.schemas import ChallengerIn, ModelChangeIn, error_responses
 
 router = APIRouter(
     prefix="/v1/admin",
     tags=["admin"],
-    route_class=LimitedRoute,
-    dependencies=[Depends(require_admin)],
+    route_class=authenticated_route(require_admin),
 )
 RESPONSES = error_responses(401, 403, 404, 409, 422, 503)
 JSON = ("application/json",)

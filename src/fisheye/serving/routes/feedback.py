@@ -1,22 +1,25 @@
-"""POST /v1/feedback: the true species of an earlier prediction."""
+"""POST /v1/feedback: the true species of an earlier prediction (the feedback token, when
+set, is checked before the body is read)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from fisheye.monitoring.prediction_log import FeedbackConflictError, FeedbackError, StoreError
-from fisheye.serving.auth import require_feedback_token
+from fisheye.serving.auth import authenticated_route, require_feedback_token
 from fisheye.serving.deps import ReadyState, prediction_log
 from fisheye.serving.errors import APIError
-from fisheye.serving.limits import LimitedRoute, limits
+from fisheye.serving.limits import limits
 from fisheye.serving.schemas import OTHER_LABEL, FeedbackIn, FeedbackOut, error_responses
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["monitoring"], route_class=LimitedRoute)
+router = APIRouter(
+    prefix="/v1", tags=["monitoring"], route_class=authenticated_route(require_feedback_token)
+)
 
 
 @router.post(
@@ -30,7 +33,6 @@ router = APIRouter(prefix="/v1", tags=["monitoring"], route_class=LimitedRoute)
         503,
         e409="The prediction already has other feedback (kept for review).",
     ),
-    dependencies=[Depends(require_feedback_token)],
 )
 @limits(content_types=("application/json",))
 async def feedback(body: FeedbackIn, state: ReadyState) -> dict[str, Any]:

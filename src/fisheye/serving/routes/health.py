@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from fisheye.serving.deps import State
 from fisheye.serving.limits import LimitedRoute
@@ -61,4 +61,4 @@ async def readyz(state: State) -> JSONResponse:
 )
 async def metrics(state: State) -> Response:
     """Prometheus metrics in the text exposition format."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(await state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,20 +1,37 @@
-"""GET /v1/monitoring/drift and /v1/monitoring/summary: what the server has seen."""
+"""GET /v1/monitoring/drift and /v1/monitoring/summary: what the server has seen.
+
+A summary flushes the log's queue and reads it: concurrent requests for one window share
+one computation, and an answer is reused for `summary_cache_s` (`SharedResults`), so
+dashboards and scrapers cannot slow the predictions down.
+"""
 
 from __future__ import annotations
 
+import weakref
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from starlette.concurrency import run_in_threadpool
 
-from fisheye.monitoring.prediction_log import StoreError
+from fisheye.monitoring.prediction_log import PredictionLog, StoreError
 from fisheye.monitoring.report import MAX_WINDOW_DAYS, parse_window
 from fisheye.serving.deps import ReadyState, prediction_log
 from fisheye.serving.errors import APIError
 from fisheye.serving.limits import LimitedRoute
 from fisheye.serving.schemas import error_responses
+from fisheye.serving.shared_results import SharedResults
 
 router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"], route_class=LimitedRoute)
+# The shared summaries of each prediction log (one per app), by window in seconds.
+_summaries: weakref.WeakKeyDictionary[PredictionLog, SharedResults[float, dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _shared_summaries(plog: PredictionLog, ttl_s: float) -> SharedResults[float, dict[str, Any]]:
+    shared = _summaries.get(plog)
+    if shared is None:
+        shared = _summaries[plog] = SharedResults(plog.summary, ttl_s=ttl_s, max_running=2)
+    return shared
 
 
 @router.get("/drift", responses=error_responses(503))
@@ -55,7 +72,7 @@ async def summary(
         raise APIError(422, "invalid_window", str(exc)) from None
     plog = prediction_log(state)
     try:
-        out = await run_in_threadpool(plog.summary, seconds)
+        out = await _shared_summaries(plog, state.settings.summary_cache_s).get(seconds)
     except StoreError as exc:
         raise APIError(
             503, "log_unavailable", f"the prediction log cannot be read: {exc}"

@@ -211,6 +211,7 @@ async def predict(request: Request) -> Response:
             state.uploads,
             max_files=1,
             max_file_bytes=s.max_upload_bytes,
+            max_fields=s.max_form_fields,
             single=True,
         ) as (upload,):
             inputs = await _decode(state, slot, upload)
@@ -244,6 +245,7 @@ async def predict_batch(request: Request) -> Response:
             state.uploads,
             max_files=s.max_files,
             max_file_bytes=s.max_upload_bytes,
+            max_fields=s.max_form_fields,
         ) as uploads:
             return await _answer_batch(request, state, slot, uploads)
 
