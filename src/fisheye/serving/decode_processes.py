@@ -56,6 +56,7 @@ class DecodeProcess:
             os.close(from_child_w)
         self._send = Connection(to_child_w, readable=False)
         self._recv = Connection(from_child_r, writable=False)
+        self._conns = (self._send, self._recv)
         self._killed = False
         self._killed_by_us = False
         self._lock = threading.Lock()
@@ -107,8 +108,10 @@ class DecodeProcess:
             self.process.kill()
 
     def close(self) -> None:
-        """End the process and reap it."""
+        """End the process and reap it (once; from any thread)."""
         self.kill(abandon=True)
         self.process.wait()
-        for conn in (self._send, self._recv):
+        with self._lock:
+            conns, self._conns = self._conns, ()
+        for conn in conns:
             conn.close()
