@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.bombs import WORST_CASES
+from tests.helpers.bombs import ALL_CASES, WORST_CASES
 from tests.helpers.bundles import make_bundle
 from tests.helpers.memory import peak_mb, reset_peak, rss_mb
 from tests.helpers.process_tree import PeakSampler, tree_cpu_s, tree_rss_mb
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
             for kind in args.kinds:
-                maker, suffix, _ = WORST_CASES[kind]
+                maker, suffix, _ = ALL_CASES[kind]
                 data = maker()
                 wait_idle(pid, args.idle_max_s)
                 reset_peak(pid)
