@@ -21,7 +21,7 @@ from fisheye.data.images import (
     image_size,
     read_photo_file,
 )
-from tests.helpers.bombs import WORST_CASES, dds_named_jpg
+from tests.helpers.bombs import CANVAS_CASES, dds_named_jpg
 from tests.helpers.photos import encode, photo, truncated_jpeg
 
 SIZE = (40, 30)
@@ -256,7 +256,7 @@ def test_image_size_reads_the_header_only(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_worst_case_files_decode_or_are_refused_cleanly() -> None:
     decoded = 0
-    for name, (maker, _, readable) in WORST_CASES.items():
+    for name, (maker, _, readable) in CANVAS_CASES.items():
         data = maker(1200)  # the same shapes, small enough for a unit test
         if not readable:
             with pytest.raises(UnsupportedFormatError):

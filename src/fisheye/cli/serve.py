@@ -65,6 +65,7 @@ def serve(
     import uvicorn
 
     from fisheye.serving.app import create_app
+    from fisheye.serving.graceful import GRACEFUL_TIMEOUT_S, GracefulServer
     from fisheye.serving.http_protocol import protocol_for
 
     shown = f"{source} ({settings.model})" if source != settings.model else settings.model
@@ -72,16 +73,22 @@ def serve(
         f"FishEye serving {shown} at http://{settings.host}:{settings.port} (API docs at /docs)",
         soft_wrap=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(state=state),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,
         access_log=settings.access_log,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  (a float works)
         http=protocol_for(settings),
         ws="none",  # no WebSocket routes: skip importing a WebSocket library at start-up
         server_header=False,
     )
+    # On SIGTERM, decodes still running after a grace period are ended and answered 503,
+    # so every request in flight gets an answer before uvicorn's own timeout.
+    server = GracefulServer(config, state)
+    server.run()
+    if not server.started:
+        raise typer.Exit(3)  # uvicorn's exit status when the server cannot start

@@ -5,8 +5,11 @@ A photo is untrusted input. Decoding is bounded three ways before its cost is pa
   else is refused without running another decoder;
 - the header's size is checked against a pixel limit (decompression bombs);
 - the memory the decode and the conversion to RGB would take is estimated from the header
-  (pixels x bytes per pixel of each copy); a photo over the budget is decoded smaller
-  (JPEG's DCT scaling) and shrunk in its own pixel mode before any conversion, or refused.
+  (pixels x bytes per pixel of each copy, plus the decoder's own buffers read from the
+  file's structure: `decode_cost`); a photo over the budget is decoded smaller (JPEG's DCT
+  scaling) and shrunk in its own pixel mode before any conversion, or refused;
+- structures whose decode takes CPU time out of proportion to the pixels (a JPEG's scans,
+  a PNG's chunks, a run-length BMP) are refused before they are decoded (`decode_cost`).
 Photos within the budget take exactly the path training used, so predictions match.
 Every decoder failure becomes an ImageDecodeError: a per-file error, never a crash.
 """
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fisheye.data.decode_cost import StructureError, file_buffer_bytes, image_buffer_bytes
 from fisheye.data.storage import is_url, read_url
 
 MB = 1024 * 1024
@@ -162,9 +166,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """Pillow's lazy image for an allowed format whose header is within the pixel limit."""
-    img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+def _open(data: bytes, max_pixels: int, max_decode_bytes: int) -> tuple[Image.Image, int]:
+    """Pillow's lazy image for an allowed format whose header is within the pixel limit,
+    and the bytes its decoder needs beside the pixels (`decode_cost`)."""
+    try:
+        buffers = file_buffer_bytes(data)
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        buffers += image_buffer_bytes(img, max_decode_bytes)
+    except StructureError as exc:
+        raise ImageTooLargeError(f"the image is too costly to decode: {exc}") from None
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageDecodeError("image has no pixels")
@@ -173,26 +183,31 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             f"image is {width}x{height} = {width * height:,} pixels, "
             f"over the limit of {max_pixels:,}"
         )
-    return img
+    return img, buffers
 
 
-def _load_within(img: Image.Image, max_decode_bytes: int, convert_bytes: int) -> Image.Image:
+def _load_within(
+    img: Image.Image, buffers: int, max_decode_bytes: int, convert_bytes: int
+) -> Image.Image:
     """Decode the pixels, smaller if the decode plus `convert_bytes`/pixel would pass the budget.
 
     JPEG is decoded at 1/2, 1/4 or 1/8 scale (DCT scaling, cheaper than full size); other
     formats are decoded at full size (refused if that alone is over budget) and then shrunk
-    in their own pixel mode, before any conversion is paid for.
+    in their own pixel mode, before any conversion is paid for. The decoder's own buffers
+    (`decode_cost`) count at full size: scaling does not shrink them.
     """
     width, height = img.size
 
     def cost() -> tuple[int, int]:
         pixels = img.width * img.height
         stored = _STORED_BYTES.get(img.mode, 4)
-        return pixels * max(stored, _DECODER_BYTES.get(img.format, 0)), pixels * convert_bytes
+        per_pixel = max(stored, _DECODER_BYTES.get(img.format, 0))
+        return pixels * per_pixel + buffers, pixels * convert_bytes
 
     decode, convert = cost()
-    if decode + convert > max_decode_bytes and img.format in ("JPEG", "MPO"):
-        ratio = math.sqrt((decode + convert) / max_decode_bytes)
+    room = max_decode_bytes - buffers
+    if decode + convert > max_decode_bytes and img.format in ("JPEG", "MPO") and room > 0:
+        ratio = math.sqrt((decode + convert - buffers) / room)
         scale = min(8, 2 ** math.ceil(math.log2(ratio)))
         img.draft(img.mode, (math.ceil(width / scale), math.ceil(height / scale)))
         decode, convert = cost()
@@ -209,15 +224,15 @@ def _load_within(img: Image.Image, max_decode_bytes: int, convert_bytes: int) ->
 
 
 def _decode(data: bytes, max_pixels: int, max_decode_bytes: int) -> Image.Image:
-    img = _open(data, max_pixels)
-    img = _load_within(img, max_decode_bytes, _conversion_bytes(img))
+    img, buffers = _open(data, max_pixels, max_decode_bytes)
+    img = _load_within(img, buffers, max_decode_bytes, _conversion_bytes(img))
     return _to_rgb(ImageOps.exif_transpose(img))
 
 
 def _thumbnail(data: bytes, size: int, max_pixels: int, max_decode_bytes: int) -> Image.Image:
-    img = _open(data, max_pixels)
+    img, buffers = _open(data, max_pixels, max_decode_bytes)
     img.draft("RGB", (size, size))
-    img = _load_within(img, max_decode_bytes, 4)
+    img = _load_within(img, buffers, max_decode_bytes, 4)
     return img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
 
 
@@ -267,7 +282,9 @@ def decode_image(
 
 def image_size(source: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) from a photo's header, without decoding its pixels."""
-    return _guarded(lambda data: _open(data, max_pixels).size, _read(source, 0))
+    return _guarded(
+        lambda data: _open(data, max_pixels, DEFAULT_MAX_DECODE_BYTES)[0].size, _read(source, 0)
+    )
 
 
 def decode_thumbnail(

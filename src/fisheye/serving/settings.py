@@ -102,6 +102,23 @@ class ServeSettings(BaseSettings):
     max_decode_queue: int = Field(
         256, ge=0, description="Photos that may wait for a decode slot; beyond it, 503."
     )
+    max_decodes_per_client: int | None = Field(
+        None,
+        ge=1,
+        description="Decode slots one client address may hold at once (default: all but "
+        "one of FISHEYE_DECODE_WORKERS, at least 1); its other photos wait their turn.",
+    )
+    max_decode_cpu_s: float = Field(
+        5.0,
+        gt=0,
+        description="CPU seconds one photo's decode may take; beyond it the decode is ended "
+        "and the photo refused with 413.",
+    )
+    decode_processes: bool = Field(
+        True,
+        description="Decode photos in worker processes (limits on CPU time and memory; a "
+        "decode whose request goes away is ended). false: in threads of the server.",
+    )
     max_upload_memory_mb: float = Field(
         512.0,
         gt=0,

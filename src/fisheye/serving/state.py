@@ -100,7 +100,15 @@ class ServingState:
         start = time.perf_counter()
         limit_blas_threads()
         return_large_buffers_to_the_os()
-        self.decoder = DecodePool(s.decode_workers, s.max_decode_queue, on_idle=trim_freed_memory)
+        self.decoder = DecodePool(
+            s.decode_workers,
+            s.max_decode_queue,
+            on_idle=trim_freed_memory,
+            per_client=s.max_decodes_per_client,
+            max_cpu_s=s.max_decode_cpu_s,
+            processes=s.decode_processes,
+            max_decode_bytes=s.max_decode_bytes,
+        )
         self.uploads = UploadBudget(s.max_upload_memory_bytes)
         if s.monitoring:
             self.prediction_log = open_prediction_log(s, self.metrics)

@@ -24,6 +24,7 @@ from fisheye.inference.predictor import Predictor
 from fisheye.serving.auth import require_api_key
 from fisheye.serving.batcher import BatcherStoppedError, QueueFullError
 from fisheye.serving.capacity import OverloadedError
+from fisheye.serving.decoding import DecodeStoppedError
 from fisheye.serving.deps import ready_state
 from fisheye.serving.errors import APIError, api_error
 from fisheye.serving.limits import MULTIPART_OVERHEAD, LimitedRoute, limits
@@ -73,31 +74,32 @@ def _respond(
     )
 
 
-def _prepare(predictor: Predictor, upload: Upload) -> np.ndarray:
-    """Decode and preprocess one photo into a (1, C, H, W) model input (a decode thread)."""
-    if not upload.data:
-        raise APIError(422, "empty_file", "the file is empty; choose a photo (JPEG, PNG, WebP)")
-    try:
-        return predictor.prepare(upload.data)[None]
-    except ImageTooLargeError as exc:
-        raise APIError(413, "image_too_large", str(exc)) from None
-    except UnsupportedFormatError:
-        raise APIError(
-            415,
-            "unsupported_media_type",
-            f"the file is not an image FishEye can read; send a {FORMATS_TEXT}",
-        ) from None
-    except ImageDecodeError as exc:
-        raise APIError(422, "invalid_image", f"the image cannot be read: {exc}") from None
-
-
-async def _decode(state: ServingState, slot: ModelSlot, upload: Upload) -> np.ndarray:
+async def _decode(
+    request: Request, state: ServingState, slot: ModelSlot, upload: Upload
+) -> np.ndarray:
+    """Decode and preprocess one photo into a (1, C, H, W) model input (the decode pool)."""
     assert state.decoder is not None
     try:
+        if not upload.data:
+            raise APIError(422, "empty_file", "the file is empty; choose a photo (JPEG, PNG, WebP)")
+        client = request.client.host if request.client is not None else ""
         try:
-            return await state.decoder.run(_prepare, slot.predictor, upload)
+            x = await state.decoder.prepare(slot.predictor.preparer, upload.data, client)
+        except DecodeStoppedError as exc:
+            raise APIError(503, "shutting_down", str(exc), {"Retry-After": "1"}) from None
         except OverloadedError as exc:
             raise api_error(exc) from None
+        except ImageTooLargeError as exc:
+            raise APIError(413, "image_too_large", str(exc)) from None
+        except UnsupportedFormatError:
+            raise APIError(
+                415,
+                "unsupported_media_type",
+                f"the file is not an image FishEye can read; send a {FORMATS_TEXT}",
+            ) from None
+        except ImageDecodeError as exc:
+            raise APIError(422, "invalid_image", f"the image cannot be read: {exc}") from None
+        return x[None]
     except APIError as exc:
         state.metrics.rejected.labels(exc.error).inc()
         raise
@@ -214,7 +216,7 @@ async def predict(request: Request) -> Response:
             max_fields=s.max_form_fields,
             single=True,
         ) as (upload,):
-            inputs = await _decode(state, slot, upload)
+            inputs = await _decode(request, state, slot, upload)
             out = await _infer(state, slot, inputs)
             (fields,), seen = _answers(state, slot, out, [upload.data])
     answer = {**fields, "model": model_ref(slot.predictor), "latency_ms": _elapsed_ms(request)}
@@ -255,7 +257,8 @@ async def _answer_batch(
 ) -> Response:
     predictor = slot.predictor
     prepared = await asyncio.gather(
-        *(_decode(state, slot, upload) for upload in uploads), return_exceptions=True
+        *(_decode(request, state, slot, upload) for upload in uploads),
+        return_exceptions=True,
     )
     items: list[dict[str, Any]] = []
     good: list[tuple[int, np.ndarray]] = []
