@@ -165,18 +165,20 @@ NOT_ON_THE_SERVE_PATH = (
     "mlflow",
 )
 
-# Runs `fisheye serve` with uvicorn.run replaced: once the model is loaded, print the modules.
+# Runs `fisheye serve` with uvicorn's Server.run replaced: once the model is loaded, print the
+# modules.
 SERVE_AND_LIST = """
 import json, sys
 import uvicorn
 
-def run(app, **kwargs):
-    state = app.state.serving
+def run(server, sockets=None):
+    state = server.config.app.state.serving
     state.wait_loaded(120)
     assert state.ready, state.load_error
-    print(json.dumps({"modules": sorted(sys.modules), "ws": kwargs.get("ws")}))
+    server.started = True
+    print(json.dumps({"modules": sorted(sys.modules), "ws": server.config.ws}))
 
-uvicorn.run = run
+uvicorn.Server.run = run
 from fisheye.cli import app
 app(["serve", "--model", sys.argv[1], "--backend", "onnx-int8"], prog_name="fisheye")
 """
