@@ -4,8 +4,9 @@
     python -m benchmarks.log_contention --seconds 30 --feedback-clients 32 --predict-clients 8 \
         --pythonpath /path/to/other/src
 
-Starts `fisheye serve` on 127.0.0.1 with the committed default model and its prediction log
-in a temporary SQLite file. For `--seconds`, `--predict-clients` clients post real photos to
+Starts `fisheye serve` on 127.0.0.1 with the committed default model (`--tiny`: a tiny
+random one, so more requests a second reach the log) and its prediction log in a temporary
+SQLite file. For `--seconds`, `--predict-clients` clients post real photos to
 /v1/predict and keep the ids of the answered predictions, while `--feedback-clients` clients
 send feedback on those ids as fast as they are answered (a new label, the same one again, or
 a conflicting one: every kind of feedback write). Then it stops the server (SIGTERM: the log
@@ -29,6 +30,7 @@ import httpx
 
 from benchmarks.local_server import start_server, stop_server
 from benchmarks.serve_load import DEFAULT_PHOTOS, load_photos
+from tests.helpers.bundles import make_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the load and print what was answered, logged and lost."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="Serve a tiny random model instead (more requests a second: more log writes).",
+    )
     parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--predict-clients", type=int, default=8)
@@ -113,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "log.db"
+        model = make_bundle(Path(tmp) / "tiny") if args.tiny else args.model
         env = {"FISHEYE_PREDICTION_DB": str(db), "FISHEYE_PREDICTION_LOG": "true"}
-        url, proc = start_server(args.model, Path(tmp) / "server.log", env, args.pythonpath)
+        url, proc = start_server(model, Path(tmp) / "server.log", env, args.pythonpath)
         try:
             answered, predict_codes, feedback_codes = asyncio.run(
                 load(
