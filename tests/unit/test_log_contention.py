@@ -20,6 +20,7 @@ from fisheye.monitoring.prediction_log import (
     FeedbackError,
     PredictionLog,
     PredictionRow,
+    StoreError,
 )
 from fisheye.monitoring.prediction_log.queries import MAX_CORRECTIONS_PER_PREDICTION
 from fisheye.serving.app import create_app
@@ -166,8 +167,6 @@ def test_feedback_waits_for_the_writer_in_order(plog: PredictionLog) -> None:
 
 
 def test_feedback_on_a_stopped_log_is_a_store_error(tmp_path: Path) -> None:
-    from fisheye.monitoring.prediction_log import StoreError
-
     log = PredictionLog(tmp_path / "log.sqlite")
     with pytest.raises(StoreError, match="not running"):
         log.add_feedback("id-0", "Trout")

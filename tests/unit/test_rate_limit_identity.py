@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from fisheye.serving.app import create_app
 from fisheye.serving.metrics import Metrics
@@ -170,8 +171,6 @@ def test_failures_from_one_address_do_not_throttle_another() -> None:
 
 
 def test_credentials_name_the_secret_that_matches() -> None:
-    from pydantic import SecretStr
-
     creds = Credentials([SecretStr("a"), SecretStr("b")], SecretStr("adm"), None)
     assert creds.identify("b") == "api-key-2"
     assert creds.identify("adm") == "admin"
