@@ -315,10 +315,11 @@ def test_the_rate_limit_answers_429_with_retry_after(serve, tiny_bundle: Path) -
     res = _predict(client)
     assert res.status_code == 429 and res.json()["error"] == "rate_limited"
     assert 1 <= int(res.headers["retry-after"]) <= 2
-    # Probes are never limited; another client (API key) has its own bucket.
+    # Probes are never limited; a key that verifies nothing is no other client: it counts
+    # as its address (tests/unit/test_rate_limit_identity.py: valid keys have their own).
     assert all(client.get("/healthz").status_code == 200 for _ in range(5))
-    assert _predict(client, headers={"X-API-Key": "someone-else"}).status_code == 200
-    assert "fisheye_rate_limited_requests_total 1.0" in client.get("/metrics").text
+    assert _predict(client, headers={"X-API-Key": "someone-else"}).status_code == 429
+    assert "fisheye_rate_limited_requests_total 2.0" in client.get("/metrics").text
 
 
 def test_registry_uris_load_through_the_same_resolver_at_start_and_on_swap(

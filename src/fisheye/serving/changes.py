@@ -2,7 +2,10 @@
 
 One change at a time (a second is refused, not queued). A change loads, verifies and warms
 the new slot beside the live one, then replaces one reference; the replaced slot stops once
-the requests it took are answered and is kept (stopped) for a one-step rollback. Every
+the requests it took are answered and is kept (stopped) for a one-step rollback. The slot
+kept before it is freed at once: nothing holds a model in a reference cycle (its drift
+window calls its monitor through a weak reference), so its sessions, threads and buffers go
+when the last reference does, not when the cycle collector runs. Every
 change, done or failed, is counted, logged and kept in a short history.
 """
 
@@ -19,6 +22,7 @@ from typing import Any
 from fisheye.monitoring.prediction_log import PredictionLog
 from fisheye.serving.challenger import Challenger
 from fisheye.serving.decoding import DecodePool
+from fisheye.serving.memory import trim_freed_memory
 from fisheye.serving.metrics import Metrics
 from fisheye.serving.settings import ServeSettings
 from fisheye.serving.slots import ModelSlot, Slots, WarmupError, load_slot
@@ -247,6 +251,9 @@ class ModelChanges:
             while slot.active > 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
             slot.stop()
+            # A slot no longer kept for rollback is freed by now (reference counting: no
+            # cycle holds a model); give its buffers back to the system.
+            trim_freed_memory()
 
         self._retiring = [t for t in self._retiring if t.is_alive()]
         thread = threading.Thread(target=wait_then_stop, name="fisheye-retire", daemon=True)

@@ -110,12 +110,14 @@ class DriftWindow:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the background thread."""
+        """Stop the background thread and drop the result callback (a stopped window reports
+        nothing, and holds no reference to its owner)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.on_result = None
 
     def _lower_priority(self) -> None:
         # The test is background work and must not take cores from the model under load.
@@ -201,6 +203,7 @@ class DriftWindow:
             result.alpha,
             " DRIFT" if result.alarm else "",
         )
-        if self.on_result is not None:
-            self.on_result(result)
+        on_result = self.on_result
+        if on_result is not None:
+            on_result(result)
         return result

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,23 @@ def open_prediction_log(settings: ServeSettings, metrics: Metrics) -> Prediction
     )
 
 
+def _weak_callback(method: Callable[[DriftResult], None]) -> Callable[[DriftResult], None]:
+    """`method` called through a weak reference to its object.
+
+    The drift window is owned by the monitor; a bound method in the window would make a
+    reference cycle (monitor -> window -> method -> monitor) that keeps a retired model's
+    predictor, sessions and buffers alive until the cycle collector happens to run.
+    """
+    ref = weakref.WeakMethod(method)
+
+    def call(result: DriftResult) -> None:
+        target = ref()
+        if target is not None:
+            target(result)
+
+    return call
+
+
 class LiveMonitor:
     """Owns one model's drift window, and writes to the app's prediction log.
 
@@ -94,7 +113,7 @@ class LiveMonitor:
                 min_samples=settings.drift_min_samples,
                 min_interval_s=settings.drift_min_interval_s,
                 false_alarms_per_photo=settings.drift_false_alarms_per_10k / 10_000,
-                on_result=self._on_drift,
+                on_result=_weak_callback(self._on_drift),
             )
         self.prediction_log = prediction_log
 

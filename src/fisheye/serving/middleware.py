@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fisheye.serving.auth import presented_secret
 from fisheye.serving.errors import error_response
 from fisheye.serving.metrics import START_KEY, Metrics
-from fisheye.serving.rate_limit import RateLimiter
+from fisheye.serving.rate_limit import Credentials, RateLimiter
 from fisheye.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,21 @@ SECURITY_HEADERS = (
 )
 
 
+@dataclass(frozen=True)
+class Client:
+    """Who sent a request, for the rate limits: never the secret it presented."""
+
+    address: str
+    identity: str | None  # the name of the credential it presented, when that verifies
+    presented: bool  # whether it presented a token or key at all
+
+
 class ServingMiddleware:
     """Everything the server does around each HTTP request, in one ASGI layer.
 
     - limits: 431 for headers over `max_header_bytes`, 503 past `max_concurrent_requests`
-      (probes and scrapes exempt), 429 past a client's rate limit on /v1 (when set), 408
+      (probes and scrapes exempt), 429 past a client's rate limit on /v1 (when set) or for
+      credentials that do not verify from an address with too many failed ones, 408
       when a request is not answered within `request_timeout_s`;
     - security headers on every response, and no `server` banner;
     - HEAD on any GET route: the GET's status and headers, without the body;
@@ -69,6 +80,19 @@ class ServingMiddleware:
             )
             if settings.rate_limit_per_s > 0
             else None
+        )
+        # Failed authentications per client address (brute force, made-up credentials).
+        self.auth_failures = (
+            RateLimiter(
+                settings.auth_failures_per_minute / 60.0,
+                settings.auth_failure_burst,
+                settings.rate_limit_clients,
+            )
+            if settings.auth_failures_per_minute > 0
+            else None
+        )
+        self.credentials = Credentials(
+            settings.api_keys, settings.admin_token, settings.feedback_token
         )
         self._csp = (b"content-security-policy", CSP.encode())
         self._csp_docs = (b"content-security-policy", CSP_API_DOCS.encode())
@@ -99,7 +123,8 @@ class ServingMiddleware:
             await send(message)
 
         inner = {**scope, "method": "GET"} if head else scope
-        refused = self._refusal(scope)
+        client = self._client(scope)
+        refused = self._refusal(scope, client)
         limited = scope["path"] not in UNLIMITED_PATHS
         self.metrics.in_flight.inc()
         self.in_flight += limited
@@ -109,14 +134,29 @@ class ServingMiddleware:
             else:
                 await self._run(inner, receive, send_wrapped, lambda: started)
         finally:
+            if status in (401, 403) and client is not None:
+                self._failed_auth(client)
             self.in_flight -= limited
             self.metrics.in_flight.dec()
             labels = (route_label(inner), method, str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
 
-    def _refusal(self, scope: Scope) -> Response | None:
-        """The 431 or 503 for a request refused before it reaches the app, else None."""
+    def _client(self, scope: Scope) -> Client | None:
+        """Who sends a /v1 request, when a rate limit or the failed-authentication limit is on."""
+        if (self.limiter is None and self.auth_failures is None) or not scope["path"].startswith(
+            "/v1/"
+        ):
+            return None
+        presented = presented_secret(Headers(scope=scope))
+        return Client(
+            address=(scope.get("client") or ("unknown",))[0],
+            identity=self.credentials.identify(presented),
+            presented=presented is not None,
+        )
+
+    def _refusal(self, scope: Scope, client: Client | None) -> Response | None:
+        """The 431, 503 or 429 for a request refused before it reaches the app, else None."""
         s = self.settings
         header_bytes = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
         if header_bytes > s.max_header_bytes:
@@ -134,16 +174,39 @@ class ServingMiddleware:
                 f"the server is handling {self.in_flight} requests; retry shortly",
                 headers={"Retry-After": "1"},
             )
-        if self.limiter is not None and scope["path"].startswith("/v1/"):
-            return self._rate_limited(scope)
+        if client is not None:
+            return self._too_many_failures(client) or self._rate_limited(client)
         return None
 
-    def _rate_limited(self, scope: Scope) -> Response | None:
-        """429 when the client (its API key, else its address) is over its rate."""
-        assert self.limiter is not None
-        key = presented_secret(Headers(scope=scope))
-        client = f"key:{key}" if key else f"ip:{(scope.get('client') or ('unknown',))[0]}"
-        wait = self.limiter.take(client)
+    def _failed_auth(self, client: Client) -> None:
+        """Count a refused credential (a 401 or 403 for a token or key that does not verify)
+        against the address it came from; a request without one guesses nothing."""
+        if self.auth_failures is not None and client.presented and client.identity is None:
+            self.auth_failures.take(client.address)
+
+    def _too_many_failures(self, client: Client) -> Response | None:
+        """429 for a credential that does not verify, from an address that failed too often."""
+        if self.auth_failures is None or client.identity is not None or not client.presented:
+            return None
+        wait = self.auth_failures.peek(client.address)
+        if wait <= 0:
+            return None
+        self.metrics.rate_limited.inc()
+        return error_response(
+            429,
+            "too_many_auth_failures",
+            f"too many failed authentications from this address (the limit is "
+            f"{self.settings.auth_failures_per_minute:g} per minute); retry after the "
+            "Retry-After seconds with a valid token or key",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+
+    def _rate_limited(self, client: Client) -> Response | None:
+        """429 when the client (its verified credential, else its address) is over its rate."""
+        if self.limiter is None:
+            return None
+        key = f"id:{client.identity}" if client.identity else f"ip:{client.address}"
+        wait = self.limiter.take(key)
         if wait <= 0:
             return None
         self.metrics.rate_limited.inc()

@@ -195,14 +195,25 @@ class ServeSettings(BaseSettings):
     rate_limit_per_s: float = Field(
         0.0,
         ge=0,
-        description="Requests per second each client (API key, else IP address) may make to "
-        "/v1 on average; 0 turns the limit off. Beyond it: 429 with Retry-After.",
+        description="Requests per second each client (the credential it presents when that "
+        "verifies, else its IP address) may make to /v1 on average; 0 turns the limit off. "
+        "Beyond it: 429 with Retry-After.",
     )
     rate_limit_burst: int = Field(
         20, ge=1, description="Requests a client may make at once before the rate limit applies."
     )
     rate_limit_clients: int = Field(
         10_000, ge=1, description="Clients the rate limiter tracks (least recent dropped first)."
+    )
+    auth_failures_per_minute: float = Field(
+        10.0,
+        ge=0,
+        description="Failed authentications (401/403 on /v1) an IP address may have per minute "
+        "on average, after a burst of auth_failure_burst; beyond them its requests with a "
+        "token or key that does not verify get 429 with Retry-After. 0 turns this off.",
+    )
+    auth_failure_burst: int = Field(
+        20, ge=1, description="Failed authentications an IP address may have at once."
     )
     # Hot swap and challenger models (docs/serving.md#changing-the-model).
     shadow_max_pending: int = Field(

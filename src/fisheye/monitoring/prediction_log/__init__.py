@@ -1,7 +1,7 @@
 """The prediction log: every answered photo, drift test, shadow answer and feedback, on disk.
 
-`PredictionLog` (writer.py) queues rows on the request path and writes them from one thread
-to a `LogStore` (store.py; SQLite: schema.py, queries.py, rollups.py).
+`PredictionLog` (writer.py) queues rows on the request path and writes them, and feedback,
+from one thread to a `LogStore` (store.py; SQLite: schema.py, queries.py, rollups.py).
 """
 
 from fisheye.monitoring.prediction_log.rows import (
@@ -9,6 +9,7 @@ from fisheye.monitoring.prediction_log.rows import (
     FeedbackError,
     PredictionRow,
     ShadowRow,
+    StoreBusyError,
     StoreError,
 )
 from fisheye.monitoring.prediction_log.store import LogStore, SQLiteStore
@@ -22,5 +23,6 @@ __all__ = [
     "PredictionRow",
     "SQLiteStore",
     "ShadowRow",
+    "StoreBusyError",
     "StoreError",
 ]

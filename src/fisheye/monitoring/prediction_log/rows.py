@@ -10,6 +10,10 @@ class StoreError(RuntimeError):
     """The log's database cannot be read or written now (the prediction is unaffected)."""
 
 
+class StoreBusyError(StoreError):
+    """Another process holds the database's write lock: the same write succeeds later."""
+
+
 @dataclass
 class PredictionRow:
     """One logged prediction."""

@@ -1,9 +1,10 @@
 """Where the prediction log lives: the `LogStore` interface, and SQLite behind it.
 
-The writer thread (`writer.PredictionLog`) and the readers (feedback, the monitoring
-summary, the report) use only `LogStore`'s methods, so another database (PostgreSQL for a
-fleet of replicas) is one more class with the same methods. Every method raises StoreError
-when the database cannot be used now.
+The writer thread (`writer.PredictionLog`: rows, retention and feedback) and the readers
+(the monitoring summary, the report) use only `LogStore`'s methods, so another database
+(PostgreSQL for a fleet of replicas) is one more class with the same methods. Every method
+raises StoreError when the database cannot be used now, StoreBusyError when another process
+holds its lock.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fisheye.monitoring.prediction_log import queries
-from fisheye.monitoring.prediction_log.rows import PredictionRow, ShadowRow, StoreError
+from fisheye.monitoring.prediction_log.rows import (
+    PredictionRow,
+    ShadowRow,
+    StoreBusyError,
+    StoreError,
+)
 from fisheye.monitoring.prediction_log.schema import connect
 
 READ_TIMEOUT_MS = 2000
@@ -38,13 +44,14 @@ class LogStore(Protocol):
         ...
 
     def find_prediction(self, prediction_id: str) -> tuple[float, str] | None:
-        """(time, label) of a logged prediction, or None."""
+        """(time, label) of a logged prediction, or None (the writer thread's connection)."""
         ...
 
     def add_feedback(
         self, prediction_id: str, label: str, predicted: str, prediction_ts: float
     ) -> tuple[bool, str, int, int]:
-        """(added, label on record, feedback count, correct count) after recording it."""
+        """(added, label on record, feedback count, correct count) after recording it (the
+        writer thread's connection: the log's one writer)."""
         ...
 
     def summary(self, since: float) -> dict[str, Any]:
@@ -61,7 +68,8 @@ class LogStore(Protocol):
 
 
 class SQLiteStore:
-    """The log in one SQLite file (WAL): one writer connection, one connection per read."""
+    """The log in one SQLite file (WAL): one writer connection (used by the writer thread
+    only: rows, retention, feedback), one connection per read."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -82,36 +90,29 @@ class SQLiteStore:
         shadows: list[ShadowRow],
     ) -> None:
         """Write rows in one transaction (all or none)."""
-        if self._writer is None:
-            self.open()
-        assert self._writer is not None
-        try:
-            with self._writer:
-                queries.insert_predictions(self._writer, predictions)
-                queries.insert_drift(self._writer, drifts)
-                queries.insert_shadow(self._writer, shadows)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        with self._writing() as conn, conn:
+            queries.insert_predictions(conn, predictions)
+            queries.insert_drift(conn, drifts)
+            queries.insert_shadow(conn, shadows)
 
     def retain(self, retention_days: float, max_rows: int) -> int:
         """Delete what is older than the retention age or beyond the row limit."""
         if self._writer is None:
             return 0
-        try:
-            return queries.apply_retention(self._writer, retention_days, max_rows)
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
+        with self._writing() as conn:
+            return queries.apply_retention(conn, retention_days, max_rows)
 
     def find_prediction(self, prediction_id: str) -> tuple[float, str] | None:
-        """(time, label) of a logged prediction, or None."""
-        with self._reading() as conn:
+        """(time, label) of a logged prediction, or None (the writer thread's connection)."""
+        with self._writing() as conn:
             return queries.find_prediction(conn, prediction_id)
 
     def add_feedback(
         self, prediction_id: str, label: str, predicted: str, prediction_ts: float
     ) -> tuple[bool, str, int, int]:
-        """(added, label on record, feedback count, correct count) after recording it."""
-        with self._reading() as conn:
+        """(added, label on record, feedback count, correct count) after recording it (the
+        writer thread's connection: the log's one writer)."""
+        with self._writing() as conn:
             return queries.insert_feedback(conn, prediction_id, label, predicted, prediction_ts)
 
     def summary(self, since: float) -> dict[str, Any]:
@@ -131,6 +132,17 @@ class SQLiteStore:
             self._writer = None
 
     @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection (opened on first use), its errors as StoreError."""
+        if self._writer is None:
+            self.open()
+        assert self._writer is not None
+        try:
+            yield self._writer
+        except (sqlite3.Error, OSError) as exc:
+            raise _store_error(exc) from exc
+
+    @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         """A connection of its own for one read (or feedback write), from any thread."""
         try:
@@ -143,3 +155,11 @@ class SQLiteStore:
             raise StoreError(str(exc)) from exc
         finally:
             conn.close()
+
+
+def _store_error(exc: sqlite3.Error | OSError) -> StoreError:
+    """StoreBusyError when another connection holds the lock (the same write works later)."""
+    busy = isinstance(exc, sqlite3.OperationalError) and any(
+        word in str(exc) for word in ("database is locked", "database is busy")
+    )
+    return (StoreBusyError if busy else StoreError)(f"{type(exc).__name__}: {exc}")

@@ -1,37 +1,58 @@
-"""The prediction log's writer: rows queued on the request path, written by one thread.
+"""The prediction log's writer: every write goes through one thread and one connection.
 
-`record` only puts a row on a bounded queue. One writer thread writes rows in batches to the
-store and applies retention (by age and by row count). If the disk is full, the database is
-locked or read-only, or the queue overflows, the rows are dropped and counted (`on_lost`);
-the prediction itself is never delayed or failed.
+`record` only puts a row on a bounded queue; `add_feedback` puts a request on the same queue
+and waits for its answer. One writer thread writes rows in batches, then the feedback that
+came after them, and applies retention (by age and by row count). Being the only writer in
+the process, it never competes with itself for SQLite's lock; when another process holds it,
+the writer keeps the batch and tries again until it is written. Rows are dropped and counted
+(`on_lost`) only when they cannot be kept: the disk is full, the database is read-only or
+cannot be opened, the queue overflows, or the log stops while the lock is still held. The
+prediction itself is never delayed or failed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fisheye.monitoring.prediction_log.rows import (
     FeedbackConflictError,
     FeedbackError,
     PredictionRow,
     ShadowRow,
+    StoreBusyError,
     StoreError,
 )
 from fisheye.monitoring.prediction_log.store import LogStore, SQLiteStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_BATCH = 500
+BUSY_BACKOFF_S = (0.005, 0.1)  # first and longest wait between tries of a write that met a lock
 
 
 class _Barrier:
     def __init__(self) -> None:
         self.event = threading.Event()
+
+
+@dataclass
+class _Feedback:
+    """A feedback write, answered by the writer thread through `result`."""
+
+    prediction_id: str
+    label: str
+    result: Future = field(default_factory=Future)
 
 
 class PredictionLog:
@@ -48,6 +69,8 @@ class PredictionLog:
         on_lost: Callable[[int], None] | None = None,
         retention_every_s: float = 60.0,
         linger_s: float = 0.05,
+        feedback_timeout_s: float = 10.0,
+        give_up_on_stop_s: float = 5.0,
     ) -> None:
         self.store: LogStore = store if not isinstance(store, Path) else SQLiteStore(store)
         self.retention_days = retention_days
@@ -56,14 +79,14 @@ class PredictionLog:
         self.on_lost = on_lost
         self.retention_every_s = retention_every_s
         self.linger_s = linger_s
+        self.feedback_timeout_s = feedback_timeout_s
+        self.give_up_on_stop_s = give_up_on_stop_s
         self.lost = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._last_error_log = 0.0
         self._last_retention = 0.0
-        # Predictions queued but not yet written: feedback on them needs no flush.
-        self._pending: dict[str, tuple[float, str]] = {}
-        self._pending_lock = threading.Lock()
 
     # -- writer side -------------------------------------------------------------------
     @property
@@ -71,30 +94,37 @@ class PredictionLog:
         """The SQLite file, when the log is one."""
         return self.store.path if isinstance(self.store, SQLiteStore) else None
 
+    @property
+    def running(self) -> bool:
+        """Whether the writer thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         """Create the database (if possible) and start the writer thread."""
         if self.path is not None:
             with contextlib.suppress(OSError):  # reported when the writer opens it
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="fisheye-predlog", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop the writer thread."""
+        """Write what is queued, then stop the writer thread.
+
+        A write that waits for another process's lock is tried for `give_up_on_stop_s`
+        more, then its rows are counted as lost.
+        """
         if self._thread is None:
             return
+        self._stopping.set()
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout)
-        self._thread.join(timeout)
+        self._thread.join(timeout + self.give_up_on_stop_s)
         self._thread = None
 
     def record(self, row: PredictionRow, image: bytes | None = None) -> None:
         """Queue a prediction for writing; never blocks (a full queue drops and counts it)."""
-        with self._pending_lock:
-            self._pending[row.id] = (row.ts, row.label)
-        if not self._put(("prediction", row, image)):
-            with self._pending_lock:
-                self._pending.pop(row.id, None)
+        self._put(("prediction", row, image))
 
     def record_drift(
         self, result: dict[str, Any], role: str = "live", model_version: str | None = None
@@ -116,7 +146,7 @@ class PredictionLog:
 
     def flush(self, timeout: float = 2.0) -> bool:
         """Wait until rows queued so far are written (or dropped); False on timeout."""
-        if self._thread is None or not self._thread.is_alive():
+        if not self.running:
             return False
         barrier = _Barrier()
         try:
@@ -142,44 +172,47 @@ class PredictionLog:
             return False
         return True
 
+    def _next_batch(self) -> list[Any]:
+        """The next item, and what follows it within `linger_s` (a busy server then commits
+        many rows per transaction instead of one per request)."""
+        items = [self._queue.get()]
+        deadline = time.monotonic() + self.linger_s
+        while len(items) < MAX_BATCH and not _ends_batch(items[-1]):
+            remaining = deadline - time.monotonic()
+            try:
+                items.append(
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+        return items
+
     def _run(self) -> None:
         opened = self._open()
         stop = False
         while not stop:
-            items = [self._queue.get()]
-            # Linger briefly so a busy server commits many rows per transaction instead of
-            # one per request (each commit costs far more than the rows in it).
-            deadline = time.monotonic() + self.linger_s
-            while (
-                len(items) < 500 and items[-1] is not None and not isinstance(items[-1], _Barrier)
-            ):
-                remaining = deadline - time.monotonic()
-                try:
-                    items.append(
-                        self._queue.get(timeout=remaining)
-                        if remaining > 0
-                        else self._queue.get_nowait()
-                    )
-                except queue.Empty:
-                    break
-            rows, drifts, shadows, barriers = [], [], [], []
-            for item in items:
+            rows, drifts, shadows, feedback, barriers = [], [], [], [], []
+            for item in self._next_batch():
                 if item is None:
                     stop = True
                 elif isinstance(item, _Barrier):
                     barriers.append(item)
+                elif isinstance(item, _Feedback):
+                    feedback.append(item)
                 elif item[0] == "prediction":
                     rows.append((item[1], item[2]))
                 elif item[0] == "shadow":
                     shadows.append(item[1])
                 else:
                     drifts.append(item[1])
-            if not opened and (rows or drifts or shadows):
+            if not opened and (rows or drifts or shadows or feedback):
                 opened = self._open()
             self._write(opened, rows, drifts, shadows)
-            with self._pending_lock:
-                for row, _ in rows:
-                    self._pending.pop(row.id, None)
+            # After the rows queued before them: feedback finds a prediction answered just now.
+            for request in feedback:
+                self._answer(opened, request)
             if opened:
                 self._maybe_retain()
             for b in barriers:
@@ -202,18 +235,35 @@ class PredictionLog:
     def _write(self, opened: bool, rows: list, drifts: list, shadows: list) -> None:
         if not rows and not drifts and not shadows:
             return
+        n = len(rows) + len(drifts) + len(shadows)
         if not opened:
-            self._count_lost(
-                len(rows) + len(drifts) + len(shadows), "the database cannot be opened"
-            )
+            self._count_lost(n, "the database cannot be opened")
             return
         for row, image in rows:
             if image is not None and self.image_dir is not None:
                 row.image_path = self._save_image(row, image)
+        predictions = [row for row, _ in rows]
         try:
-            self.store.write([row for row, _ in rows], drifts, shadows)
+            self._until_unlocked(lambda: self.store.write(predictions, drifts, shadows))
         except StoreError as exc:
-            self._count_lost(len(rows) + len(drifts) + len(shadows), str(exc))
+            self._count_lost(n, str(exc))
+
+    def _until_unlocked(self, write: Callable[[], T]) -> T:
+        """`write()`, tried again while another process holds the lock (StoreBusyError);
+        once the log is stopping, for at most `give_up_on_stop_s` more."""
+        wait, longest = BUSY_BACKOFF_S
+        give_up: float | None = None
+        while True:
+            try:
+                return write()
+            except StoreBusyError:
+                now = time.monotonic()
+                if self._stopping.is_set():
+                    give_up = now + self.give_up_on_stop_s if give_up is None else give_up
+                    if now >= give_up:
+                        raise
+                time.sleep(wait)
+                wait = min(longest, wait * 2)
 
     def _maybe_retain(self) -> None:
         now = time.monotonic()
@@ -221,20 +271,63 @@ class PredictionLog:
             return
         self._last_retention = now
         with contextlib.suppress(StoreError):
-            self.store.retain(self.retention_days, self.max_rows)
+            self._until_unlocked(lambda: self.store.retain(self.retention_days, self.max_rows))
 
-    # -- reader side (any thread) ---------------------------------------------------------
+    # -- feedback (any thread asks, the writer thread writes) -----------------------------
     def add_feedback(self, prediction_id: str, label: str) -> dict[str, Any]:
         """Record the true label of a logged prediction; returns whether it was right.
 
         The first feedback on a prediction counts. A later, different label raises
         FeedbackConflictError after keeping it in `feedback_corrections` (audit); the same
-        label again is answered like the first. StoreError when the log cannot be used.
+        label again is answered like the first. FeedbackError for an unknown prediction;
+        StoreError when the log cannot be written now. The writer thread writes it, after
+        the predictions queued before it; this call waits for it (`feedback_timeout_s`).
         """
+        try:
+            return self._queue_feedback(prediction_id, label).result(self.feedback_timeout_s)
+        except FutureTimeout:
+            raise self._feedback_timed_out() from None
+
+    async def add_feedback_async(self, prediction_id: str, label: str) -> dict[str, Any]:
+        """`add_feedback` for the event loop: awaits the writer without holding a thread."""
+        waiting = asyncio.wrap_future(self._queue_feedback(prediction_id, label))
+        try:
+            return await asyncio.wait_for(waiting, self.feedback_timeout_s)
+        except TimeoutError:
+            raise self._feedback_timed_out() from None
+
+    def _queue_feedback(self, prediction_id: str, label: str) -> Future:
+        if not self.running:
+            raise StoreError("the prediction log is not running")
+        request = _Feedback(prediction_id, label)
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise StoreError("the prediction log's queue is full; retry shortly") from None
+        return request.result
+
+    def _feedback_timed_out(self) -> StoreError:
+        return StoreError(
+            f"the prediction log did not write the feedback within {self.feedback_timeout_s:g} s"
+            " (it is kept and written later); retry"
+        )
+
+    def _answer(self, opened: bool, request: _Feedback) -> None:
+        try:
+            if not opened:
+                raise StoreError("the database cannot be opened")
+            result = self._until_unlocked(
+                lambda: self._feedback(request.prediction_id, request.label)
+            )
+        except Exception as exc:  # the caller gets it (FeedbackError, StoreError, ...)
+            if request.result.set_running_or_notify_cancel():
+                request.result.set_exception(exc)
+        else:
+            if request.result.set_running_or_notify_cancel():
+                request.result.set_result(result)
+
+    def _feedback(self, prediction_id: str, label: str) -> dict[str, Any]:
         found = self.store.find_prediction(prediction_id)
-        if found is None:
-            with self._pending_lock:
-                found = self._pending.get(prediction_id)
         if found is None:
             raise FeedbackError(f"no logged prediction has id {prediction_id!r}")
         prediction_ts, predicted = found
@@ -258,7 +351,14 @@ class PredictionLog:
             )
         return result
 
+    # -- reader side (any thread) ---------------------------------------------------------
     def summary(self, window_s: float) -> dict[str, Any]:
         """Counts per class, confidence, OOD rate, feedback accuracy, latency, drift."""
         self.flush()  # include the rows still queued
         return self.store.summary(time.time() - window_s)
+
+
+def _ends_batch(item: Any) -> bool:
+    """Whether the writer should stop gathering after `item`: the log stops, or a caller
+    waits for it (a flush or a feedback)."""
+    return item is None or isinstance(item, _Barrier | _Feedback)

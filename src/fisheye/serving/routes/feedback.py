@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
 from fisheye.monitoring.prediction_log import FeedbackConflictError, FeedbackError, StoreError
 from fisheye.serving.auth import authenticated_route, require_feedback_token
@@ -48,7 +47,9 @@ async def feedback(body: FeedbackIn, state: ReadyState) -> dict[str, Any]:
         )
     plog = prediction_log(state)
     try:
-        result = await run_in_threadpool(plog.add_feedback, body.id, body.label)
+        # The log's writer thread writes it (the one writer: no lock contention with the
+        # prediction rows); waiting for it holds no thread.
+        result = await plog.add_feedback_async(body.id, body.label)
     except FeedbackError as exc:
         raise APIError(404, "unknown_prediction", str(exc)) from None
     except FeedbackConflictError as exc:
