@@ -59,7 +59,7 @@ def test_a_composite_moves_the_fish_off_the_blue_tray():
     img, body = _studio_photo()
     out = composite(img, np.random.default_rng(4))
     assert out is not None and out.shape == img.shape
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
     tray_left = np.all(np.abs(out - np.asarray(TRAY, np.float32)) < 0.03, axis=2)
     assert tray_left.mean() < 0.05  # the tray is gone (the studio shows it on ~70% of pixels)
     warm = (out[..., 0] - out[..., 2]) > 0.2
