@@ -21,10 +21,10 @@ import numpy as np
 from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DriftResult
 from fisheye.monitoring.monitor import Monitor
-from fisheye.monitoring.prediction_log import PredictionLog, PredictionRow
+from fisheye.monitoring.prediction_log import PredictionLog, PredictionRow, open_store
 from fisheye.serving.drift_window import DriftWindow
 from fisheye.serving.metrics import Metrics
-from fisheye.serving.settings import ServeSettings
+from fisheye.serving.settings import ServeSettings, default_prediction_db
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,13 @@ def open_prediction_log(settings: ServeSettings, metrics: Metrics) -> Prediction
     if not settings.prediction_log:
         return None
     image_dir = None
+    db = settings.prediction_db
     if settings.store_images:
-        image_dir = settings.image_dir or Path(f"{settings.prediction_db}.images")
+        # Beside the SQLite file; with PostgreSQL, in this replica's state folder.
+        beside = Path(f"{db}.images") if isinstance(db, Path) else None
+        image_dir = settings.image_dir or beside or default_prediction_db().with_name("images")
     return PredictionLog(
-        settings.prediction_db,
+        open_store(db, replica=settings.replica_id),
         retention_days=settings.log_retention_days,
         max_rows=settings.log_max_rows,
         image_dir=image_dir,

@@ -32,6 +32,7 @@ from fisheye.monitoring.prediction_log.rows import (
     ShadowRow,
     StoreBusyError,
     StoreError,
+    StoreUnavailableError,
 )
 from fisheye.monitoring.prediction_log.store import LogStore, SQLiteStore
 
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 500
 BUSY_BACKOFF_S = (0.005, 0.1)  # first and longest wait between tries of a write that met a lock
+UNAVAILABLE_BACKOFF_S = 1.0  # the longest wait between tries while the store cannot be reached
+SHARED_STORE_GRACE_S = 2.0  # how long feedback looks for a prediction of another replica
+UNKNOWN_POLL_S = 0.1
 
 
 class _Barrier:
@@ -56,7 +60,8 @@ class _Feedback:
 
 
 class PredictionLog:
-    """Asynchronous SQLite prediction log with retention and lost-row accounting."""
+    """Asynchronous prediction log (SQLite or PostgreSQL) with retention and lost-row
+    accounting."""
 
     def __init__(
         self,
@@ -71,6 +76,7 @@ class PredictionLog:
         linger_s: float = 0.05,
         feedback_timeout_s: float = 10.0,
         give_up_on_stop_s: float = 5.0,
+        unknown_grace_s: float | None = None,
     ) -> None:
         self.store: LogStore = store if not isinstance(store, Path) else SQLiteStore(store)
         self.retention_days = retention_days
@@ -81,11 +87,19 @@ class PredictionLog:
         self.linger_s = linger_s
         self.feedback_timeout_s = feedback_timeout_s
         self.give_up_on_stop_s = give_up_on_stop_s
+        # A store shared by replicas may not have another replica's newest rows yet (they
+        # wait in its queue for up to a batch): feedback on an unknown id looks again
+        # for this long before it is answered as unknown.
+        if unknown_grace_s is None:
+            unknown_grace_s = SHARED_STORE_GRACE_S if getattr(self.store, "shared", False) else 0.0
+        self.unknown_grace_s = unknown_grace_s
         self.lost = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_error_log = 0.0
+        self._last_wait_log = 0.0
+        self.degraded: str | None = None  # why rows wait instead of being written, or None
         self._last_retention = 0.0
 
     # -- writer side -------------------------------------------------------------------
@@ -255,15 +269,36 @@ class PredictionLog:
         give_up: float | None = None
         while True:
             try:
-                return write()
-            except StoreBusyError:
+                result = write()
+            except StoreBusyError as exc:
                 now = time.monotonic()
+                if isinstance(exc, StoreUnavailableError):
+                    longest = UNAVAILABLE_BACKOFF_S
+                    self._waiting(str(exc))
                 if self._stopping.is_set():
                     give_up = now + self.give_up_on_stop_s if give_up is None else give_up
                     if now >= give_up:
                         raise
                 time.sleep(wait)
                 wait = min(longest, wait * 2)
+            else:
+                if self.degraded is not None:
+                    log.warning("prediction log: the store is back; queued rows are written")
+                    self.degraded = None
+                return result
+
+    def _waiting(self, why: str) -> None:
+        """Note (and log, at most every 10 s) that rows wait for the store."""
+        self.degraded = why
+        now = time.monotonic()
+        if now - self._last_wait_log > 10:
+            self._last_wait_log = now
+            log.warning(
+                "prediction log: the store cannot be reached (%s); rows wait in the queue "
+                "(%d now) and predictions are unaffected",
+                why,
+                self._queue.qsize(),
+            )
 
     def _maybe_retain(self) -> None:
         now = time.monotonic()
@@ -283,18 +318,30 @@ class PredictionLog:
         StoreError when the log cannot be written now. The writer thread writes it, after
         the predictions queued before it; this call waits for it (`feedback_timeout_s`).
         """
-        try:
-            return self._queue_feedback(prediction_id, label).result(self.feedback_timeout_s)
-        except FutureTimeout:
-            raise self._feedback_timed_out() from None
+        give_up = time.monotonic() + self.unknown_grace_s
+        while True:
+            try:
+                return self._queue_feedback(prediction_id, label).result(self.feedback_timeout_s)
+            except FutureTimeout:
+                raise self._feedback_timed_out() from None
+            except FeedbackError:
+                if time.monotonic() >= give_up:
+                    raise
+            time.sleep(UNKNOWN_POLL_S)
 
     async def add_feedback_async(self, prediction_id: str, label: str) -> dict[str, Any]:
         """`add_feedback` for the event loop: awaits the writer without holding a thread."""
-        waiting = asyncio.wrap_future(self._queue_feedback(prediction_id, label))
-        try:
-            return await asyncio.wait_for(waiting, self.feedback_timeout_s)
-        except TimeoutError:
-            raise self._feedback_timed_out() from None
+        give_up = time.monotonic() + self.unknown_grace_s
+        while True:
+            waiting = asyncio.wrap_future(self._queue_feedback(prediction_id, label))
+            try:
+                return await asyncio.wait_for(waiting, self.feedback_timeout_s)
+            except TimeoutError:
+                raise self._feedback_timed_out() from None
+            except FeedbackError:
+                if time.monotonic() >= give_up:
+                    raise
+            await asyncio.sleep(UNKNOWN_POLL_S)
 
     def _queue_feedback(self, prediction_id: str, label: str) -> Future:
         if not self.running:
@@ -352,10 +399,11 @@ class PredictionLog:
         return result
 
     # -- reader side (any thread) ---------------------------------------------------------
-    def summary(self, window_s: float) -> dict[str, Any]:
-        """Counts per class, confidence, OOD rate, feedback accuracy, latency, drift."""
+    def summary(self, window_s: float, replica: str | None = None) -> dict[str, Any]:
+        """Counts per class, confidence, OOD rate, feedback accuracy, latency, drift: of every
+        replica writing to the store (PostgreSQL), or of `replica` only."""
         self.flush()  # include the rows still queued
-        return self.store.summary(time.time() - window_s)
+        return self.store.summary(time.time() - window_s, replica)
 
 
 def _ends_batch(item: Any) -> bool:
