@@ -440,3 +440,37 @@ def test_a_sqlite_log_has_no_rows_of_another_replica(tmp_path: Path) -> None:
         assert log.summary(3600)["predictions"] == 1
     finally:
         log.stop()
+
+
+def test_a_server_answers_while_its_store_is_away_and_says_the_log_is_degraded(
+    postgres_server, postgres_url: str, tiny_bundle: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from fisheye.serving.app import create_app
+    from fisheye.serving.settings import ServeSettings
+    from tests.helpers.photos import encode, photo
+
+    url = postgres_url.rsplit("/", 1)[0] + "/comes_later"
+    settings = ServeSettings(model=tiny_bundle, threads=1, model_workers=1, prediction_db=url)
+    body = encode(photo(2), "PNG")
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.serving  # type: ignore[attr-defined]
+        state.wait_loaded(60)
+        ids = []
+        for _ in range(3):
+            res = client.post("/v1/predict", files={"file": ("p.png", body)})
+            assert res.status_code == 200, res.text
+            ids.append(res.json()["id"])
+        assert not state.prediction_log.flush(timeout=0.5)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["prediction_log"] == "degraded"
+        assert "fisheye_prediction_log_degraded 1.0" in client.get("/metrics").text
+        with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE comes_later")
+        assert state.prediction_log.flush(timeout=30)
+        assert client.get("/readyz").json()["prediction_log"] == "ok"
+        assert "fisheye_prediction_log_degraded 0.0" in client.get("/metrics").text
+        res = client.post("/v1/feedback", json={"id": ids[0], "label": "Trout"})
+        assert res.status_code == 200, res.text
+        assert state.prediction_log.lost == 0

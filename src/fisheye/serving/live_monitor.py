@@ -58,6 +58,7 @@ def open_prediction_log(settings: ServeSettings, metrics: Metrics) -> Prediction
         max_rows=settings.log_max_rows,
         image_dir=image_dir,
         on_lost=metrics.log_lost_rows.inc,
+        on_degraded=lambda degraded: metrics.log_degraded.set(int(degraded)),
     )
 
 

@@ -77,12 +77,14 @@ class PredictionLog:
         feedback_timeout_s: float = 10.0,
         give_up_on_stop_s: float = 5.0,
         unknown_grace_s: float | None = None,
+        on_degraded: Callable[[bool], None] | None = None,
     ) -> None:
         self.store: LogStore = store if not isinstance(store, Path) else SQLiteStore(store)
         self.retention_days = retention_days
         self.max_rows = max_rows
         self.image_dir = image_dir
         self.on_lost = on_lost
+        self.on_degraded = on_degraded
         self.retention_every_s = retention_every_s
         self.linger_s = linger_s
         self.feedback_timeout_s = feedback_timeout_s
@@ -284,12 +286,17 @@ class PredictionLog:
             else:
                 if self.degraded is not None:
                     log.warning("prediction log: the store is back; queued rows are written")
-                    self.degraded = None
+                    self._set_degraded(None)
                 return result
+
+    def _set_degraded(self, why: str | None) -> None:
+        was, self.degraded = self.degraded, why
+        if self.on_degraded is not None and (was is None) != (why is None):
+            self.on_degraded(why is not None)
 
     def _waiting(self, why: str) -> None:
         """Note (and log, at most every 10 s) that rows wait for the store."""
-        self.degraded = why
+        self._set_degraded(why)
         now = time.monotonic()
         if now - self._last_wait_log > 10:
             self._last_wait_log = now
