@@ -64,8 +64,9 @@ def _as_user() -> dict:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    """Start a throwaway PostgreSQL server; RuntimeError when it cannot be started."""
+def postgres_server(*, durable: bool = False) -> Iterator[PostgresServer]:
+    """Start a throwaway PostgreSQL server; RuntimeError when it cannot be started. Tests
+    skip fsync for speed; `durable` keeps PostgreSQL's defaults (for measurements)."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
@@ -88,10 +89,11 @@ def postgres_server() -> Iterator[PostgresServer]:
         )
         port = free_port()
         with open(log_path, "wb") as log_file:
+            fast = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
             process = subprocess.Popen(
                 [bin_dir / "postgres", "-D", data, "-p", str(port), "-k", root]
-                + ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
-                + ["-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+                + ["-c", "listen_addresses=127.0.0.1"]
+                + ([] if durable else fast),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 cwd=root,

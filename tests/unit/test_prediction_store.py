@@ -17,6 +17,8 @@ from fisheye.monitoring.prediction_log import (
     LogStore,
     PredictionLog,
     PredictionRow,
+    ShadowRow,
+    Spool,
     SQLiteStore,
     StoreError,
     open_store,
@@ -313,6 +315,88 @@ def test_a_lost_connection_is_reopened_and_no_row_is_lost(postgres_url: str) -> 
         log.stop()
 
 
+def _wait_until(done, why: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s  # a safety net only: the store answers at once
+    while not done():
+        assert time.monotonic() < deadline, why
+        time.sleep(0.05)
+
+
+# -- the spool: rows kept on disk while the store is away ----------------------------------------
+def test_the_spool_keeps_batches_in_order_within_its_bound(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.jsonl", max_bytes=2000)
+    assert not spool.pending
+    drift = {"computed_at": 1.0, "n": 5, "score": 0.1, "p_value": 0.5, "drift": False}
+    shadow = ShadowRow("id-0", 1.0, "v2", "Trout", 0.8, None, None, 4.0, "Trout", True)
+    assert spool.append(([_row(0), _row(1)], [drift], [shadow]))
+    assert spool.append(([_row(2)], [], []))
+    full = [_row(i) for i in range(3, 20)]
+    assert not spool.append((full, [], []))  # past max_bytes: refused, the rest kept
+    with open(spool.path, "ab") as f:
+        f.write(b'{"p": [["torn')  # a replica killed while writing its last line
+    batches = spool.batches()
+    assert [[r.id for r in b[0]] for b in batches] == [["id-0", "id-1"], ["id-2"]]
+    assert batches[0][0][0] == _row(0, ts=batches[0][0][0].ts)
+    assert batches[0][1] == [drift] and batches[0][2] == [shadow]
+    spool.keep_only(batches[1:])
+    assert [[r.id for r in b[0]] for b in spool.batches()] == [["id-2"]]
+    spool.keep_only([])
+    assert not spool.pending
+
+
+def test_rows_go_to_the_spool_while_the_store_is_away_and_are_replayed_once(
+    postgres_server, postgres_url: str, tmp_path: Path
+) -> None:
+    url = postgres_url.rsplit("/", 1)[0] + "/away_then_back"
+    spool = Spool(tmp_path / "spool.jsonl", max_bytes=1 << 20)
+    log = PredictionLog(open_store(url, replica="pod-a"), spool=spool)
+    log.start()
+    try:
+        for i in range(25):
+            log.record(_row(i))
+        assert log.flush()  # the writer is not held up: the rows are on disk
+        assert spool.pending and log.degraded and log.lost == 0
+        with pytest.raises(StoreError):  # feedback cannot be written now: it fails at once
+            log.add_feedback("id-1", "Trout")
+        with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE away_then_back")
+        log.record(_row(25))
+        _wait_until(lambda: not spool.pending, "the spool was not replayed")
+        assert log.flush()
+        assert log.summary(3600)["predictions"] == 26 and log.degraded is None
+        assert log.add_feedback("id-1", "Trout")["new"]
+    finally:
+        log.stop()
+    assert log.lost == 0
+
+
+def test_a_replica_stopped_while_the_store_is_away_keeps_its_rows_for_the_next_start(
+    postgres_server, postgres_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM during an outage loses nothing: the rows stay in the spool, and the next
+    start writes them; a batch both written and spooled is stored once."""
+    url = postgres_url.rsplit("/", 1)[0] + "/down_at_stop"
+    spool = Spool(tmp_path / "spool.jsonl", max_bytes=1 << 20)
+    log = PredictionLog(open_store(url, replica="pod-a"), spool=spool)
+    log.start()
+    for i in range(10):
+        log.record(_row(i))
+    log.stop()
+    assert log.lost == 0 and len(spool.batches()) >= 1
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE down_at_stop")
+    store = open_store(url, replica="pod-a")
+    store.write([_row(i) for i in range(5)], [], [])  # as if a replay had half-succeeded
+    store.close()
+    again = PredictionLog(open_store(url, replica="pod-a"), spool=spool)
+    again.start()
+    try:
+        _wait_until(lambda: not spool.pending, "the spool was not replayed")
+        assert again.summary(3600)["predictions"] == 10
+    finally:
+        again.stop()
+
+
 # -- migrations ------------------------------------------------------------------------------
 def test_migrations_applied_twice_change_nothing(postgres_url: str) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -371,7 +455,7 @@ def test_a_password_never_shows_in_errors() -> None:
 
 # -- two servers, one store ---------------------------------------------------------------------
 def test_feedback_on_any_replica_and_the_fleet_summary(
-    postgres_url: str, tiny_bundle: Path
+    postgres_url: str, tiny_bundle: Path, tmp_path: Path
 ) -> None:
     """Two servers (replicas) sharing one PostgreSQL: a prediction answered by one takes
     feedback through the other, and either one's summary covers both."""
@@ -389,6 +473,7 @@ def test_feedback_on_any_replica_and_the_fleet_summary(
             prediction_db=postgres_url,
             replica_id=name,
             summary_cache_s=0,
+            log_spool=tmp_path / f"spool-{name}.jsonl",
         )
         return TestClient(create_app(settings))
 
@@ -443,7 +528,7 @@ def test_a_sqlite_log_has_no_rows_of_another_replica(tmp_path: Path) -> None:
 
 
 def test_a_server_answers_while_its_store_is_away_and_says_the_log_is_degraded(
-    postgres_server, postgres_url: str, tiny_bundle: Path
+    postgres_server, postgres_url: str, tiny_bundle: Path, tmp_path: Path
 ) -> None:
     from fastapi.testclient import TestClient
 
@@ -452,7 +537,10 @@ def test_a_server_answers_while_its_store_is_away_and_says_the_log_is_degraded(
     from tests.helpers.photos import encode, photo
 
     url = postgres_url.rsplit("/", 1)[0] + "/comes_later"
-    settings = ServeSettings(model=tiny_bundle, threads=1, model_workers=1, prediction_db=url)
+    spool = tmp_path / "spool.jsonl"
+    settings = ServeSettings(
+        model=tiny_bundle, threads=1, model_workers=1, prediction_db=url, log_spool=spool
+    )
     body = encode(photo(2), "PNG")
     with TestClient(create_app(settings)) as client:
         state = client.app.state.serving  # type: ignore[attr-defined]
@@ -462,13 +550,14 @@ def test_a_server_answers_while_its_store_is_away_and_says_the_log_is_degraded(
             res = client.post("/v1/predict", files={"file": ("p.png", body)})
             assert res.status_code == 200, res.text
             ids.append(res.json()["id"])
-        assert not state.prediction_log.flush(timeout=0.5)
+        assert state.prediction_log.flush()  # into the spool
+        assert spool.stat().st_size > 0
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["prediction_log"] == "degraded"
         assert "fisheye_prediction_log_degraded 1.0" in client.get("/metrics").text
         with psycopg.connect(postgres_server.url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE comes_later")
-        assert state.prediction_log.flush(timeout=30)
+        _wait_until(lambda: not spool.exists(), "the spool was not replayed")
         assert client.get("/readyz").json()["prediction_log"] == "ok"
         assert "fisheye_prediction_log_degraded 0.0" in client.get("/metrics").text
         res = client.post("/v1/feedback", json={"id": ids[0], "label": "Trout"})

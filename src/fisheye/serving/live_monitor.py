@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 import weakref
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DriftResult
 from fisheye.monitoring.monitor import Monitor
 from fisheye.monitoring.prediction_log import PredictionLog, PredictionRow, open_store
+from fisheye.monitoring.prediction_log.spool import Spool
 from fisheye.serving.drift_window import DriftWindow
 from fisheye.serving.metrics import Metrics
 from fisheye.serving.settings import ServeSettings, default_prediction_db
@@ -52,8 +54,16 @@ def open_prediction_log(settings: ServeSettings, metrics: Metrics) -> Prediction
         # Beside the SQLite file; with PostgreSQL, in this replica's state folder.
         beside = Path(f"{db}.images") if isinstance(db, Path) else None
         image_dir = settings.image_dir or beside or default_prediction_db().with_name("images")
+    store = open_store(db, replica=settings.replica_id)
+    spool = None
+    if getattr(store, "shared", False) and settings.log_spool_max_bytes > 0:
+        # One file per replica, should replicas share a volume.
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", settings.replica_id)[:100]
+        path = settings.log_spool or default_prediction_db().with_name(f"spool-{name}.jsonl")
+        spool = Spool(path, settings.log_spool_max_bytes)
     return PredictionLog(
-        open_store(db, replica=settings.replica_id),
+        store,
+        spool=spool,
         retention_days=settings.log_retention_days,
         max_rows=settings.log_max_rows,
         image_dir=image_dir,

@@ -282,6 +282,18 @@ class ServeSettings(BaseSettings):
         description="Keep at most this many rows in each logged table (predictions, feedback, "
         "corrections, shadow answers, drift tests).",
     )
+    log_spool: Path | None = Field(
+        None,
+        description="With a PostgreSQL log: the file that keeps rows while the store cannot "
+        "be reached, replayed when it returns (default: $XDG_STATE_HOME/fisheye/"
+        "spool-<replica id>.jsonl).",
+    )
+    log_spool_max_bytes: int = Field(
+        64 * MB,
+        ge=0,
+        description="At most this many bytes of spooled rows (about 250 bytes a row); rows "
+        "beyond are dropped and counted. 0: no spool (rows wait in memory only).",
+    )
     store_images: bool = Field(
         False, description="Opt-in: keep uploaded photos (e.g. for relabelling) by sha256."
     )

@@ -15,6 +15,7 @@ from fisheye.monitoring.prediction_log.rows import (
     StoreError,
     StoreUnavailableError,
 )
+from fisheye.monitoring.prediction_log.spool import Spool
 from fisheye.monitoring.prediction_log.store import (
     LogStore,
     SQLiteStore,
@@ -32,6 +33,7 @@ __all__ = [
     "PredictionRow",
     "SQLiteStore",
     "ShadowRow",
+    "Spool",
     "StoreBusyError",
     "StoreError",
     "StoreUnavailableError",

@@ -34,12 +34,14 @@ from fisheye.monitoring.prediction_log.rows import (
     StoreError,
     StoreUnavailableError,
 )
+from fisheye.monitoring.prediction_log.spool import Batch, Spool
 from fisheye.monitoring.prediction_log.store import LogStore, SQLiteStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 500
 BUSY_BACKOFF_S = (0.005, 0.1)  # first and longest wait between tries of a write that met a lock
+REPLAY_EVERY_S = 1.0  # how often spooled rows are offered to a store that was away
 UNAVAILABLE_BACKOFF_S = 1.0  # the longest wait between tries while the store cannot be reached
 SHARED_STORE_GRACE_S = 2.0  # how long feedback looks for a prediction of another replica
 UNKNOWN_POLL_S = 0.1
@@ -78,6 +80,7 @@ class PredictionLog:
         give_up_on_stop_s: float = 5.0,
         unknown_grace_s: float | None = None,
         on_degraded: Callable[[bool], None] | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.store: LogStore = store if not isinstance(store, Path) else SQLiteStore(store)
         self.retention_days = retention_days
@@ -85,6 +88,10 @@ class PredictionLog:
         self.image_dir = image_dir
         self.on_lost = on_lost
         self.on_degraded = on_degraded
+        # Where batches go while a shared store cannot be reached (None: they wait in the
+        # queue, and the writer waits for the store).
+        self.spool = spool
+        self._last_replay = 0.0
         self.retention_every_s = retention_every_s
         self.linger_s = linger_s
         self.feedback_timeout_s = feedback_timeout_s
@@ -191,7 +198,10 @@ class PredictionLog:
     def _next_batch(self) -> list[Any]:
         """The next item, and what follows it within `linger_s` (a busy server then commits
         many rows per transaction instead of one per request)."""
-        items = [self._queue.get()]
+        try:  # with rows in the spool, wake up to replay them even when nothing arrives
+            items = [self._queue.get(timeout=REPLAY_EVERY_S if self._spooling() else None)]
+        except queue.Empty:
+            return []
         deadline = time.monotonic() + self.linger_s
         while len(items) < MAX_BATCH and not _ends_batch(items[-1]):
             remaining = deadline - time.monotonic()
@@ -225,6 +235,8 @@ class PredictionLog:
                     drifts.append(item[1])
             if not opened and (rows or drifts or shadows or feedback):
                 opened = self._open()
+            if opened and self._spooling():
+                self._replay(force=stop)
             self._write(opened, rows, drifts, shadows)
             # After the rows queued before them: feedback finds a prediction answered just now.
             for request in feedback:
@@ -259,14 +271,61 @@ class PredictionLog:
             if image is not None and self.image_dir is not None:
                 row.image_path = self._save_image(row, image)
         predictions = [row for row, _ in rows]
+        if self._spooling():  # after the rows already there, in order
+            self._to_spool((predictions, drifts, shadows), n)
+            return
         try:
             self._until_unlocked(lambda: self.store.write(predictions, drifts, shadows))
+        except StoreUnavailableError as exc:
+            if self.spool is None:
+                self._count_lost(n, str(exc))
+            else:
+                self._waiting(str(exc))
+                self._to_spool((predictions, drifts, shadows), n)
         except StoreError as exc:
             self._count_lost(n, str(exc))
 
+    def _spooling(self) -> bool:
+        return self.spool is not None and self.spool.pending
+
+    def _to_spool(self, batch: Batch, n: int) -> None:
+        assert self.spool is not None
+        if not self.spool.append(batch):
+            self._count_lost(n, f"the spool {self.spool.path} is full or cannot be written")
+
+    def _replay(self, force: bool = False) -> None:
+        """Write the spooled batches, oldest first, at most once per REPLAY_EVERY_S (and
+        once more when the log stops); what the store does not take yet stays spooled."""
+        assert self.spool is not None
+        now = time.monotonic()
+        if not force and now - self._last_replay < REPLAY_EVERY_S:
+            return
+        self._last_replay = now
+        batches = self.spool.batches()
+        done = 0
+        try:
+            for batch in batches:
+                self.store.write(*batch)
+                done += 1
+        except StoreBusyError as exc:  # still away (or a lock): the rest waits
+            if isinstance(exc, StoreUnavailableError):
+                self._waiting(str(exc))
+            if done:
+                self.spool.keep_only(batches[done:])
+            return
+        except StoreError as exc:  # a batch the store refuses: drop it, keep the rest
+            self._count_lost(sum(len(part) for part in batches[done]), str(exc))
+            self.spool.keep_only(batches[done + 1 :])
+            return
+        self.spool.keep_only([])
+        log.warning("prediction log: the store is back; %d spooled batch(es) written", done)
+        self._set_degraded(None)
+
     def _until_unlocked(self, write: Callable[[], T]) -> T:
         """`write()`, tried again while another process holds the lock (StoreBusyError);
-        once the log is stopping, for at most `give_up_on_stop_s` more."""
+        once the log is stopping, for at most `give_up_on_stop_s` more. A store that cannot
+        be reached is waited for the same way, unless the log has a spool (then it raises
+        StoreUnavailableError at once: the rows go to the spool, feedback fails fast)."""
         wait, longest = BUSY_BACKOFF_S
         give_up: float | None = None
         while True:
@@ -275,6 +334,8 @@ class PredictionLog:
             except StoreBusyError as exc:
                 now = time.monotonic()
                 if isinstance(exc, StoreUnavailableError):
+                    if self.spool is not None:
+                        raise
                     longest = UNAVAILABLE_BACKOFF_S
                     self._waiting(str(exc))
                 if self._stopping.is_set():
@@ -301,10 +362,10 @@ class PredictionLog:
         if now - self._last_wait_log > 10:
             self._last_wait_log = now
             log.warning(
-                "prediction log: the store cannot be reached (%s); rows wait in the queue "
-                "(%d now) and predictions are unaffected",
+                "prediction log: the store cannot be reached (%s); rows wait (in %s) and "
+                "predictions are unaffected",
                 why,
-                self._queue.qsize(),
+                "the queue" if self.spool is None else self.spool.path,
             )
 
     def _maybe_retain(self) -> None:
