@@ -563,3 +563,27 @@ def test_a_server_answers_while_its_store_is_away_and_says_the_log_is_degraded(
         res = client.post("/v1/feedback", json={"id": ids[0], "label": "Trout"})
         assert res.status_code == 200, res.text
         assert state.prediction_log.lost == 0
+
+
+def test_the_report_command_reads_the_fleet_or_one_replica(fleet, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fisheye.cli import app
+
+    a, b = fleet
+    for i in range(4):
+        a.record(_row(i, "Trout"))
+        b.record(_row(100 + i, "Shrimp"))
+    assert a.flush() and b.flush()
+    url = a.store.url
+    for extra, out in (([], "fleet"), (["--replica", "pod-b"], "pod-b")):
+        res = CliRunner().invoke(
+            app, ["monitor", "report", "--db", url, "-o", str(tmp_path / out), *extra]
+        )
+        assert res.exit_code == 0, res.output
+    assert "Trout" in (tmp_path / "fleet" / "report.html").read_text()
+    page = (tmp_path / "pod-b" / "report.html").read_text()
+    assert "Shrimp" in page and "Trout" not in page
+    broken = url.rsplit("/", 1)[0] + "/no_such_db"
+    res = CliRunner().invoke(app, ["monitor", "report", "--db", broken, "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "cannot read the prediction log" in res.output

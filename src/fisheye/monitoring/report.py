@@ -76,7 +76,7 @@ def write_report(
     import matplotlib.pyplot as plt
 
     if is_postgres_url(db):
-        store = open_store(db, replica="report")
+        store = open_store(db, replica="report", readonly=True)
         where = redact(str(db))
     else:
         db = Path(db)

@@ -172,7 +172,17 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection for one read, from any thread."""
+        """A pooled connection for one read, from any thread (without a pool: a connection of
+        its own, for one-off readers such as the report)."""
+        if self.pool_size == 0:
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                ) as conn:
+                    yield conn
+            except psycopg.Error as exc:
+                raise _store_error(exc, self.url) from exc
+            return
         if self._pool is None:
             self._pool = ConnectionPool(
                 self.url,

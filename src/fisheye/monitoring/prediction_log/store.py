@@ -42,11 +42,13 @@ def redact(url: str) -> str:
 
 def open_store(db: Path | str, *, replica: str, readonly: bool = False) -> LogStore:
     """The store `db` names: a PostgreSQL URL (postgresql://user@host:5432/db, shared by a
-    fleet) or a SQLite file (one machine). psycopg is imported only for a URL."""
+    fleet) or a SQLite file (one machine). psycopg is imported only for a URL. `readonly`:
+    the caller only reads, once (the report)."""
     if is_postgres_url(db):
         from fisheye.monitoring.prediction_log.postgres_store import PostgresStore
 
-        return PostgresStore(str(db), replica=replica)
+        # A read-only opener (the report) reads once: no pool.
+        return PostgresStore(str(db), replica=replica, pool_size=0 if readonly else 2)
     return SQLiteStore(Path(db), readonly=readonly, replica=replica)
 
 
