@@ -434,12 +434,16 @@ def test_a_database_of_the_previous_schema_is_upgraded_while_it_keeps_its_rows(
     try:
         new.record(_row(10, "Shrimp"))
         assert new.add_feedback("id-1", "Trout")["correct"]  # uses the added column
-        # The old replica still writes after the upgrade (the change is additive).
+        # The old replica still writes after the upgrade (the change is additive), and one
+        # of the old version starting now opens the newer schema as it is.
         old.write([_row(20)], [], [])
+        late = PostgresStore(postgres_url, replica="old-pod", migrations=MIGRATIONS[:1])
+        late.write([_row(21)], [], [])
+        late.close()
         with psycopg.connect(postgres_url) as conn:
             assert schema_versions(conn) == list(range(1, SCHEMA_VERSION + 1))
         s = new.summary(3600)
-        assert s["predictions"] == 6 and s["replicas"] == {"new-pod": 1, "old-pod": 5}
+        assert s["predictions"] == 7 and s["replicas"] == {"new-pod": 1, "old-pod": 6}
     finally:
         new.stop()
         old.close()
