@@ -591,3 +591,22 @@ def test_the_report_command_reads_the_fleet_or_one_replica(fleet, tmp_path: Path
     broken = url.rsplit("/", 1)[0] + "/no_such_db"
     res = CliRunner().invoke(app, ["monitor", "report", "--db", broken, "-o", str(tmp_path)])
     assert res.exit_code == 2 and "cannot read the prediction log" in res.output
+
+
+def test_a_server_with_a_sqlite_log_never_imports_psycopg(tmp_path: Path) -> None:
+    """psycopg is loaded only for a PostgreSQL URL: start-up with SQLite pays nothing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from fisheye.serving.live_monitor import open_prediction_log\n"
+        "from fisheye.serving.metrics import Metrics\n"
+        "from fisheye.serving.settings import ServeSettings\n"
+        f"log = open_prediction_log(ServeSettings(prediction_db={str(tmp_path / 'l.sqlite')!r}),"
+        " Metrics())\n"
+        "log.start(); log.stop()\n"
+        "print('psycopg' in sys.modules, 'psycopg_pool' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr
