@@ -8,6 +8,11 @@ the writer keeps the batch and tries again until it is written. Rows are dropped
 (`on_lost`) only when they cannot be kept: the disk is full, the database is read-only or
 cannot be opened, the queue overflows, or the log stops while the lock is still held. The
 prediction itself is never delayed or failed.
+
+With a PostgreSQL store shared by replicas: while the store cannot be reached, batches go to
+a bounded spool file (spool.py) and are replayed in order when it answers (`degraded` says
+why meanwhile); feedback on an id not found is looked up again for SHARED_STORE_GRACE_S,
+as the replica that answered it may still be writing it.
 """
 
 from __future__ import annotations
