@@ -7,6 +7,7 @@ changes a bundle's files takes the function-scoped `writable_*` copy instead.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from fisheye.data.synthetic import write_synthetic
 from tests.helpers.bundles import copy_bundle, make_bundle
 from tests.helpers.paths import require_shared_data
 from tests.helpers.photos import class_folders
+from tests.helpers.postgres import PostgresServer, fresh_database, postgres_bin_dir
+from tests.helpers.postgres import postgres_server as start_postgres
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,6 +35,25 @@ def _tracking_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
     os.environ["WANDB_MODE"] = "offline"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (tests/helpers/postgres.py). Skips where
+    PostgreSQL is not installed, except in CI, where .ci/run installs it."""
+    if postgres_bin_dir() is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with start_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """The URL of an empty database of its own for one test."""
+    return fresh_database(postgres_server, f"t{abs(hash(request.node.nodeid)):x}")
 
 
 @pytest.fixture(scope="session")

@@ -269,6 +269,7 @@ def test_app_serves_int8_where_it_holds(int8_bundle: Path) -> None:
             "backend": "onnx-int8",
             "backend_status": "same_cpu",
             "monitoring": "no_reference",
+            "prediction_log": "ok",
         }
         assert client.get("/v1/model").json()["backend_selection"]["fallback_from"] is None
         assert "fisheye_backend_fallback 0.0" in client.get("/metrics").text

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fisheye.monitoring.prediction_log import SQLiteStore, StoreError
+from fisheye.monitoring.prediction_log import (
+    SQLiteStore,
+    StoreError,
+    is_postgres_url,
+    open_store,
+    redact,
+)
 
 log = logging.getLogger(__name__)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -53,21 +59,39 @@ def _dates(x: np.ndarray) -> list[datetime]:
     return [datetime.fromtimestamp(float(t), UTC) for t in x]
 
 
-def write_report(db: Path, out_dir: Path, *, window_s: float | None = None) -> Path:
-    """Write report.html and its PNG plots into `out_dir`; returns the page's path."""
+def write_report(
+    db: Path | str,
+    out_dir: Path,
+    *,
+    window_s: float | None = None,
+    replica: str | None = None,
+) -> Path:
+    """Write report.html and its PNG plots into `out_dir`; returns the page's path.
+
+    `db` is the SQLite file of one server, or the PostgreSQL URL a fleet shares (the report
+    then covers every replica, or `replica` only)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    db = Path(db)
-    if not db.is_file():
-        raise ReportError(f"no prediction log at {db} (set FISHEYE_PREDICTION_DB on the server)")
+    if is_postgres_url(db):
+        store = open_store(db, replica="report", readonly=True)
+        where = redact(str(db))
+    else:
+        db = Path(db)
+        if not db.is_file():
+            raise ReportError(
+                f"no prediction log at {db} (set FISHEYE_PREDICTION_DB on the server)"
+            )
+        store, where = SQLiteStore(db, readonly=True), str(db)
     since = 0.0 if window_s is None else time.time() - window_s
     try:
-        read = SQLiteStore(db, readonly=True).report_rows(since)
+        read = store.report_rows(since, replica)
     except StoreError as exc:
-        raise ReportError(f"cannot read the prediction log {db}: {exc}") from exc
+        raise ReportError(f"cannot read the prediction log {where}: {exc}") from exc
+    finally:
+        store.close()
     preds, drift, fb, summary = (read[k] for k in ("predictions", "drift", "feedback", "summary"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +177,7 @@ def write_report(db: Path, out_dir: Path, *, window_s: float | None = None) -> P
         "<title>FishEye monitoring report</title><style>body{font-family:sans-serif;"
         "max-width:980px;margin:2em auto}img{max-width:100%}pre{background:#f4f4f4;"
         "padding:1em;overflow:auto}</style></head><body>"
-        f"<h1>FishEye monitoring report</h1><p>{html.escape(str(db))}, {period}, generated "
+        f"<h1>FishEye monitoring report</h1><p>{html.escape(where)}, {period}, generated "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>"
         f"<h2>Summary</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>"
         f"{body}</body></html>\n"

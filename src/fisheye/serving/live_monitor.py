@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 import weakref
 from collections.abc import Callable
@@ -21,10 +22,11 @@ import numpy as np
 from fisheye.inference.predictor import Predictor
 from fisheye.monitoring.drift import DriftResult
 from fisheye.monitoring.monitor import Monitor
-from fisheye.monitoring.prediction_log import PredictionLog, PredictionRow
+from fisheye.monitoring.prediction_log import PredictionLog, PredictionRow, open_store
+from fisheye.monitoring.prediction_log.spool import Spool
 from fisheye.serving.drift_window import DriftWindow
 from fisheye.serving.metrics import Metrics
-from fisheye.serving.settings import ServeSettings
+from fisheye.serving.settings import ServeSettings, default_prediction_db
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +49,26 @@ def open_prediction_log(settings: ServeSettings, metrics: Metrics) -> Prediction
     if not settings.prediction_log:
         return None
     image_dir = None
+    db = settings.prediction_db
     if settings.store_images:
-        image_dir = settings.image_dir or Path(f"{settings.prediction_db}.images")
+        # Beside the SQLite file; with PostgreSQL, in this replica's state folder.
+        beside = Path(f"{db}.images") if isinstance(db, Path) else None
+        image_dir = settings.image_dir or beside or default_prediction_db().with_name("images")
+    store = open_store(db, replica=settings.replica_id)
+    spool = None
+    if getattr(store, "shared", False) and settings.log_spool_max_bytes > 0:
+        # One file per replica, should replicas share a volume.
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", settings.replica_id)[:100]
+        path = settings.log_spool or default_prediction_db().with_name(f"spool-{name}.jsonl")
+        spool = Spool(path, settings.log_spool_max_bytes)
     return PredictionLog(
-        settings.prediction_db,
+        store,
+        spool=spool,
         retention_days=settings.log_retention_days,
         max_rows=settings.log_max_rows,
         image_dir=image_dir,
         on_lost=metrics.log_lost_rows.inc,
+        on_degraded=lambda degraded: metrics.log_degraded.set(int(degraded)),
     )
 
 

@@ -114,6 +114,11 @@ class Metrics:
             "Prediction-log rows dropped (disk full, database locked or read-only, queue full).",
             registry=r,
         )
+        self.log_degraded = Gauge(
+            "fisheye_prediction_log_degraded",
+            "1 while the prediction log's store cannot be reached (rows wait in the queue).",
+            registry=r,
+        )
 
         # Access control and rate limiting (fisheye.serving.auth, .rate_limit).
         self.auth_failures = Counter(

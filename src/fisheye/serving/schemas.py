@@ -137,6 +137,11 @@ class HealthOut(BaseModel):
         "reference is prepared in the background; answers already carry OOD scores), "
         "no_reference or off.",
     )
+    prediction_log: str | None = Field(
+        None,
+        description="Once ready: the prediction log: ok, degraded (its store cannot be "
+        "reached; rows wait in the queue and predictions are answered as usual) or off.",
+    )
 
 
 OTHER_LABEL = "other"  # feedback label for a photo of none of the model's classes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,7 @@ from fisheye.monitoring.monitor import MonitorOptions
 from fisheye.tracking.model_registry import is_registry_uri
 
 MB = 1024 * 1024
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # FISHEYE_PREDICTION_DB as a URL
 
 
 def _cores() -> int:
@@ -255,10 +257,21 @@ class ServeSettings(BaseSettings):
         description="Expected false drift alarms per 10,000 photos of a healthy stream: each "
         "test spends its share (the photos it adds) of this error budget (docs/monitoring.md).",
     )
-    prediction_log: bool = Field(True, description="Log every prediction to SQLite.")
-    prediction_db: Path = Field(
+    prediction_log: bool = Field(
+        True, description="Log every prediction (SQLite, or PostgreSQL for a fleet)."
+    )
+    prediction_db: Path | str = Field(
         default_factory=default_prediction_db,
-        description="SQLite prediction log (default: $XDG_STATE_HOME/fisheye/predictions.sqlite).",
+        description="The prediction log: a SQLite file for one machine (default: "
+        "$XDG_STATE_HOME/fisheye/predictions.sqlite), or a PostgreSQL URL "
+        "(postgresql://user@host:5432/db) that every replica of a fleet shares.",
+    )
+    replica_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=200,
+        description="This replica's name on every row it logs (default: the hostname, a pod's "
+        "name on Kubernetes).",
     )
     log_retention_days: float = Field(
         30.0, gt=0, le=3660, description="Delete logged rows older than this (days)."
@@ -269,11 +282,25 @@ class ServeSettings(BaseSettings):
         description="Keep at most this many rows in each logged table (predictions, feedback, "
         "corrections, shadow answers, drift tests).",
     )
+    log_spool: Path | None = Field(
+        None,
+        description="With a PostgreSQL log: the file that keeps rows while the store cannot "
+        "be reached, replayed when it returns (default: $XDG_STATE_HOME/fisheye/"
+        "spool-<replica id>.jsonl).",
+    )
+    log_spool_max_bytes: int = Field(
+        64 * MB,
+        ge=0,
+        description="At most this many bytes of spooled rows (about 250 bytes a row); rows "
+        "beyond are dropped and counted. 0: no spool (rows wait in memory only).",
+    )
     store_images: bool = Field(
         False, description="Opt-in: keep uploaded photos (e.g. for relabelling) by sha256."
     )
     image_dir: Path | None = Field(
-        None, description="Where stored photos go (default: <prediction_db>.images/)."
+        None,
+        description="Where stored photos go (default: <prediction_db>.images/; with PostgreSQL, "
+        "$XDG_STATE_HOME/fisheye/images on each replica).",
     )
 
     @field_validator("model", mode="before")
@@ -281,6 +308,13 @@ class ServeSettings(BaseSettings):
     def _folder_or_registry_uri(cls, value: object) -> Path | str:
         """A registry URI stays a string (a Path would fold its `//`); anything else a Path."""
         return str(value) if is_registry_uri(value) else Path(str(value))
+
+    @field_validator("prediction_db", mode="before")
+    @classmethod
+    def _file_or_postgres_url(cls, value: object) -> Path | str:
+        """A PostgreSQL URL stays a string (a Path would fold its `//`); anything else a Path."""
+        text = str(value)
+        return text if text.startswith(POSTGRES_SCHEMES) else Path(text)
 
     @field_validator("api_keys", mode="before")
     @classmethod

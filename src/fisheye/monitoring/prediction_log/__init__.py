@@ -1,7 +1,9 @@
-"""The prediction log: every answered photo, drift test, shadow answer and feedback, on disk.
+"""The prediction log: every answered photo, drift test, shadow answer and feedback.
 
 `PredictionLog` (writer.py) queues rows on the request path and writes them, and feedback,
-from one thread to a `LogStore` (store.py; SQLite: schema.py, queries.py, rollups.py).
+from one thread to a `LogStore` (store.py): SQLite for one machine (schema.py, queries.py,
+rollups.py), or PostgreSQL for a fleet of replicas (postgres_store.py, pg_schema.py,
+pg_queries.py); `open_store` picks from a path or a URL.
 """
 
 from fisheye.monitoring.prediction_log.rows import (
@@ -11,8 +13,16 @@ from fisheye.monitoring.prediction_log.rows import (
     ShadowRow,
     StoreBusyError,
     StoreError,
+    StoreUnavailableError,
 )
-from fisheye.monitoring.prediction_log.store import LogStore, SQLiteStore
+from fisheye.monitoring.prediction_log.spool import Spool
+from fisheye.monitoring.prediction_log.store import (
+    LogStore,
+    SQLiteStore,
+    is_postgres_url,
+    open_store,
+    redact,
+)
 from fisheye.monitoring.prediction_log.writer import PredictionLog
 
 __all__ = [
@@ -23,6 +33,11 @@ __all__ = [
     "PredictionRow",
     "SQLiteStore",
     "ShadowRow",
+    "Spool",
     "StoreBusyError",
     "StoreError",
+    "StoreUnavailableError",
+    "is_postgres_url",
+    "open_store",
+    "redact",
 ]

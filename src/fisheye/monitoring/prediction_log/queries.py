@@ -113,7 +113,7 @@ def apply_retention(conn: sqlite3.Connection, retention_days: float, max_rows: i
     """Delete rows older than the retention age, and beyond the row limit in each table that
     grows (predictions, feedback, corrections, shadow answers, drift tests); returns the
     number of prediction rows deleted."""
-    cutoff = _clamp_since(time.time() - retention_days * 86400)
+    cutoff = clamp_since(time.time() - retention_days * 86400)
     deleted: dict[str, int] = {}
     with conn:
         conn.execute("DELETE FROM minute_counts WHERE minute < ?", (int(cutoff // 60),))
@@ -134,7 +134,7 @@ def apply_retention(conn: sqlite3.Connection, retention_days: float, max_rows: i
     return deleted["predictions"]
 
 
-def _clamp_since(since: float) -> float:
+def clamp_since(since: float) -> float:
     """`since` within what SQLite's integers and the log's timestamps can hold."""
     if math.isnan(since):
         return 0.0
@@ -148,41 +148,55 @@ def summarize(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
     so it costs the same whatever the number of predictions. A `since` before 1970 (or not
     finite) means the whole log.
     """
-    since = _clamp_since(since)
+    since = clamp_since(since)
     minute = int(since // 60)
     rows = conn.execute(
         "SELECT label, SUM(n), SUM(confidence_sum), SUM(verdicts), SUM(ood) FROM minute_counts "
         "WHERE minute >= ? GROUP BY label ORDER BY label",
         (minute,),
     ).fetchall()
-    counts = {label: int(n) for label, n, *_ in rows}
-    n = sum(counts.values())
-    conf_sum = sum(r[2] for r in rows)
-    verdicts, ood = sum(r[3] for r in rows), sum(r[4] for r in rows)
-    fb_n, fb_correct = conn.execute(
+    feedback = conn.execute(
         "SELECT COUNT(*), SUM(correct) FROM feedback WHERE prediction_ts >= ?", (since,)
     ).fetchone()
-    latency = dict(
-        conn.execute(
-            "SELECT bucket, SUM(n) FROM minute_latency WHERE minute >= ? GROUP BY bucket",
-            (minute,),
-        ).fetchall()
-    )
-    mean_conf = conf_sum / n if n else None
-    ood_rate = ood / verdicts if verdicts else None
-    fb_acc = fb_correct / fb_n if fb_n else None
-    lat = percentiles(latency, (50, 95, 99))
+    latency = conn.execute(
+        "SELECT bucket, SUM(n) FROM minute_latency WHERE minute >= ? GROUP BY bucket",
+        (minute,),
+    ).fetchall()
     drift_rows = conn.execute(
         "SELECT ts, n, score, p_value, p_value_is_bound, drift, ood_fraction FROM drift "
         "WHERE ts >= ? AND role = 'live' ORDER BY ts",
         (since,),
     ).fetchall()
-    latest = drift_rows[-1] if drift_rows else None
     challenger_rows = conn.execute(
         "SELECT p_value, drift, model_version FROM drift "
         "WHERE ts >= ? AND role = 'challenger' ORDER BY ts",
         (since,),
     ).fetchall()
+    return build_summary(rows, feedback, latency, drift_rows, challenger_rows)
+
+
+def build_summary(
+    rows: list[Any],
+    feedback: tuple[Any, Any],
+    latency_rows: list[Any],
+    drift_rows: list[Any],
+    challenger_rows: list[Any],
+) -> dict[str, Any]:
+    """The summary from what a store read: per-label rollups (label, n, confidence sum,
+    verdicts, ood), feedback (count, correct), latency (bucket, n), live drift tests (ts, n,
+    score, p_value, p_value_is_bound, drift, ood_fraction) and challenger tests (p_value,
+    drift, model_version). Every store builds it here, so their figures agree."""
+    counts = {label: int(n) for label, n, *_ in rows}
+    n = sum(counts.values())
+    conf_sum = sum(float(r[2]) for r in rows)
+    verdicts, ood = sum(int(r[3]) for r in rows), sum(int(r[4]) for r in rows)
+    fb_n, fb_correct = int(feedback[0] or 0), int(feedback[1] or 0)
+    latency = {int(bucket): int(count) for bucket, count in latency_rows}
+    mean_conf = conf_sum / n if n else None
+    ood_rate = ood / verdicts if verdicts else None
+    fb_acc = fb_correct / fb_n if fb_n else None
+    lat = percentiles(latency, (50, 95, 99))
+    latest = drift_rows[-1] if drift_rows else None
     return {
         "predictions": int(n),
         "counts": {k: int(v) for k, v in counts.items()},
@@ -219,7 +233,7 @@ def summarize(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
 
 def report_rows(conn: sqlite3.Connection, since: float) -> dict[str, list[tuple]]:
     """What `fisheye monitor report` plots: predictions, live drift tests and feedback."""
-    since = _clamp_since(since)
+    since = clamp_since(since)
     return {
         "predictions": conn.execute(
             "SELECT ts, label, confidence, in_distribution FROM predictions WHERE ts >= ? "

@@ -26,8 +26,11 @@ def latency_bucket(ms: float) -> int:
     return min(LATENCY_BUCKETS - 1, k)
 
 
-def add_to_rollups(conn: sqlite3.Connection, rows: Iterable[Any]) -> None:
-    """Add (ts, label, confidence, in_distribution, latency_ms) rows to the minute rollups."""
+def aggregate(
+    rows: Iterable[Any],
+) -> tuple[dict[tuple[int, str], list[float]], dict[tuple[int, int], int]]:
+    """(ts, label, confidence, in_distribution, latency_ms) rows summed per minute: counts
+    per (minute, label) as [n, confidence sum, verdicts, ood], latencies per (minute, bucket)."""
     counts: dict[tuple[int, str], list[float]] = {}
     latency: dict[tuple[int, int], int] = {}
     for ts, label, confidence, in_distribution, latency_ms in rows:
@@ -41,6 +44,12 @@ def add_to_rollups(conn: sqlite3.Connection, rows: Iterable[Any]) -> None:
         if latency_ms is not None:
             key = (minute, latency_bucket(latency_ms))
             latency[key] = latency.get(key, 0) + 1
+    return counts, latency
+
+
+def add_to_rollups(conn: sqlite3.Connection, rows: Iterable[Any]) -> None:
+    """Add (ts, label, confidence, in_distribution, latency_ms) rows to the minute rollups."""
+    counts, latency = aggregate(rows)
     conn.executemany(
         "INSERT INTO minute_counts VALUES (?,?,?,?,?,?) ON CONFLICT (minute, label) DO UPDATE "
         "SET n = n + excluded.n, confidence_sum = confidence_sum + excluded.confidence_sum, "

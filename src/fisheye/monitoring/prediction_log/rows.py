@@ -14,6 +14,11 @@ class StoreBusyError(StoreError):
     """Another process holds the database's write lock: the same write succeeds later."""
 
 
+class StoreUnavailableError(StoreBusyError):
+    """The database server cannot be reached now (down, restarting, not yet started): the
+    same write succeeds once it is back."""
+
+
 @dataclass
 class PredictionRow:
     """One logged prediction."""

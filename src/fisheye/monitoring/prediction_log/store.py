@@ -1,8 +1,8 @@
-"""Where the prediction log lives: the `LogStore` interface, and SQLite behind it.
+"""Where the prediction log lives: the `LogStore` interface, SQLite behind it, and the choice.
 
 The writer thread (`writer.PredictionLog`: rows, retention and feedback) and the readers
-(the monitoring summary, the report) use only `LogStore`'s methods, so another database
-(PostgreSQL for a fleet of replicas) is one more class with the same methods. Every method
+(the monitoring summary, the report) use only `LogStore`'s methods: SQLite here for one
+machine, PostgreSQL (postgres_store.py) for a fleet of replicas; `open_store` picks. Every method
 raises StoreError when the database cannot be used now, StoreBusyError when another process
 holds its lock.
 """
@@ -10,6 +10,8 @@ holds its lock.
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,29 @@ from fisheye.monitoring.prediction_log.rows import (
 from fisheye.monitoring.prediction_log.schema import connect
 
 READ_TIMEOUT_MS = 2000
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(db: object) -> bool:
+    """Whether `db` names a PostgreSQL database (a URL) rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(POSTGRES_SCHEMES)
+
+
+def redact(url: str) -> str:
+    """A database URL without its password (for messages and logs)."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def open_store(db: Path | str, *, replica: str, readonly: bool = False) -> LogStore:
+    """The store `db` names: a PostgreSQL URL (postgresql://user@host:5432/db, shared by a
+    fleet) or a SQLite file (one machine). psycopg is imported only for a URL. `readonly`:
+    the caller only reads, once (the report)."""
+    if is_postgres_url(db):
+        from fisheye.monitoring.prediction_log.postgres_store import PostgresStore
+
+        # A read-only opener (the report) reads once: no pool.
+        return PostgresStore(str(db), replica=replica, pool_size=0 if readonly else 2)
+    return SQLiteStore(Path(db), readonly=readonly, replica=replica)
 
 
 class LogStore(Protocol):
@@ -54,11 +79,12 @@ class LogStore(Protocol):
         writer thread's connection: the log's one writer)."""
         ...
 
-    def summary(self, since: float) -> dict[str, Any]:
-        """The monitoring summary of predictions made after `since` (unix seconds)."""
+    def summary(self, since: float, replica: str | None = None) -> dict[str, Any]:
+        """The monitoring summary of predictions made after `since` (unix seconds), of every
+        replica writing to the store, or of `replica` only."""
         ...
 
-    def report_rows(self, since: float) -> dict[str, Any]:
+    def report_rows(self, since: float, replica: str | None = None) -> dict[str, Any]:
         """The rows `fisheye monitor report` plots, and its summary."""
         ...
 
@@ -71,9 +97,10 @@ class SQLiteStore:
     """The log in one SQLite file (WAL): one writer connection (used by the writer thread
     only: rows, retention, feedback), one connection per read."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, replica: str | None = None) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.replica = replica  # the one replica whose rows the file holds
         self._writer: sqlite3.Connection | None = None
 
     def open(self) -> None:
@@ -115,13 +142,18 @@ class SQLiteStore:
         with self._writing() as conn:
             return queries.insert_feedback(conn, prediction_id, label, predicted, prediction_ts)
 
-    def summary(self, since: float) -> dict[str, Any]:
-        """The monitoring summary of predictions made after `since` (unix seconds)."""
+    def summary(self, since: float, replica: str | None = None) -> dict[str, Any]:
+        """The monitoring summary of predictions made after `since` (unix seconds). The file
+        holds this replica's rows only: another `replica` has none here."""
+        if replica is not None and replica != self.replica:
+            since = math.inf
         with self._reading() as conn:
             return queries.summarize(conn, since)
 
-    def report_rows(self, since: float) -> dict[str, Any]:
-        """The rows `fisheye monitor report` plots, and its summary."""
+    def report_rows(self, since: float, replica: str | None = None) -> dict[str, Any]:
+        """The rows `fisheye monitor report` plots, and its summary (of this one replica)."""
+        if replica is not None and replica != self.replica:
+            since = math.inf
         with self._reading() as conn:
             return {**queries.report_rows(conn, since), "summary": queries.summarize(conn, since)}
 

@@ -8,6 +8,11 @@ the writer keeps the batch and tries again until it is written. Rows are dropped
 (`on_lost`) only when they cannot be kept: the disk is full, the database is read-only or
 cannot be opened, the queue overflows, or the log stops while the lock is still held. The
 prediction itself is never delayed or failed.
+
+With a PostgreSQL store shared by replicas: while the store cannot be reached, batches go to
+a bounded spool file (spool.py) and are replayed in order when it answers (`degraded` says
+why meanwhile); feedback on an id not found is looked up again for SHARED_STORE_GRACE_S,
+as the replica that answered it may still be writing it.
 """
 
 from __future__ import annotations
@@ -32,13 +37,19 @@ from fisheye.monitoring.prediction_log.rows import (
     ShadowRow,
     StoreBusyError,
     StoreError,
+    StoreUnavailableError,
 )
+from fisheye.monitoring.prediction_log.spool import Batch, Spool
 from fisheye.monitoring.prediction_log.store import LogStore, SQLiteStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 500
 BUSY_BACKOFF_S = (0.005, 0.1)  # first and longest wait between tries of a write that met a lock
+REPLAY_EVERY_S = 1.0  # how often spooled rows are offered to a store that was away
+UNAVAILABLE_BACKOFF_S = 1.0  # the longest wait between tries while the store cannot be reached
+SHARED_STORE_GRACE_S = 2.0  # how long feedback looks for a prediction of another replica
+UNKNOWN_POLL_S = 0.1
 
 
 class _Barrier:
@@ -56,7 +67,8 @@ class _Feedback:
 
 
 class PredictionLog:
-    """Asynchronous SQLite prediction log with retention and lost-row accounting."""
+    """Asynchronous prediction log (SQLite or PostgreSQL) with retention and lost-row
+    accounting."""
 
     def __init__(
         self,
@@ -71,21 +83,37 @@ class PredictionLog:
         linger_s: float = 0.05,
         feedback_timeout_s: float = 10.0,
         give_up_on_stop_s: float = 5.0,
+        unknown_grace_s: float | None = None,
+        on_degraded: Callable[[bool], None] | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.store: LogStore = store if not isinstance(store, Path) else SQLiteStore(store)
         self.retention_days = retention_days
         self.max_rows = max_rows
         self.image_dir = image_dir
         self.on_lost = on_lost
+        self.on_degraded = on_degraded
+        # Where batches go while a shared store cannot be reached (None: they wait in the
+        # queue, and the writer waits for the store).
+        self.spool = spool
+        self._last_replay = 0.0
         self.retention_every_s = retention_every_s
         self.linger_s = linger_s
         self.feedback_timeout_s = feedback_timeout_s
         self.give_up_on_stop_s = give_up_on_stop_s
+        # A store shared by replicas may not have another replica's newest rows yet (they
+        # wait in its queue for up to a batch): feedback on an unknown id looks again
+        # for this long before it is answered as unknown.
+        if unknown_grace_s is None:
+            unknown_grace_s = SHARED_STORE_GRACE_S if getattr(self.store, "shared", False) else 0.0
+        self.unknown_grace_s = unknown_grace_s
         self.lost = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_error_log = 0.0
+        self._last_wait_log = 0.0
+        self.degraded: str | None = None  # why rows wait instead of being written, or None
         self._last_retention = 0.0
 
     # -- writer side -------------------------------------------------------------------
@@ -175,7 +203,10 @@ class PredictionLog:
     def _next_batch(self) -> list[Any]:
         """The next item, and what follows it within `linger_s` (a busy server then commits
         many rows per transaction instead of one per request)."""
-        items = [self._queue.get()]
+        try:  # with rows in the spool, wake up to replay them even when nothing arrives
+            items = [self._queue.get(timeout=REPLAY_EVERY_S if self._spooling() else None)]
+        except queue.Empty:
+            return []
         deadline = time.monotonic() + self.linger_s
         while len(items) < MAX_BATCH and not _ends_batch(items[-1]):
             remaining = deadline - time.monotonic()
@@ -209,6 +240,8 @@ class PredictionLog:
                     drifts.append(item[1])
             if not opened and (rows or drifts or shadows or feedback):
                 opened = self._open()
+            if opened and self._spooling():
+                self._replay(force=stop)
             self._write(opened, rows, drifts, shadows)
             # After the rows queued before them: feedback finds a prediction answered just now.
             for request in feedback:
@@ -243,27 +276,102 @@ class PredictionLog:
             if image is not None and self.image_dir is not None:
                 row.image_path = self._save_image(row, image)
         predictions = [row for row, _ in rows]
+        if self._spooling():  # after the rows already there, in order
+            self._to_spool((predictions, drifts, shadows), n)
+            return
         try:
             self._until_unlocked(lambda: self.store.write(predictions, drifts, shadows))
+        except StoreUnavailableError as exc:
+            if self.spool is None:
+                self._count_lost(n, str(exc))
+            else:
+                self._waiting(str(exc))
+                self._to_spool((predictions, drifts, shadows), n)
         except StoreError as exc:
             self._count_lost(n, str(exc))
 
+    def _spooling(self) -> bool:
+        return self.spool is not None and self.spool.pending
+
+    def _to_spool(self, batch: Batch, n: int) -> None:
+        assert self.spool is not None
+        if not self.spool.append(batch):
+            self._count_lost(n, f"the spool {self.spool.path} is full or cannot be written")
+
+    def _replay(self, force: bool = False) -> None:
+        """Write the spooled batches, oldest first, at most once per REPLAY_EVERY_S (and
+        once more when the log stops); what the store does not take yet stays spooled."""
+        assert self.spool is not None
+        now = time.monotonic()
+        if not force and now - self._last_replay < REPLAY_EVERY_S:
+            return
+        self._last_replay = now
+        batches = self.spool.batches()
+        done = 0
+        try:
+            for batch in batches:
+                self.store.write(*batch)
+                done += 1
+        except StoreBusyError as exc:  # still away (or a lock): the rest waits
+            if isinstance(exc, StoreUnavailableError):
+                self._waiting(str(exc))
+            if done:
+                self.spool.keep_only(batches[done:])
+            return
+        except StoreError as exc:  # a batch the store refuses: drop it, keep the rest
+            self._count_lost(sum(len(part) for part in batches[done]), str(exc))
+            self.spool.keep_only(batches[done + 1 :])
+            return
+        self.spool.keep_only([])
+        log.warning("prediction log: the store is back; %d spooled batch(es) written", done)
+        self._set_degraded(None)
+
     def _until_unlocked(self, write: Callable[[], T]) -> T:
         """`write()`, tried again while another process holds the lock (StoreBusyError);
-        once the log is stopping, for at most `give_up_on_stop_s` more."""
+        once the log is stopping, for at most `give_up_on_stop_s` more. A store that cannot
+        be reached is waited for the same way, unless the log has a spool (then it raises
+        StoreUnavailableError at once: the rows go to the spool, feedback fails fast)."""
         wait, longest = BUSY_BACKOFF_S
         give_up: float | None = None
         while True:
             try:
-                return write()
-            except StoreBusyError:
+                result = write()
+            except StoreBusyError as exc:
                 now = time.monotonic()
+                if isinstance(exc, StoreUnavailableError):
+                    if self.spool is not None:
+                        raise
+                    longest = UNAVAILABLE_BACKOFF_S
+                    self._waiting(str(exc))
                 if self._stopping.is_set():
                     give_up = now + self.give_up_on_stop_s if give_up is None else give_up
                     if now >= give_up:
                         raise
                 time.sleep(wait)
                 wait = min(longest, wait * 2)
+            else:
+                if self.degraded is not None:
+                    log.warning("prediction log: the store is back; queued rows are written")
+                    self._set_degraded(None)
+                return result
+
+    def _set_degraded(self, why: str | None) -> None:
+        was, self.degraded = self.degraded, why
+        if self.on_degraded is not None and (was is None) != (why is None):
+            self.on_degraded(why is not None)
+
+    def _waiting(self, why: str) -> None:
+        """Note (and log, at most every 10 s) that rows wait for the store."""
+        self._set_degraded(why)
+        now = time.monotonic()
+        if now - self._last_wait_log > 10:
+            self._last_wait_log = now
+            log.warning(
+                "prediction log: the store cannot be reached (%s); rows wait (in %s) and "
+                "predictions are unaffected",
+                why,
+                "the queue" if self.spool is None else self.spool.path,
+            )
 
     def _maybe_retain(self) -> None:
         now = time.monotonic()
@@ -283,18 +391,30 @@ class PredictionLog:
         StoreError when the log cannot be written now. The writer thread writes it, after
         the predictions queued before it; this call waits for it (`feedback_timeout_s`).
         """
-        try:
-            return self._queue_feedback(prediction_id, label).result(self.feedback_timeout_s)
-        except FutureTimeout:
-            raise self._feedback_timed_out() from None
+        give_up = time.monotonic() + self.unknown_grace_s
+        while True:
+            try:
+                return self._queue_feedback(prediction_id, label).result(self.feedback_timeout_s)
+            except FutureTimeout:
+                raise self._feedback_timed_out() from None
+            except FeedbackError:
+                if time.monotonic() >= give_up:
+                    raise
+            time.sleep(UNKNOWN_POLL_S)
 
     async def add_feedback_async(self, prediction_id: str, label: str) -> dict[str, Any]:
         """`add_feedback` for the event loop: awaits the writer without holding a thread."""
-        waiting = asyncio.wrap_future(self._queue_feedback(prediction_id, label))
-        try:
-            return await asyncio.wait_for(waiting, self.feedback_timeout_s)
-        except TimeoutError:
-            raise self._feedback_timed_out() from None
+        give_up = time.monotonic() + self.unknown_grace_s
+        while True:
+            waiting = asyncio.wrap_future(self._queue_feedback(prediction_id, label))
+            try:
+                return await asyncio.wait_for(waiting, self.feedback_timeout_s)
+            except TimeoutError:
+                raise self._feedback_timed_out() from None
+            except FeedbackError:
+                if time.monotonic() >= give_up:
+                    raise
+            await asyncio.sleep(UNKNOWN_POLL_S)
 
     def _queue_feedback(self, prediction_id: str, label: str) -> Future:
         if not self.running:
@@ -352,10 +472,11 @@ class PredictionLog:
         return result
 
     # -- reader side (any thread) ---------------------------------------------------------
-    def summary(self, window_s: float) -> dict[str, Any]:
-        """Counts per class, confidence, OOD rate, feedback accuracy, latency, drift."""
+    def summary(self, window_s: float, replica: str | None = None) -> dict[str, Any]:
+        """Counts per class, confidence, OOD rate, feedback accuracy, latency, drift: of every
+        replica writing to the store (PostgreSQL), or of `replica` only."""
         self.flush()  # include the rows still queued
-        return self.store.summary(time.time() - window_s)
+        return self.store.summary(time.time() - window_s, replica)
 
 
 def _ends_batch(item: Any) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -9,6 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from fisheye.serving.deps import State
 from fisheye.serving.limits import LimitedRoute
 from fisheye.serving.schemas import HealthOut
+
+if TYPE_CHECKING:
+    from fisheye.monitoring.prediction_log import PredictionLog
 
 router = APIRouter(tags=["operations"], route_class=LimitedRoute)
 
@@ -32,6 +37,8 @@ async def readyz(state: State) -> JSONResponse:
     why. The model still answers, at fp32's speed. `monitoring` is "loading" while the drift
     reference is prepared in the background (a few tenths of a second after start-up; the
     answers carry OOD scores already), then "ready"; "off" when monitoring is off.
+    `prediction_log` is "degraded" while its store cannot be reached (rows wait in the
+    queue); the replica stays ready, since every replica shares that store.
     """
     if state.ready and state.predictor is not None:
         selection = state.predictor.backend_selection
@@ -41,7 +48,11 @@ async def readyz(state: State) -> JSONResponse:
             "backend": selection.backend.name,
             "backend_status": selection.status,
             "monitoring": "off" if live_monitor is None else live_monitor.status,
+            "prediction_log": _log_status(state.prediction_log),
         }
+        if state.prediction_log is not None and state.prediction_log.degraded:
+            # Still ready: the replica answers, and every replica shares the store.
+            body["detail"] = f"the prediction log is degraded: {state.prediction_log.degraded}"
         if selection.fallback_from is not None:
             body["detail"] = (
                 f"{selection.fallback_from} failed its host check on this CPU; "
@@ -52,6 +63,12 @@ async def readyz(state: State) -> JSONResponse:
     return JSONResponse(
         {"status": "not_ready", "detail": detail}, status_code=503, headers={"Retry-After": "1"}
     )
+
+
+def _log_status(plog: PredictionLog | None) -> str:
+    if plog is None:
+        return "off"
+    return "degraded" if plog.degraded else "ok"
 
 
 @router.get(

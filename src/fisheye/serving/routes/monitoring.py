@@ -21,16 +21,19 @@ from fisheye.serving.schemas import error_responses
 from fisheye.serving.shared_results import SharedResults
 
 router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"], route_class=LimitedRoute)
-# The shared summaries of each prediction log (one per app), by window in seconds.
-_summaries: weakref.WeakKeyDictionary[PredictionLog, SharedResults[float, dict[str, Any]]] = (
+# The shared summaries of each prediction log (one per app), by (window in seconds, replica).
+_Key = tuple[float, str | None]
+_summaries: weakref.WeakKeyDictionary[PredictionLog, SharedResults[_Key, dict[str, Any]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _shared_summaries(plog: PredictionLog, ttl_s: float) -> SharedResults[float, dict[str, Any]]:
+def _shared_summaries(plog: PredictionLog, ttl_s: float) -> SharedResults[_Key, dict[str, Any]]:
     shared = _summaries.get(plog)
     if shared is None:
-        shared = _summaries[plog] = SharedResults(plog.summary, ttl_s=ttl_s, max_running=2)
+        shared = _summaries[plog] = SharedResults(
+            lambda key: plog.summary(*key), ttl_s=ttl_s, max_running=2
+        )
     return shared
 
 
@@ -64,15 +67,25 @@ async def summary(
             max_length=20,
         ),
     ] = "24h",
+    replica: Annotated[
+        str | None,
+        Query(
+            description="With a PostgreSQL store shared by a fleet: one replica's figures "
+            "(FISHEYE_REPLICA_ID) instead of the fleet's.",
+            min_length=1,
+            max_length=200,
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    """Counts per class, mean confidence, OOD rate, feedback accuracy, latency, drift."""
+    """Counts per class, mean confidence, OOD rate, feedback accuracy, latency, drift: of
+    every replica writing to the store (per replica in `replicas`), or of one."""
     try:
         seconds = parse_window(window)
     except ValueError as exc:
         raise APIError(422, "invalid_window", str(exc)) from None
     plog = prediction_log(state)
     try:
-        out = await _shared_summaries(plog, state.settings.summary_cache_s).get(seconds)
+        out = await _shared_summaries(plog, state.settings.summary_cache_s).get((seconds, replica))
     except StoreError as exc:
         raise APIError(
             503, "log_unavailable", f"the prediction log cannot be read: {exc}"
