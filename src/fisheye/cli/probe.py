@@ -41,6 +41,16 @@ def probe(
             "--input-size", min=16, help="Model input in pixels (default: the backbone's own)."
         ),
     ] = None,
+    crop_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--crop-fraction",
+            min=0.3,
+            max=1.0,
+            help="With --resize center_crop: the share of the shorter side kept (default "
+            "0.875; smaller zooms in on the middle of the photo).",
+        ),
+    ] = None,
     resize: Annotated[
         str,
         typer.Option(
@@ -108,6 +118,10 @@ def probe(
         raise fail(err, str(exc)) from None
     if input_size is not None:
         spec = dataclasses.replace(spec, input_size=input_size)
+    if crop_fraction is not None:
+        if resize != "center_crop":
+            raise fail(err, "--crop-fraction needs --resize center_crop")
+        spec = dataclasses.replace(spec, crop_fraction=crop_fraction)
     if val_fraction + test_fraction >= 1.0:
         raise fail(err, "--val-fraction + --test-fraction must leave photos for training")
     if not data.exists():
