@@ -15,8 +15,11 @@ from fastapi.testclient import TestClient
 
 from fisheye.bundle import BundleError, add_arrays, load_bundle
 from fisheye.data.seen import SEEN_DESCRIPTORS_NAME
+from fisheye.inference.onnx_backend import OnnxBackend
+from fisheye.inference.options import RuntimeOptions
 from fisheye.monitoring.drift import DriftDetector
 from fisheye.monitoring.loading import load_model
+from fisheye.serving import state as state_module
 from fisheye.serving.app import create_app
 from fisheye.serving.settings import ServeSettings
 from tests.helpers.bundles import copy_bundle, make_monitored_bundle
@@ -209,3 +212,68 @@ def test_fisheye_serve_imports_only_what_serving_needs(
     )
     assert not unwanted, f"`fisheye serve` imported {unwanted}"
     assert out["ws"] == "none"
+
+
+def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + 60  # a safety net only
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_work_that_can_wait_starts_after_the_first_answer(
+    exported_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_module, "FIRST_ANSWER_WAIT_S", 600.0)
+    settings = ServeSettings(model=exported_bundle, backend="onnx-int8", monitoring=False)
+    with TestClient(create_app(settings)) as client:
+        _wait(client)
+        state = client.app.state.serving
+        backend = state.slots.live.predictor.backend
+        # Ready, and nothing competes with the first prediction: one ONNX Runtime session,
+        # no decode worker process.
+        assert backend.single is backend.session
+        assert not state.decoder._starting and not state.decoder.processes_ready
+        res = client.post("/v1/predict", files={"file": ("a.jpg", encode(photo(3), "JPEG"))})
+        assert res.status_code == 200, res.text
+        _until(lambda: state.decoder.processes_ready, "the decode workers did not start")
+        _until(lambda: backend.single is not backend.session, "no spinning session")
+        again = client.post("/v1/predict", files={"file": ("a.jpg", encode(photo(3), "JPEG"))})
+        assert again.json()["top_k"] == res.json()["top_k"]
+
+
+def test_work_that_can_wait_starts_anyway_when_no_prediction_comes(
+    exported_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_module, "FIRST_ANSWER_WAIT_S", 0.1)
+    settings = ServeSettings(model=exported_bundle, backend="onnx-int8", monitoring=False)
+    with TestClient(create_app(settings)) as client:
+        _wait(client)
+        state = client.app.state.serving
+        backend = state.slots.live.predictor.backend
+        _until(lambda: state.decoder.processes_ready, "the decode workers did not start")
+        _until(lambda: backend.single is not backend.session, "no spinning session")
+
+
+def test_a_deferred_spinning_session_opens_when_asked_and_answers_alike(
+    exported_bundle: Path,
+) -> None:
+    graph = (exported_bundle / "model.int8.onnx").read_bytes()
+    x = np.random.default_rng(1).random((1, 3, 32, 32), dtype=np.float32)
+    later = OnnxBackend(graph, runtime=RuntimeOptions(threads=1, spinning_session_later=True))
+    assert later.single is later.session
+    before = later.run(x)
+    later.open_spinning_session()
+    assert later.single is not later.session
+    later.open_spinning_session()  # once
+    after = later.run(x)
+    assert np.allclose(before.probabilities, after.probabilities, atol=1e-5)
+    # Without the option (the CLI, a hot swap), or from a path (no checked bytes to keep),
+    # both sessions open with the backend.
+    eager = OnnxBackend(graph, runtime=RuntimeOptions(threads=1))
+    assert eager.single is not eager.session
+    path = OnnxBackend(
+        exported_bundle / "model.int8.onnx",
+        runtime=RuntimeOptions(threads=1, spinning_session_later=True),
+    )
+    assert path.single is not path.session
