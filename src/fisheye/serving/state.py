@@ -155,6 +155,8 @@ class ServingState:
             if time.monotonic() >= deadline:
                 break
         self.decoder.start_processes()
+        if self.slots.live is not slot:  # replaced by a swap meanwhile: it serves no more
+            return
         try:
             slot.open_deferred_sessions()
         except Exception as exc:  # lone photos keep running in the batch session
