@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -16,12 +17,14 @@ from fastapi.testclient import TestClient
 
 from fisheye.bundle import BundleError, add_arrays, load_bundle
 from fisheye.data.seen import SEEN_DESCRIPTORS_NAME
+from fisheye.inference.backend import InferenceOutput
 from fisheye.inference.onnx_backend import OnnxBackend
 from fisheye.inference.options import RuntimeOptions
 from fisheye.monitoring.drift import DriftDetector
 from fisheye.monitoring.loading import load_model
 from fisheye.serving import state as state_module
 from fisheye.serving.app import create_app
+from fisheye.serving.batcher import MicroBatcher
 from fisheye.serving.schemas import ErrorBody
 from fisheye.serving.settings import ServeSettings
 from tests.helpers.bundles import copy_bundle, make_monitored_bundle
@@ -309,3 +312,28 @@ def test_error_responses_are_documented_without_a_validator_per_route(tiny_bundl
     # Every reference in the document resolves.
     for ref in _refs(doc):
         assert ref.removeprefix("#/components/schemas/") in schemas, ref
+
+
+def test_the_batcher_says_once_its_first_answer_is_on_its_way() -> None:
+    def run(batch: np.ndarray) -> InferenceOutput:
+        flat = batch.reshape(len(batch), -1)[:, :2]
+        return InferenceOutput(flat, flat)
+
+    async def main() -> tuple[bool, bool, bool]:
+        b = MicroBatcher(run, max_batch_size=4, max_wait_ms=0)
+        b.start([np.zeros((2, 1, 1, 2), np.float32)])
+        try:
+            after_warmup = b.answered.is_set()
+            await b.submit(np.ones((1, 1, 1, 2), np.float32))
+            # Set by the event loop just after the awaiting task resumed.
+            right_after = b.answered.is_set()
+            deadline = time.monotonic() + 30  # a safety net only
+            while not b.answered.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            return after_warmup, right_after, b.answered.is_set()
+        finally:
+            b.stop()
+
+    after_warmup, right_after, then = asyncio.run(main())
+    assert not after_warmup  # a warm-up run answers nobody
+    assert not right_after and then

@@ -221,5 +221,10 @@ class MicroBatcher:
                 # RuntimeError: the event loop has closed (the server is shutting down).
                 with contextlib.suppress(RuntimeError):
                     job.loop.call_soon_threadsafe(_resolve, job.future, part, error)
-            self.answered.set()
+            if not self.answered.is_set():
+                # Set by the event loop once the requests' tasks have resumed (their
+                # answers are being sent), not here, a step earlier.
+                loop = batch[0].loop
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(loop.call_soon, self.answered.set)
         log.debug("batcher stopped")
