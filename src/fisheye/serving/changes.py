@@ -73,7 +73,8 @@ class ModelChanges:
     def load(self) -> ModelSlot:
         """Start-up: load the configured model (pinned by FISHEYE_MODEL_SHA256), make it live."""
         with self._lock:
-            # The largest batch is warmed after the server is ready (ServingState.load).
+            # The largest batch and the spinning session wait for the first answer
+            # (ServingState._after_first_answer).
             slot = self._open(self.settings.model, largest_batch=False, cold_start=True)
             self._make_live(slot)
             return slot

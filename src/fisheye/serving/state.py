@@ -28,8 +28,8 @@ from fisheye.tracking.loading import INVALID, NOT_PINNED, ModelLoadError
 
 log = logging.getLogger(__name__)
 BACKGROUND_NICE = 10  # how much lower the loader thread runs once the model answers
-# How long start-up work that can wait (decode worker processes, a largest batch) waits for
-# the first prediction to be answered before it starts anyway.
+# How long start-up work that can wait (decode worker processes, the model's session for
+# lone photos, a largest batch) waits for the first answer before it starts anyway.
 FIRST_ANSWER_WAIT_S = 10.0
 
 
