@@ -31,7 +31,8 @@ for an A/B comparison on a shared machine.
 
 Then one more start of each with `PYTHONPROFILEIMPORTTIME=1` (not counted: it slows
 imports) prints the modules with the largest cumulative import time in the serving process,
-and (`--timeline`, on by default) one more start of fisheye with a few probes added prints
+and (`--timeline`, on by default) one more start of fisheye (and of fisheye-baseline) with
+a few probes added prints
 when each step of its start-up happened: the imports, the model's load, uvicorn listening,
 and the first request.
 """
@@ -360,10 +361,14 @@ def main(argv: list[str] | None = None) -> int:
             f"| {fmt(statistics.median(cpu))} |"
         )
 
+    probed = {"fisheye": src}
+    if args.baseline_src is not None:
+        probed["fisheye-baseline"] = str(args.baseline_src.resolve())
     if args.timeline and "fisheye" in servers:
-        print("\nfisheye, one more start with probes: seconds since the process was started\n")
-        for line in timeline(specs["fisheye"], src, tmp, photo, poll_s):
-            print(f"  {line}")
+        for name, code in probed.items():
+            print(f"\n{name}, one more start with probes: seconds since the process started\n")
+            for line in timeline(specs["fisheye"], code, tmp, photo, poll_s):
+                print(f"  {line}")
 
     if args.import_top:
         os.environ["PYTHONPROFILEIMPORTTIME"] = "1"

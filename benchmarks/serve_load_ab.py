@@ -95,17 +95,17 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("\n| server | p50 ms at c=1 (median) | req/s at c=16 (median) |")
-    print("|---|---:|---:|")
+    print(
+        "\n| server | p50 ms at c=1 (median) | req/s at c=16 (median) "
+        "| CPU ms per request at c=16 (median) |"
+    )
+    print("|---|---:|---:|---:|")
     medians = {}
     for name, rows in figures.items():
-        medians[name] = (
-            statistics.median(r[0] for r in rows),
-            statistics.median(r[1] for r in rows),
-        )
-        print(f"| {name} | {medians[name][0]:.1f} | {medians[name][1]:.1f} |")
-    (p_after, r_after), (p_before, r_before) = medians["after"], medians["before"]
-    print(f"| after/before | {p_after / p_before:.3f} | {r_after / r_before:.3f} |")
+        medians[name] = [statistics.median(r[k] for r in rows) for k in (0, 1, 2)]
+        print("| " + " | ".join([name, *(f"{x:.1f}" for x in medians[name])]) + " |")
+    ratios = [a / b for a, b in zip(medians["after"], medians["before"], strict=True)]
+    print("| after/before | " + " | ".join(f"{x:.3f}" for x in ratios) + " |")
     return 0
 
 
