@@ -20,8 +20,21 @@ and benchmarks/peers/bare_server.py (FastAPI + uvicorn + ONNX Runtime over the s
 model.int8.onnx with the same preprocessing, no monitoring). The first answer of fisheye
 is checked to carry an OOD score (the monitored answer, not a degraded one).
 
+Every server runs from compiled bytecode, as an installed package does (pip compiles it at
+install time): the servers get `PYTHONPYCACHEPREFIX` set to a folder of this run, the
+warm-up start writes the bytecode there, and the counted starts read it (a checkout run
+with `PYTHONDONTWRITEBYTECODE=1` would otherwise compile FishEye's modules at every start).
+
+`--baseline-src DIR` adds a server `fisheye-baseline`: the same `fisheye serve` running the
+code of another checkout's `src` (e.g. the main branch), started in turn with the others,
+for an A/B comparison on a shared machine.
+
 Then one more start of each with `PYTHONPROFILEIMPORTTIME=1` (not counted: it slows
-imports) prints the modules with the largest cumulative import time in the serving process.
+imports) prints the modules with the largest cumulative import time in the serving process,
+and (`--timeline`, on by default) one more start of fisheye (and of fisheye-baseline) with
+a few probes added prints
+when each step of its start-up happened: the imports, the model's load, uvicorn listening,
+and the first request.
 """
 
 from __future__ import annotations
@@ -103,6 +116,132 @@ def start_once(
         server.stop()
 
 
+# Run as `python probes.py serve ...` (a file holding this text): the `fisheye` command with
+# probes that print "timeline <seconds since the client started the process> <step>" to
+# stderr. A probe is added when its module is first imported: the import order is the
+# command's own.
+TIMELINE = r"""
+import importlib.abc, importlib.machinery, os, sys, threading, time
+T0 = float(os.environ["COLD_START_T0"])
+
+def mark(step):
+    t = time.time() - T0
+    name = threading.current_thread().name
+    os.write(2, f"timeline {t:.3f} {name}: {step}\n".encode())  # one write: lines stay whole
+
+def wrap(owner, attr, label):
+    fn = getattr(owner, attr)
+    if hasattr(fn, "__code__") and fn.__code__.co_flags & 0x80:  # a coroutine function
+        async def probe(*a, **k):
+            mark(label + " begins")
+            try:
+                return await fn(*a, **k)
+            finally:
+                mark(label + " ends")
+    else:
+        def probe(*a, **k):
+            mark(label + " begins")
+            try:
+                return fn(*a, **k)
+            finally:
+                mark(label + " ends")
+    setattr(owner, attr, probe)
+
+def once(owner, attr, label):
+    # probes the first two calls only (the first request's, and the next)
+    fn = getattr(owner, attr)
+    left = [2]
+    async def probe(*a, **k):
+        if not left[0]:
+            return await fn(*a, **k)
+        left[0] -= 1
+        mark(label + " begins")
+        try:
+            return await fn(*a, **k)
+        finally:
+            mark(label + " ends")
+    setattr(owner, attr, probe)
+
+def first_request(mw):
+    call = mw.__call__
+    seen = []
+    async def probe(self, scope, receive, send):
+        first = not seen and scope["type"] == "http" and scope["path"] == "/v1/predict"
+        if first:
+            seen.append(1)
+            mark("first POST /v1/predict received")
+        try:
+            return await call(self, scope, receive, send)
+        finally:
+            if first:
+                mark("first POST /v1/predict answered")
+    mw.__call__ = probe
+
+PROBES = {
+    "fisheye.bundle": lambda m: wrap(m, "load_bundle", "bundle verification"),
+    "fisheye.inference.onnx_backend": lambda m: wrap(m.OnnxBackend, "_session", "ONNX session"),
+    "fisheye.inference.predictor": lambda m: wrap(m.Predictor, "verify", "model check run"),
+    "fisheye.serving.state": lambda m: wrap(m.ServingState, "load", "model load (thread)"),
+    "fisheye.serving.changes": lambda m: wrap(m.ModelChanges, "load", "model made live"),
+    "fisheye.serving.app": lambda m: wrap(m, "create_app", "create_app"),
+    "fisheye.serving.middleware": lambda m: first_request(m.ServingMiddleware),
+    "fisheye.serving.decoding": lambda m: once(m.DecodePool, "prepare", "a photo's decode"),
+    "fisheye.serving.batcher": lambda m: once(m.MicroBatcher, "submit", "a photo's inference"),
+    "uvicorn.server": lambda m: wrap(m.Server, "startup", "uvicorn startup (listening at end)"),
+}
+IMPORTS = ("fisheye.cli", "fisheye.cli.serve", "fisheye.serving.settings", "fastapi",
+           "onnxruntime", "uvicorn", "fisheye.serving.routes", "fisheye.serving.app")
+
+class Probes(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name not in PROBES and name not in IMPORTS:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+        def probed(module):
+            if name in IMPORTS:
+                mark(f"import {name} begins")
+            exec_module(module)
+            if name in IMPORTS:
+                mark(f"import {name} ends")
+            if name in PROBES:
+                PROBES[name](module)
+        spec.loader.exec_module = probed
+        return spec
+
+sys.meta_path.insert(0, Probes())
+mark("interpreter ready")
+from fisheye.cli import app
+app(sys.argv[1:], prog_name="fisheye")
+"""
+
+
+def timeline(spec: dict, src: str, tmp: Path, photo: tuple[str, bytes], poll_s: float) -> list[str]:
+    """One start of fisheye with the TIMELINE probes: its timeline lines, in time order."""
+    probes = tmp / "timeline_probes.py"
+    probes.write_text(TIMELINE)
+    probed = {
+        "cmd": [sys.executable, str(probes), *spec["cmd"][spec["cmd"].index("serve") :]],
+        "env": {**spec["env"], "PYTHONPATH": src},
+    }
+    server = make_server("fisheye", probed, tmp, "fisheye-timeline")
+    server.env["COLD_START_T0"] = repr(time.time())  # the probes' zero: just before Popen
+    server.start()
+    try:
+        start = first_prediction(server, photo, poll_s)
+    finally:
+        server.stop()
+    lines = [
+        line.split(" ", 1)[1]
+        for line in server.log.read_text(errors="replace").splitlines()
+        if line.startswith("timeline ")
+    ]
+    lines.sort(key=lambda line: float(line.split(" ", 1)[0]))
+    return [*lines, f"{start.first_prediction_s:.3f} client: first 200 from /v1/predict"]
+
+
 def import_breakdown(log: Path, top: int) -> list[tuple[float, float, int, str]]:
     """(cumulative ms, self ms, depth, module) of the `top` slowest imports in an importtime log."""
     rows = []
@@ -133,6 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-ms", type=float, default=10.0)
     parser.add_argument("--import-top", type=int, default=20, help="0: no import breakdown.")
     parser.add_argument(
+        "--timeline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="One more start of fisheye with probes: when each start-up step happened.",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="Also start `fisheye-baseline`: fisheye serve running the code in DIR (a src/).",
+    )
+    parser.add_argument(
         "--fisheye-env",
         nargs="*",
         default=[],
@@ -158,21 +310,34 @@ def main(argv: list[str] | None = None) -> int:
         bentoml_python=Path(sys.executable),
     )
     specs = server_specs(spec_args, tmp)
+    servers = list(args.servers)
+    if args.baseline_src is not None:
+        baseline = str(args.baseline_src.resolve())
+        specs["fisheye-baseline"] = {
+            **specs["fisheye"],
+            "env": {**specs["fisheye"]["env"], "PYTHONPATH": baseline},
+        }
+        servers.insert(
+            servers.index("fisheye") + 1 if "fisheye" in servers else 0, "fisheye-baseline"
+        )
+    # Compiled bytecode, as an installed package has: written by the warm-up start.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
     poll_s = args.poll_ms / 1000
     print(
-        f"cold start of {', '.join(args.servers)} over {args.model} ({platform.node()}, "
+        f"cold start of {', '.join(servers)} over {args.model} ({platform.node()}, "
         f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}), "
         f"photo {photo_path.relative_to(args.photos)}",
         flush=True,
     )
-    results: dict[str, list[Start]] = {name: [] for name in args.servers}
+    results: dict[str, list[Start]] = {name: [] for name in servers}
     for i in range(args.warmup + args.runs):
-        for name in args.servers:
+        for name in servers:
             start, _ = start_once(name, specs[name], tmp, f"{name}-{i}", photo, poll_s)
             counted = i >= args.warmup
             if counted:
                 results[name].append(start)
-            if name == "fisheye" and "ood_score" not in start.answer:
+            if name.startswith("fisheye") and "ood_score" not in start.answer:
                 raise SystemExit(f"fisheye's first answer has no OOD score: {start.answer}")
             print(
                 f"  {name} start {i + 1}{'' if counted else ' (warm-up)'}: listening "
@@ -196,10 +361,19 @@ def main(argv: list[str] | None = None) -> int:
             f"| {fmt(statistics.median(cpu))} |"
         )
 
+    probed = {"fisheye": src}
+    if args.baseline_src is not None:
+        probed["fisheye-baseline"] = str(args.baseline_src.resolve())
+    if args.timeline and "fisheye" in servers:
+        for name, code in probed.items():
+            print(f"\n{name}, one more start with probes: seconds since the process started\n")
+            for line in timeline(specs["fisheye"], code, tmp, photo, poll_s):
+                print(f"  {line}")
+
     if args.import_top:
         os.environ["PYTHONPROFILEIMPORTTIME"] = "1"
         try:
-            for name in args.servers:
+            for name in servers:
                 start, server = start_once(
                     name, specs[name], tmp, f"{name}-importtime", photo, poll_s
                 )

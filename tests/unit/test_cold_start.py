@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,13 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from fisheye.bundle import BundleError, add_arrays, load_bundle
 from fisheye.data.seen import SEEN_DESCRIPTORS_NAME
+from fisheye.inference.backend import InferenceOutput
+from fisheye.inference.onnx_backend import OnnxBackend
+from fisheye.inference.options import RuntimeOptions
 from fisheye.monitoring.drift import DriftDetector
 from fisheye.monitoring.loading import load_model
+from fisheye.serving import state as state_module
 from fisheye.serving.app import create_app
+from fisheye.serving.batcher import MicroBatcher
+from fisheye.serving.schemas import ErrorBody
 from fisheye.serving.settings import ServeSettings
 from tests.helpers.bundles import copy_bundle, make_monitored_bundle
 from tests.helpers.photos import encode, photo
@@ -209,3 +217,123 @@ def test_fisheye_serve_imports_only_what_serving_needs(
     )
     assert not unwanted, f"`fisheye serve` imported {unwanted}"
     assert out["ws"] == "none"
+
+
+def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + 60  # a safety net only
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_work_that_can_wait_starts_after_the_first_answer(
+    exported_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_module, "FIRST_ANSWER_WAIT_S", 600.0)
+    settings = ServeSettings(model=exported_bundle, backend="onnx-int8", monitoring=False)
+    with TestClient(create_app(settings)) as client:
+        _wait(client)
+        state = client.app.state.serving
+        backend = state.slots.live.predictor.backend
+        # Ready, and nothing competes with the first prediction: one ONNX Runtime session,
+        # no decode worker process.
+        assert backend.single is backend.session
+        assert not state.decoder._starting and not state.decoder.processes_ready
+        res = client.post("/v1/predict", files={"file": ("a.jpg", encode(photo(3), "JPEG"))})
+        assert res.status_code == 200, res.text
+        _until(lambda: state.decoder.processes_ready, "the decode workers did not start")
+        _until(lambda: backend.single is not backend.session, "no spinning session")
+        again = client.post("/v1/predict", files={"file": ("a.jpg", encode(photo(3), "JPEG"))})
+        assert again.json()["top_k"] == res.json()["top_k"]
+
+
+def test_work_that_can_wait_starts_anyway_when_no_prediction_comes(
+    exported_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_module, "FIRST_ANSWER_WAIT_S", 0.1)
+    settings = ServeSettings(model=exported_bundle, backend="onnx-int8", monitoring=False)
+    with TestClient(create_app(settings)) as client:
+        _wait(client)
+        state = client.app.state.serving
+        backend = state.slots.live.predictor.backend
+        _until(lambda: state.decoder.processes_ready, "the decode workers did not start")
+        _until(lambda: backend.single is not backend.session, "no spinning session")
+
+
+def test_a_deferred_spinning_session_opens_when_asked_and_answers_alike(
+    exported_bundle: Path,
+) -> None:
+    graph = (exported_bundle / "model.int8.onnx").read_bytes()
+    x = np.random.default_rng(1).random((1, 3, 32, 32), dtype=np.float32)
+    later = OnnxBackend(graph, runtime=RuntimeOptions(threads=1, spinning_session_later=True))
+    assert later.single is later.session
+    before = later.run(x)
+    later.open_spinning_session()
+    assert later.single is not later.session
+    later.open_spinning_session()  # once
+    after = later.run(x)
+    assert np.allclose(before.probabilities, after.probabilities, atol=1e-5)
+    # Without the option (the CLI, a hot swap), or from a path (no checked bytes to keep),
+    # both sessions open with the backend.
+    eager = OnnxBackend(graph, runtime=RuntimeOptions(threads=1))
+    assert eager.single is not eager.session
+    path = OnnxBackend(
+        exported_bundle / "model.int8.onnx",
+        runtime=RuntimeOptions(threads=1, spinning_session_later=True),
+    )
+    assert path.single is not path.session
+
+
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
+
+
+def test_error_responses_are_documented_without_a_validator_per_route(tiny_bundle: Path) -> None:
+    app = create_app(ServeSettings(model=tiny_bundle, monitoring=False))
+    # No route builds a model field for its documented error responses at start-up ...
+    routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    assert routes and all(not r.response_fields for r in routes)
+    # ... and the API document still describes each with the error body's schema.
+    with TestClient(app) as client:
+        doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    assert schemas["ErrorBody"] == ErrorBody.model_json_schema()
+    assert list(schemas) == sorted(schemas)
+    predict = doc["paths"]["/v1/predict"]["post"]["responses"]
+    for code in ("413", "415", "503"):
+        assert predict[code]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorBody"
+        }
+    # Every reference in the document resolves.
+    for ref in _refs(doc):
+        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+
+
+def test_the_batcher_says_once_its_first_answer_is_on_its_way() -> None:
+    def run(batch: np.ndarray) -> InferenceOutput:
+        flat = batch.reshape(len(batch), -1)[:, :2]
+        return InferenceOutput(flat, flat)
+
+    async def main() -> tuple[bool, bool, bool]:
+        b = MicroBatcher(run, max_batch_size=4, max_wait_ms=0)
+        b.start([np.zeros((2, 1, 1, 2), np.float32)])
+        try:
+            after_warmup = b.answered.is_set()
+            await b.submit(np.ones((1, 1, 1, 2), np.float32))
+            # Set by the event loop just after the awaiting task resumed.
+            right_after = b.answered.is_set()
+            deadline = time.monotonic() + 30  # a safety net only
+            while not b.answered.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            return after_warmup, right_after, b.answered.is_set()
+        finally:
+            b.stop()
+
+    after_warmup, right_after, then = asyncio.run(main())
+    assert not after_warmup  # a warm-up run answers nobody
+    assert not right_after and then

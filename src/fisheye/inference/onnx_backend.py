@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from fisheye.bundle import Bundle, BundleError
 from fisheye.inference.backend import InferenceOutput, default_threads, softmax
 from fisheye.inference.options import RuntimeOptions
 
+log = logging.getLogger(__name__)
 ONNX_INPUT = "x"
 ONNX_OUTPUTS = ("logits", "features")
 
@@ -42,6 +44,8 @@ class OnnxBackend:
     the call is under way (about 1 ms less per photo than waking them from sleep), and
     batches run in a session of `batch_threads` (default `threads`) that sleep when they
     wait, which leaves more CPU for decoding photos under load. Both hold the same graph.
+    With `runtime.spinning_session_later` the spinning session is opened by
+    `open_spinning_session`, not here (a cold start opens one session, not two).
     Probabilities are softmax(logits / temperature).
     """
 
@@ -59,11 +63,12 @@ class OnnxBackend:
         self.batch_threads = runtime.batch_threads or self.threads
         source = model if isinstance(model, bytes) else str(model)
         self.session = self._session(source, self.batch_threads, spinning=False)
-        self.single = (
-            self._session(source, self.threads, spinning=True)
-            if runtime.spin_wait
-            else self.session
-        )
+        self.single = self.session
+        self._source: bytes | str | None = None
+        if runtime.spin_wait and runtime.spinning_session_later and isinstance(source, bytes):
+            self._source = source  # the checked bytes, kept until the session is opened
+        elif runtime.spin_wait:
+            self.single = self._session(source, self.threads, spinning=True)
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         if set(ONNX_OUTPUTS) - set(outputs):
@@ -82,6 +87,27 @@ class OnnxBackend:
             ),
             providers=["CPUExecutionProvider"],
         )
+
+    def open_spinning_session(self) -> None:
+        """Open the deferred spinning session for lone photos (its threads take the calling
+        thread's priority), once. It must give the batch session's answer on a test input,
+        else lone photos stay in the batch session (logged)."""
+        source, self._source = self._source, None
+        if source is None:
+            return
+        single = self._session(source, self.threads, spinning=True)
+        shape = [d if isinstance(d, int) else 1 for d in self.session.get_inputs()[0].shape]
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        names = list(ONNX_OUTPUTS)
+        expected = self.session.run(names, {self.input_name: x})
+        got = single.run(names, {self.input_name: x})
+        if all(np.allclose(a, b, rtol=1e-3, atol=1e-3) for a, b in zip(got, expected, strict=True)):
+            self.single = single
+        else:
+            log.warning(
+                "the spinning ONNX Runtime session disagrees with the batch session; "
+                "lone photos keep running in the batch session"
+            )
 
     def run(self, batch: np.ndarray) -> InferenceOutput:
         """Probabilities and features for a preprocessed (N, 3, H, W) float32 batch."""

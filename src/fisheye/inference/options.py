@@ -23,6 +23,10 @@ class RuntimeOptions:
     batch_threads: int | None = None
     # Lone photos run in an ONNX Runtime session whose threads spin during the call.
     spin_wait: bool = True
+    # With spin_wait: that session is opened by `open_spinning_session` (the server calls it
+    # once its first prediction is answered, so a cold start opens one session, not two);
+    # until then lone photos run in the batch session.
+    spinning_session_later: bool = False
     # ONNX Runtime keeps freed buffers in an arena for the next call (faster, more memory).
     memory_arena: bool = True
 

@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import fastapi_offline
 from fastapi import FastAPI
@@ -21,6 +22,7 @@ from fisheye.serving.changes import ModelChangeError
 from fisheye.serving.errors import install_error_handlers
 from fisheye.serving.middleware import ServingMiddleware
 from fisheye.serving.routes import ROUTERS
+from fisheye.serving.schemas import ErrorBody
 from fisheye.serving.settings import ServeSettings
 from fisheye.serving.state import ServingState
 from fisheye.tracking.loading import ModelLoadError
@@ -85,6 +87,7 @@ def create_app(settings: ServeSettings | None = None, state: ServingState | None
         openapi_url="/openapi.json" if settings.api_docs else None,
     )
     app.state.serving = state
+    app.openapi = lambda: _openapi_with_error_body(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
@@ -110,6 +113,17 @@ def create_app(settings: ServeSettings | None = None, state: ServingState | None
         )
     app.add_middleware(ServingMiddleware, settings=settings, metrics=state.metrics)
     return app
+
+
+def _openapi_with_error_body(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI document (built on the first request for it) with the schema of
+    the error body, which the routes' error responses name by reference (`schemas`)."""
+    if app.openapi_schema is None:
+        document = FastAPI.openapi(app)
+        components = document.setdefault("components", {})
+        schemas = {**components.get("schemas", {}), "ErrorBody": ErrorBody.model_json_schema()}
+        components["schemas"] = dict(sorted(schemas.items()))  # in FastAPI's order
+    return app.openapi_schema  # type: ignore[return-value]
 
 
 def app_from_env() -> FastAPI:

@@ -89,6 +89,7 @@ class MicroBatcher:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._warmup_error: BaseException | None = None
+        self.answered = threading.Event()  # set once a batch past the warm-up is answered
 
     @property
     def queued(self) -> int:
@@ -220,4 +221,10 @@ class MicroBatcher:
                 # RuntimeError: the event loop has closed (the server is shutting down).
                 with contextlib.suppress(RuntimeError):
                     job.loop.call_soon_threadsafe(_resolve, job.future, part, error)
+            if not self.answered.is_set():
+                # Set by the event loop once the requests' tasks have resumed (their
+                # answers are being sent), not here, a step earlier.
+                loop = batch[0].loop
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(loop.call_soon, self.answered.set)
         log.debug("batcher stopped")

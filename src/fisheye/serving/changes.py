@@ -73,8 +73,9 @@ class ModelChanges:
     def load(self) -> ModelSlot:
         """Start-up: load the configured model (pinned by FISHEYE_MODEL_SHA256), make it live."""
         with self._lock:
-            # The largest batch is warmed after the server is ready (ServingState.load).
-            slot = self._open(self.settings.model, largest_batch=False)
+            # The largest batch and the spinning session wait for the first answer
+            # (ServingState._after_first_answer).
+            slot = self._open(self.settings.model, largest_batch=False, cold_start=True)
             self._make_live(slot)
             return slot
 
@@ -174,11 +175,15 @@ class ModelChanges:
             self._lock.release()
 
     def _open(
-        self, source: Path | str, role: str = "live", largest_batch: bool = True
+        self,
+        source: Path | str,
+        role: str = "live",
+        largest_batch: bool = True,
+        cold_start: bool = False,
     ) -> ModelSlot:
         """Resolve, load, verify and start `source` (pinned when it is the configured model)."""
         pinned = self.settings.model_sha256 if self._is_configured(source) else None
-        slot = load_slot(resolve_model(source, pinned), self.settings)
+        slot = load_slot(resolve_model(source, pinned), self.settings, cold_start=cold_start)
         self._start(slot, role, largest_batch)
         return slot
 

@@ -11,8 +11,11 @@ Decoding is the step whose cost an upload controls, so it is bounded:
   decode whose request goes away (timeout, disconnect) or that is still running when the
   server stops is ended by killing its process. Either way the slot is free at once, and
   a fresh process takes the ended one's place.
-The processes start on the first decode, in the background: until one is ready (about a
-second), photos decode in threads of the server, so the first answer never waits for them.
+The processes start in the background, on the first decode or, with
+`start_processes="when_told"`, when the owner calls `start_processes` (the server does once
+its first prediction is answered, so that a cold start's first answer has the CPU to
+itself). Until one is ready (about a second), photos decode in threads of the server, so
+no answer waits for them.
 The pool's threads are separate from the thread pool that serves monitoring queries, so
 one cannot starve the other.
 """
@@ -27,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 
@@ -93,6 +96,7 @@ class DecodePool:
         max_cpu_s: float = DEFAULT_MAX_CPU_S,
         processes: bool = True,
         max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+        start_processes: Literal["first_decode", "when_told"] = "first_decode",
     ) -> None:
         self.workers = workers
         self.max_waiting = max_waiting
@@ -102,6 +106,7 @@ class DecodePool:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="fisheye-decode")
         self._pending = 0  # running + waiting; only touched from the event loop
         self._use_processes = processes
+        self._start_on_first_decode = start_processes == "first_decode"
         self._address_space = ADDRESS_SPACE_PER_BUDGET * max_decode_bytes + ADDRESS_SPACE_SLACK
         self._idle: queue.SimpleQueue[DecodeProcess] = queue.SimpleQueue()
         self._started = threading.Event()  # the first process is ready
@@ -159,7 +164,8 @@ class DecodePool:
                 if self._stop_at is not None and time.monotonic() >= self._stop_at:
                     raise DecodeStoppedError("the server is stopping; retry shortly")
                 loop = asyncio.get_running_loop()
-                self._start_processes()
+                if self._start_on_first_decode:
+                    self.start_processes()
                 if not self._started.is_set():  # cold start: the processes are on their way
                     return await loop.run_in_executor(self._executor, run_job, job, data)
                 running = _Running()
@@ -204,8 +210,10 @@ class DecodePool:
             self._all.discard(process)
         process.close()
 
-    def _start_processes(self) -> None:
-        """Start the worker processes in the background, once."""
+    def start_processes(self) -> None:
+        """Start the worker processes in the background, once (later calls do nothing).
+
+        They run at the calling thread's priority (a child process inherits it)."""
         if self._starting or not self._use_processes:
             return
         self._starting = True

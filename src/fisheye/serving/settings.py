@@ -343,8 +343,10 @@ class ServeSettings(BaseSettings):
         return max(1, self.threads // self.model_workers)
 
     def runtime_options(self) -> RuntimeOptions:
-        """How backends run here: the RuntimeOptions fields, read from the same names."""
-        return RuntimeOptions(**{f.name: getattr(self, f.name) for f in fields(RuntimeOptions)})
+        """How backends run here: the RuntimeOptions fields, read from the same names (a field
+        with no setting of its name keeps its default)."""
+        names = [f.name for f in fields(RuntimeOptions) if hasattr(self, f.name)]
+        return RuntimeOptions(**{name: getattr(self, name) for name in names})
 
     def prediction_options(self) -> PredictionOptions:
         """What a Predictor accepts and answers: the PredictionOptions fields, same names."""

@@ -11,7 +11,7 @@ import contextlib
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -105,6 +105,13 @@ class ModelSlot:
             )
             self.live_monitor.start()
 
+    def open_deferred_sessions(self) -> None:
+        """Open what `load_slot(cold_start=True)` left for later (a backend's spinning
+        session), at the calling thread's priority."""
+        opener = getattr(self.predictor.backend, "open_spinning_session", None)
+        if opener is not None:
+            opener()
+
     def warm_largest_batch(self, settings: ServeSettings) -> None:
         """Run one largest batch (its buffers are allocated now, not under the first burst)."""
         size = self.predictor.preprocessing.input_size
@@ -133,12 +140,21 @@ class ModelSlot:
         }
 
 
-def load_slot(resolved: ResolvedSource, settings: ServeSettings) -> ModelSlot:
-    """Load and verify a resolved bundle with the server's settings (ModelLoadError if not)."""
+def load_slot(
+    resolved: ResolvedSource, settings: ServeSettings, *, cold_start: bool = False
+) -> ModelSlot:
+    """Load and verify a resolved bundle with the server's settings (ModelLoadError if not).
+
+    `cold_start`: the server's first model; a second ONNX Runtime session (for lone photos)
+    is left to `ModelSlot.open_deferred_sessions`, after the first prediction.
+    """
+    runtime = settings.runtime_options()
+    if cold_start:
+        runtime = replace(runtime, spinning_session_later=True)
     loaded = open_model(
         resolved,
         backend=settings.backend,
-        runtime=settings.runtime_options(),
+        runtime=runtime,
         options=settings.prediction_options(),
         monitoring=settings.monitor_options(),
         # Each file is hash-checked when it is read (before ONNX Runtime or the monitor

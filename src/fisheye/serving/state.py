@@ -23,11 +23,14 @@ from fisheye.serving.live_monitor import LiveMonitor, open_prediction_log
 from fisheye.serving.memory import return_large_buffers_to_the_os, trim_freed_memory
 from fisheye.serving.metrics import Metrics
 from fisheye.serving.settings import ServeSettings
-from fisheye.serving.slots import Slots
+from fisheye.serving.slots import ModelSlot, Slots
 from fisheye.tracking.loading import INVALID, NOT_PINNED, ModelLoadError
 
 log = logging.getLogger(__name__)
 BACKGROUND_NICE = 10  # how much lower the loader thread runs once the model answers
+# How long start-up work that can wait (decode worker processes, the model's session for
+# lone photos, a largest batch) waits for the first answer before it starts anyway.
+FIRST_ANSWER_WAIT_S = 10.0
 
 
 def limit_blas_threads() -> None:
@@ -60,6 +63,8 @@ class ServingState:
     ready: bool = False
     load_error: str | None = None
     _loader: threading.Thread | None = field(default=None, repr=False)
+    _after_start: threading.Thread | None = field(default=None, repr=False)
+    _closing: threading.Event = field(default_factory=threading.Event, repr=False)
 
     # The live slot's parts, for the routes (one attribute read each).
     @property
@@ -108,6 +113,7 @@ class ServingState:
             max_cpu_s=s.max_decode_cpu_s,
             processes=s.decode_processes,
             max_decode_bytes=s.max_decode_bytes,
+            start_processes="when_told",
         )
         self.uploads = UploadBudget(s.max_upload_memory_bytes)
         if s.monitoring:
@@ -128,13 +134,40 @@ class ServingState:
             slot.predictor.backend_name,
             time.perf_counter() - start,
         )
-        # Work that can wait until the model answers, at a low priority in this thread: a
-        # largest batch (the drift reference is prepared in the drift window's thread).
+        # Work that can wait until the first prediction is answered: on a cold start it
+        # would take CPU from that answer.
+        self._after_start = threading.Thread(
+            target=self._after_first_answer, args=(slot,), name="fisheye-after-start", daemon=True
+        )
+        self._after_start.start()
+
+    def _after_first_answer(self, slot: ModelSlot) -> None:
+        """Once the first prediction is answered (or FIRST_ANSWER_WAIT_S passed without one):
+        start the decode worker processes and open the model's deferred session (before
+        this thread's priority is lowered: processes and ONNX Runtime threads inherit it),
+        then, at a low priority, run a largest batch (the drift reference is prepared in
+        the drift window's thread)."""
+        assert slot.batcher is not None and self.decoder is not None
+        deadline = time.monotonic() + FIRST_ANSWER_WAIT_S
+        while not slot.batcher.answered.wait(0.05):
+            if self._closing.is_set():
+                return
+            if time.monotonic() >= deadline:
+                break
+        self.decoder.start_processes()
+        if self.slots.live is not slot:  # replaced by a swap meanwhile: it serves no more
+            return
+        try:
+            slot.open_deferred_sessions()
+        except Exception as exc:  # lone photos keep running in the batch session
+            log.warning("opening the model's session for lone photos failed: %s", exc)
         lower_thread_priority(BACKGROUND_NICE)
         try:
-            slot.warm_largest_batch(s)
+            slot.warm_largest_batch(self.settings)
         except Exception as exc:  # the model answers already; the first burst pays instead
-            log.warning("warming the model at batch %d failed: %s", s.max_batch_size, exc)
+            log.warning(
+                "warming the model at batch %d failed: %s", self.settings.max_batch_size, exc
+            )
 
     def load_or_report(self) -> None:
         """`load`, but a failure is kept in `load_error` (shown on /readyz), not raised.
@@ -160,6 +193,9 @@ class ServingState:
 
     def close(self) -> None:
         """Stop the batchers after they finish queued work, then the monitoring threads."""
+        self._closing.set()
+        if self._after_start is not None:
+            self._after_start.join(60)
         self.ready = False
         self.metrics.ready.set(0)
         if self.changes is not None:
