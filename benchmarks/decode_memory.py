@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +30,11 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.local_server import start_server
 from tests.helpers.bombs import ALL_CASES, WORST_CASES
 from tests.helpers.bundles import make_bundle
 from tests.helpers.memory import peak_mb, reset_peak, rss_mb
 from tests.helpers.process_tree import PeakSampler, tree_cpu_s, tree_rss_mb
-from tests.helpers.server import free_port
 
 REAL_PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fish-256" / "val"
 
@@ -125,38 +123,6 @@ def wait_idle(pid: int, max_s: float, cpu_share: float = 0.1) -> float:
     return float("inf")
 
 
-def start_server(
-    model: Path, pythonpath: str | None, log_path: Path, env: dict[str, str]
-) -> tuple[str, subprocess.Popen]:
-    """`fisheye serve` on a free port; returns its URL and process once it is ready."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "FISHEYE_LOG_LEVEL": "warning",
-        "FISHEYE_PREDICTION_LOG": "false",
-        **env,
-    }
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    cmd = [sys.executable, "-c", "from fisheye.cli import app; app(prog_name='fisheye')"]
-    cmd += ["serve", "--model", str(model), "--port", str(port)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return url, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not become ready in 120 s")
-
-
 def _statuses(codes: Counter[int]) -> str:
     return ", ".join(f"{c}x{n}" for c, n in sorted(codes.items()))
 
@@ -191,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = make_bundle(Path(tmp) / "bundle")
-        url, proc = start_server(model, args.pythonpath, Path(tmp) / "server.log", env)
+        url, proc = start_server(
+            model,
+            Path(tmp) / "server.log",
+            {"FISHEYE_PREDICTION_LOG": "false", **env},
+            pythonpath=args.pythonpath,
+            ready_s=120,
+        )
         try:
             pid = proc.pid
             if photos:

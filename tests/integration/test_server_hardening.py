@@ -30,6 +30,7 @@ from fisheye.bundle import BUNDLE_JSON, bundle_sha256
 from tests.helpers.bundles import rewrite_meta
 from tests.helpers.paths import FISH_CLASSES
 from tests.helpers.photos import encode, photo
+from tests.helpers.raw_http import read_response
 from tests.helpers.server import Server, free_port, run_server
 
 pytestmark = pytest.mark.integration
@@ -136,26 +137,6 @@ def _send_partial_upload(
         f"Content-Length: {total}\r\n\r\n"
     ).encode()
     sock.sendall(head + sent)
-
-
-def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 response read off a raw socket (status, lower-case headers, body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed mid-response: {data[:200]!r}")
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(status_line.split()[1]), headers, body
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> float | None:
@@ -342,7 +323,7 @@ def test_past_the_concurrency_limit_requests_get_503_but_probes_answer(
             for probe in ("/healthz", "/readyz", "/metrics"):
                 assert c.get(probe).status_code == 200, probe
             # The held request ends (408 at the request timeout) and frees its slot.
-            status, _, body = _read_response(held)
+            status, _, body = read_response(held)
             assert status == 408 and json.loads(body)["error"] == "request_timeout"
             assert c.post("/v1/predict", files={"file": ("a.jpg", _jpeg(1))}).status_code == 200
     finally:
@@ -367,7 +348,7 @@ def test_a_request_not_done_in_time_is_408(limits_server: Server, client_kind: s
                 except TimeoutError:
                     assert time.monotonic() - start < LIMITS_TIMEOUT_S + 5, "no 408"
             sock.settimeout(10)
-        status, headers, body = _read_response(sock)
+        status, headers, body = read_response(sock)
         elapsed = time.monotonic() - start
         assert status == 408, body
         assert json.loads(body)["error"] == "request_timeout"
@@ -384,7 +365,7 @@ def test_idle_keep_alive_connections_are_closed(limits_server: Server) -> None:
     try:
         for _ in range(2):  # the connection is kept alive between requests...
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            status, headers, body = _read_response(sock)
+            status, headers, body = read_response(sock)
             assert status == 200 and json.loads(body) == {"status": "ok"}
             assert headers.get("connection") != "close"
         closed_after = _closed_within(sock, 5)  # ...and closed after 1 s idle (default 5)

@@ -6,6 +6,8 @@ rollups.py), or PostgreSQL for a fleet of replicas (postgres_store.py, pg_schema
 pg_queries.py); `open_store` picks from a path or a URL.
 """
 
+from fisheye.monitoring.prediction_log.db_url import is_postgres_url, redact
+from fisheye.monitoring.prediction_log.opening import open_store
 from fisheye.monitoring.prediction_log.rows import (
     FeedbackConflictError,
     FeedbackError,
@@ -16,13 +18,7 @@ from fisheye.monitoring.prediction_log.rows import (
     StoreUnavailableError,
 )
 from fisheye.monitoring.prediction_log.spool import Spool
-from fisheye.monitoring.prediction_log.store import (
-    LogStore,
-    SQLiteStore,
-    is_postgres_url,
-    open_store,
-    redact,
-)
+from fisheye.monitoring.prediction_log.store import LogStore, SQLiteStore
 from fisheye.monitoring.prediction_log.writer import PredictionLog
 
 __all__ = [

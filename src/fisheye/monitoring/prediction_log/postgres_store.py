@@ -23,6 +23,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from fisheye.monitoring.prediction_log import pg_queries
+from fisheye.monitoring.prediction_log.db_url import redact
 from fisheye.monitoring.prediction_log.pg_schema import (
     MIGRATIONS,
     RETENTION_LOCK,
@@ -36,7 +37,6 @@ from fisheye.monitoring.prediction_log.rows import (
     StoreError,
     StoreUnavailableError,
 )
-from fisheye.monitoring.prediction_log.store import redact
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,29 +26,6 @@ from fisheye.monitoring.prediction_log.rows import (
 from fisheye.monitoring.prediction_log.schema import connect
 
 READ_TIMEOUT_MS = 2000
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_postgres_url(db: object) -> bool:
-    """Whether `db` names a PostgreSQL database (a URL) rather than a SQLite file."""
-    return isinstance(db, str) and db.startswith(POSTGRES_SCHEMES)
-
-
-def redact(url: str) -> str:
-    """A database URL without its password (for messages and logs)."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
-def open_store(db: Path | str, *, replica: str, readonly: bool = False) -> LogStore:
-    """The store `db` names: a PostgreSQL URL (postgresql://user@host:5432/db, shared by a
-    fleet) or a SQLite file (one machine). psycopg is imported only for a URL. `readonly`:
-    the caller only reads, once (the report)."""
-    if is_postgres_url(db):
-        from fisheye.monitoring.prediction_log.postgres_store import PostgresStore
-
-        # A read-only opener (the report) reads once: no pool.
-        return PostgresStore(str(db), replica=replica, pool_size=0 if readonly else 2)
-    return SQLiteStore(Path(db), readonly=readonly, replica=replica)
 
 
 class LogStore(Protocol):
