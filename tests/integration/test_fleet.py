@@ -1,0 +1,195 @@
+"""A fleet on one machine: three `fisheye serve` replicas sharing one PostgreSQL prediction
+store, behind a real HAProxy running deploy/haproxy/haproxy.cfg (tests/helpers/fleet.py).
+
+The tests share one fleet and run in file order: the last one kills a replica.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.helpers.fleet import (
+    Fleet,
+    check_haproxy_config,
+    haproxy_path,
+    render_haproxy_config,
+    run_fleet,
+    wait_until,
+)
+from tests.helpers.photos import encode, photo
+from tests.helpers.postgres import PostgresServer, fresh_database
+
+pytestmark = pytest.mark.integration
+REPLICAS = ("replica-1", "replica-2", "replica-3")
+WINDOW = {"window": "1h"}
+SETTLE_S = 60.0  # safety net only: every wait polls for its condition
+
+
+@pytest.fixture(scope="module")
+def haproxy() -> str:
+    """Skips where HAProxy is not installed, except in CI, where .ci/run installs it."""
+    found = haproxy_path()
+    if found is None:
+        message = "HAProxy is not installed (apt-get install haproxy)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(scope="module")
+def fleet_store(postgres_server: PostgresServer) -> str:
+    return fresh_database(postgres_server, "fleet")
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    haproxy: str, fleet_store: str, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    workdir = tmp_path_factory.mktemp("fleet")
+    # Summaries are not reused (1 s by default), so every answer reads the store as it is.
+    with run_fleet(tiny_bundle, fleet_store, workdir, FISHEYE_SUMMARY_CACHE_S="0") as running:
+        yield running
+
+
+def predict(client: httpx.Client, n: int, seed: int = 0) -> list[str]:
+    """Post `n` photos; every one must be answered. The predictions' ids."""
+    ids = []
+    for i in range(n):
+        res = client.post("/v1/predict", files={"file": ("p.png", encode(photo(seed + i), "PNG"))})
+        assert res.status_code == 200, res.text
+        ids.append(res.json()["id"])
+    return ids
+
+
+def made_by(store: str, ids: list[str]) -> dict[str, str]:
+    """The replica that made each prediction among `ids` that is in the store."""
+    with psycopg.connect(store) as conn:
+        rows = conn.execute(
+            "SELECT id, replica FROM predictions WHERE id = ANY(%s)", (ids,)
+        ).fetchall()
+    return dict(rows)
+
+
+def all_stored(store: str, ids: list[str]) -> dict[str, str] | None:
+    """`made_by` once every prediction among `ids` is in the store, else None."""
+    found = made_by(store, ids)
+    return found if len(found) == len(ids) else None
+
+
+def stored_count(store: str) -> int:
+    with psycopg.connect(store) as conn:
+        return conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+
+
+def settled_summary(url: str, store: str) -> dict:
+    """The summary from `url` once it counts every prediction in the store (rows another
+    replica still holds in its queue are waited for)."""
+
+    def summary() -> dict | None:
+        s = httpx.get(f"{url}/v1/monitoring/summary", params=WINDOW, timeout=30).json()
+        return s if s["predictions"] == stored_count(store) else None
+
+    return wait_until(summary, SETTLE_S, f"the summary of {url} to count every stored row")
+
+
+def test_the_haproxy_config_is_valid(haproxy: str, tmp_path: Path) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(render_haproxy_config({"a": "127.0.0.1:8001", "b": "127.0.0.1:8002"}))
+    output = check_haproxy_config(config)
+    assert "WARNING" not in output and "ALERT" not in output, output
+    config.write_text(render_haproxy_config({"a": "127.0.0.1:8001"}) + "    servr b x:1\n")
+    with pytest.raises(RuntimeError, match="haproxy -c failed"):
+        check_haproxy_config(config)
+
+
+def test_predictions_reach_every_replica_and_land_in_one_store(
+    fleet: Fleet, fleet_store: str
+) -> None:
+    with httpx.Client(base_url=fleet.balancer.url, timeout=30) as client:
+        ids = predict(client, 12)
+    makers = wait_until(lambda: all_stored(fleet_store, ids), SETTLE_S, "every row stored")
+    assert set(makers.values()) == set(REPLICAS)  # round robin: no replica left out
+
+    summary = settled_summary(fleet.balancer.url, fleet_store)
+    assert summary["predictions"] >= len(ids)
+    assert set(summary["replicas"]) == set(REPLICAS)
+    assert sum(summary["replicas"].values()) == summary["predictions"]
+
+
+def test_feedback_through_haproxy_is_accepted_for_any_replicas_prediction(
+    fleet: Fleet, fleet_store: str
+) -> None:
+    with httpx.Client(base_url=fleet.balancer.url, timeout=30) as client:
+        ids = predict(client, 6, seed=100)
+        before = settled_summary(fleet.balancer.url, fleet_store)["feedback"]["count"]
+        # Each label is sent twice in a row: round robin gives the two requests to two
+        # different replicas, so at least one of them did not make the prediction.
+        for i in ids:
+            for _ in range(2):
+                res = client.post("/v1/feedback", json={"id": i, "label": "Trout"})
+                assert res.status_code == 200, res.text
+    after = settled_summary(fleet.balancer.url, fleet_store)["feedback"]["count"]
+    assert after - before == len(ids)
+
+    # And straight to a replica that did not make the prediction.
+    for i, maker in made_by(fleet_store, ids).items():
+        other = fleet.replicas[next(r for r in REPLICAS if r != maker)]
+        res = httpx.post(f"{other.url}/v1/feedback", json={"id": i, "label": "Trout"}, timeout=30)
+        assert res.status_code == 200, res.text
+        assert res.json()["feedback_count"] == after
+
+
+def test_haproxy_reports_its_health_and_the_replicas(fleet: Fleet) -> None:
+    assert httpx.get(f"{fleet.balancer.stats_url}/healthz", timeout=5).status_code == 200
+    assert fleet.balancer.server_states() == dict.fromkeys(REPLICAS, "UP")
+    metrics = httpx.get(f"{fleet.balancer.stats_url}/metrics", timeout=5).text
+    assert 'haproxy_server_status{proxy="fisheye",server="replica-1",state="UP"} 1' in metrics
+
+
+def test_every_replica_reports_the_fleet_as_haproxy_does(fleet: Fleet, fleet_store: str) -> None:
+    through_haproxy = settled_summary(fleet.balancer.url, fleet_store)
+    for name, server in fleet.replicas.items():
+        direct = httpx.get(f"{server.url}/v1/monitoring/summary", params=WINDOW, timeout=30)
+        assert direct.json() == through_haproxy, name
+        own = httpx.get(
+            f"{server.url}/v1/monitoring/summary", params={**WINDOW, "replica": name}, timeout=30
+        ).json()
+        assert own["predictions"] == through_haproxy["replicas"][name]
+
+
+def test_a_killed_replica_is_routed_around_and_its_flushed_rows_stay(
+    fleet: Fleet, fleet_store: str
+) -> None:
+    victim = fleet.replicas["replica-3"]
+    with httpx.Client(base_url=fleet.balancer.url, timeout=30) as client:
+        ids = predict(client, 6, seed=200)
+        settled_summary(fleet.balancer.url, fleet_store)  # every row flushed
+        flushed = [i for i, r in made_by(fleet_store, ids).items() if r == "replica-3"]
+        assert flushed
+
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait(10)
+        # Whether or not the health check has noticed yet, every request is answered: a
+        # refused connection is sent again to another replica.
+        after_kill = predict(client, 6, seed=300)
+        wait_until(
+            lambda: fleet.balancer.server_states()["replica-3"].startswith("DOWN"),
+            SETTLE_S,
+            "haproxy's health check to mark replica-3 DOWN",
+        )
+        after_down = predict(client, 6, seed=400)
+        for i in flushed:  # feedback on the killed replica's predictions still lands
+            assert client.post("/v1/feedback", json={"id": i, "label": "Trout"}).status_code == 200
+
+    answered = after_kill + after_down
+    makers = wait_until(lambda: all_stored(fleet_store, answered), SETTLE_S, "every row stored")
+    assert set(makers.values()) == {"replica-1", "replica-2"}
+    assert set(made_by(fleet_store, flushed).values()) == {"replica-3"}
