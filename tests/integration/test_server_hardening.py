@@ -210,19 +210,37 @@ def _bytes_written(pid: int) -> int:
     raise KeyError("wchar")
 
 
-def test_uploads_never_reach_the_disk(server: Server, tmpdir_of_server: Path) -> None:
+@pytest.fixture(scope="module")
+def threads_server(
+    monitored_bundle: Path, tmpdir_of_server: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The `server` set-up with decodes in threads: decode worker processes get each photo
+    through a pipe, which /proc counts as written bytes, and the upload parser is what
+    `test_uploads_never_reach_the_disk` measures."""
+    tmp = tmp_path_factory.mktemp("threads-server")
+    env = {
+        "TMPDIR": str(tmpdir_of_server),
+        "FISHEYE_PREDICTION_DB": str(tmp / "log.sqlite"),
+        "FISHEYE_MAX_UPLOAD_MB": "2",
+        "FISHEYE_DECODE_PROCESSES": "false",
+    }
+    with run_server(monitored_bundle, tmp, **env) as srv:
+        yield srv
+
+
+def test_uploads_never_reach_the_disk(threads_server: Server, tmpdir_of_server: Path) -> None:
     """20 photos over 1 MiB each: a spooling parser would write them under TMPDIR.
 
     Spooled files are anonymous (O_TMPFILE, or unlinked at once), so an empty TMPDIR alone
     proves little: the test also watches the server's open files while the request runs
     and counts the bytes it writes (its answer and a few log rows are all it may write).
     """
-    if not Path(f"/proc/{server.process.pid}/io").is_file():
+    if not Path(f"/proc/{threads_server.process.pid}/io").is_file():
         pytest.skip("needs Linux /proc to watch the server's files")
     photos = [_jpeg(100 + i, (1000, 1000), quality=95) for i in range(20)]
     total = sum(len(p) for p in photos)
     assert min(len(p) for p in photos) > MB  # over Starlette's 1 MiB in-memory spool
-    fd_dir = Path(f"/proc/{server.process.pid}/fd")
+    fd_dir = Path(f"/proc/{threads_server.process.pid}/fd")
     seen: set[str] = set()
     done = threading.Event()
 
@@ -236,18 +254,18 @@ def test_uploads_never_reach_the_disk(server: Server, tmpdir_of_server: Path) ->
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch_open_files, daemon=True)
-    before = _bytes_written(server.process.pid)
+    before = _bytes_written(threads_server.process.pid)
     watcher.start()
     try:
         res = httpx.post(
-            f"{server.url}/v1/predict/batch",
+            f"{threads_server.url}/v1/predict/batch",
             files=[("files", (f"big{i}.jpg", p)) for i, p in enumerate(photos)],
             timeout=TIMEOUT,
         )
     finally:
         done.set()
         watcher.join(5)
-    written = _bytes_written(server.process.pid) - before
+    written = _bytes_written(threads_server.process.pid) - before
     assert res.status_code == 200, res.text
     results = res.json()["results"]
     assert len(results) == 20 and all(r["error"] is None for r in results)
