@@ -17,22 +17,17 @@ as the replica that answered it may still be writing it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fisheye.monitoring.prediction_log.feedback_writes import FeedbackRequest, FeedbackWrites
 from fisheye.monitoring.prediction_log.rows import (
-    FeedbackConflictError,
-    FeedbackError,
     PredictionRow,
     ShadowRow,
     StoreBusyError,
@@ -49,7 +44,6 @@ BUSY_BACKOFF_S = (0.005, 0.1)  # first and longest wait between tries of a write
 REPLAY_EVERY_S = 1.0  # how often spooled rows are offered to a store that was away
 UNAVAILABLE_BACKOFF_S = 1.0  # the longest wait between tries while the store cannot be reached
 SHARED_STORE_GRACE_S = 2.0  # how long feedback looks for a prediction of another replica
-UNKNOWN_POLL_S = 0.1
 
 
 class _Barrier:
@@ -57,16 +51,7 @@ class _Barrier:
         self.event = threading.Event()
 
 
-@dataclass
-class _Feedback:
-    """A feedback write, answered by the writer thread through `result`."""
-
-    prediction_id: str
-    label: str
-    result: Future = field(default_factory=Future)
-
-
-class PredictionLog:
+class PredictionLog(FeedbackWrites):
     """Asynchronous prediction log (SQLite or PostgreSQL) with retention and lost-row
     accounting."""
 
@@ -230,7 +215,7 @@ class PredictionLog:
                     stop = True
                 elif isinstance(item, _Barrier):
                     barriers.append(item)
-                elif isinstance(item, _Feedback):
+                elif isinstance(item, FeedbackRequest):
                     feedback.append(item)
                 elif item[0] == "prediction":
                     rows.append((item[1], item[2]))
@@ -381,96 +366,6 @@ class PredictionLog:
         with contextlib.suppress(StoreError):
             self._until_unlocked(lambda: self.store.retain(self.retention_days, self.max_rows))
 
-    # -- feedback (any thread asks, the writer thread writes) -----------------------------
-    def add_feedback(self, prediction_id: str, label: str) -> dict[str, Any]:
-        """Record the true label of a logged prediction; returns whether it was right.
-
-        The first feedback on a prediction counts. A later, different label raises
-        FeedbackConflictError after keeping it in `feedback_corrections` (audit); the same
-        label again is answered like the first. FeedbackError for an unknown prediction;
-        StoreError when the log cannot be written now. The writer thread writes it, after
-        the predictions queued before it; this call waits for it (`feedback_timeout_s`).
-        """
-        give_up = time.monotonic() + self.unknown_grace_s
-        while True:
-            try:
-                return self._queue_feedback(prediction_id, label).result(self.feedback_timeout_s)
-            except FutureTimeout:
-                raise self._feedback_timed_out() from None
-            except FeedbackError:
-                if time.monotonic() >= give_up:
-                    raise
-            time.sleep(UNKNOWN_POLL_S)
-
-    async def add_feedback_async(self, prediction_id: str, label: str) -> dict[str, Any]:
-        """`add_feedback` for the event loop: awaits the writer without holding a thread."""
-        give_up = time.monotonic() + self.unknown_grace_s
-        while True:
-            waiting = asyncio.wrap_future(self._queue_feedback(prediction_id, label))
-            try:
-                return await asyncio.wait_for(waiting, self.feedback_timeout_s)
-            except TimeoutError:
-                raise self._feedback_timed_out() from None
-            except FeedbackError:
-                if time.monotonic() >= give_up:
-                    raise
-            await asyncio.sleep(UNKNOWN_POLL_S)
-
-    def _queue_feedback(self, prediction_id: str, label: str) -> Future:
-        if not self.running:
-            raise StoreError("the prediction log is not running")
-        request = _Feedback(prediction_id, label)
-        try:
-            self._queue.put_nowait(request)
-        except queue.Full:
-            raise StoreError("the prediction log's queue is full; retry shortly") from None
-        return request.result
-
-    def _feedback_timed_out(self) -> StoreError:
-        return StoreError(
-            f"the prediction log did not write the feedback within {self.feedback_timeout_s:g} s"
-            " (it is kept and written later); retry"
-        )
-
-    def _answer(self, opened: bool, request: _Feedback) -> None:
-        try:
-            if not opened:
-                raise StoreError("the database cannot be opened")
-            result = self._until_unlocked(
-                lambda: self._feedback(request.prediction_id, request.label)
-            )
-        except Exception as exc:  # the caller gets it (FeedbackError, StoreError, ...)
-            if request.result.set_running_or_notify_cancel():
-                request.result.set_exception(exc)
-        else:
-            if request.result.set_running_or_notify_cancel():
-                request.result.set_result(result)
-
-    def _feedback(self, prediction_id: str, label: str) -> dict[str, Any]:
-        found = self.store.find_prediction(prediction_id)
-        if found is None:
-            raise FeedbackError(f"no logged prediction has id {prediction_id!r}")
-        prediction_ts, predicted = found
-        added, recorded, n, correct = self.store.add_feedback(
-            prediction_id, label, predicted, prediction_ts
-        )
-        result = {
-            "id": prediction_id,
-            "label": recorded,
-            "predicted": predicted,
-            "correct": predicted == recorded,
-            "accuracy": correct / n if n else None,
-            "feedback_count": n,
-            "new": added,
-        }
-        if not added and recorded != label:
-            raise FeedbackConflictError(
-                f"prediction {prediction_id!r} already has feedback {recorded!r}; "
-                f"{label!r} was kept as a correction for review",
-                result,
-            )
-        return result
-
     # -- reader side (any thread) ---------------------------------------------------------
     def summary(self, window_s: float, replica: str | None = None) -> dict[str, Any]:
         """Counts per class, confidence, OOD rate, feedback accuracy, latency, drift: of every
@@ -482,4 +377,4 @@ class PredictionLog:
 def _ends_batch(item: Any) -> bool:
     """Whether the writer should stop gathering after `item`: the log stops, or a caller
     waits for it (a flush or a feedback)."""
-    return item is None or isinstance(item, _Barrier | _Feedback)
+    return item is None or isinstance(item, _Barrier | FeedbackRequest)
