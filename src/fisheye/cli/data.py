@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from fisheye.cli.common import MAX_LISTED, RichProgress, consoles, fail, require_train_extra
+from fisheye.cli.common import RichProgress, consoles, fail, require_train_extra
 from fisheye.cli.data_check import check_cmd
+from fisheye.cli.import_report import print_import_report
 from fisheye.data.download import DownloadError, download_dataset
 from fisheye.data.grouping import DEFAULT_COSINE_THRESHOLD, group_near_duplicates
-from fisheye.data.manifest import SPLITS, groups_across_splits, manifest_hash
-from fisheye.data.pipelines import ImportReport, import_dataset
+from fisheye.data.pipelines import import_dataset
 from fisheye.data.synthetic import write_synthetic
 
 
@@ -33,51 +31,6 @@ data_app = typer.Typer(
     no_args_is_help=True,
 )
 data_app.command("check")(check_cmd)
-
-
-def _counts_table(report: ImportReport) -> Table:
-    counts = report.counts()
-    splits = [s for s in (*SPLITS, "") if any(c[s] for c in counts.values())]
-    table = Table(title=f"Photos per class ({report.layout} layout)")
-    table.add_column("class")
-    for split in splits:
-        table.add_column(split or "unassigned", justify="right")
-    table.add_column("total", justify="right", style="bold")
-    for label in sorted(counts):
-        c = counts[label]
-        table.add_row(label, *(str(c[s]) for s in splits), str(sum(c.values())))
-    totals = [sum(c[s] for c in counts.values()) for s in splits]
-    table.add_row("total", *(str(t) for t in totals), str(sum(totals)), style="bold")
-    return table
-
-
-def print_import_report(report: ImportReport, console: Console | None = None) -> None:
-    """Show an import's per-class counts, groups and problems with rich."""
-    console = console or Console()
-    console.print(_counts_table(report))
-    console.print(f"Near-duplicate groups: [bold]{report.n_groups}[/]")
-    crossing = groups_across_splits(report.rows)
-    if crossing:
-        console.print(
-            f"[yellow]{crossing} groups span more than one split "
-            "(near-duplicates leak between splits)[/]"
-        )
-    console.print(f"Exact duplicates (identical bytes): [bold]{report.n_duplicates}[/]")
-    console.print(f"Tiny photos (shorter side < 32 px): [bold]{len(report.tiny)}[/]")
-    for path in report.tiny[:MAX_LISTED]:
-        console.print(f"  {path}")
-    if report.unreadable:
-        console.print(f"[red]Unreadable files skipped: {len(report.unreadable)}[/]")
-        for path, reason in report.unreadable[:MAX_LISTED]:
-            console.print(f"  {path}: {reason}")
-        if len(report.unreadable) > MAX_LISTED:
-            console.print(f"  ... and {len(report.unreadable) - MAX_LISTED} more")
-    else:
-        console.print("Unreadable files skipped: 0")
-    console.print(f"Manifest: {report.manifest_path}")
-    console.print(f"Dataset hash: {manifest_hash(report.rows)}")
-    if report.copied:
-        console.print(f"Photos copied into {report.manifest_path.parent / 'images'}")
 
 
 @data_app.command("import")
