@@ -27,11 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from fisheye.cli.predict import load_actor_predictor
 from fisheye.data.files import collect_image_paths
 from fisheye.inference.batch import local_batches, write_rows
 from fisheye.inference.ray_engine import connect, ray_batches
 from fisheye.inference.results import ResultWriter
+from fisheye.monitoring.loading import load_predictor
 from tests.helpers.paths import DEFAULT_MODEL, VAL
 
 PEAK_CODE = """
@@ -91,7 +91,7 @@ def main() -> None:
         raise SystemExit(f"the shared photos are not at {VAL}")
 
     # The Predictor as `fisheye predict` builds it (its monitor's OOD scores included).
-    load = functools.partial(load_actor_predictor, backend="auto", top_k=3)
+    load = functools.partial(load_predictor, backend="auto", top_k=3)
     predictor = load(args.model)
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, model {args.model}")
     print(f"# backend {predictor.backend_name}, batch size {args.batch_size}")

@@ -214,13 +214,13 @@ def test_ray_engine_steps_give_the_local_rows(tiny_bundle: Path, photos) -> None
 
     import numpy as np
 
-    from fisheye.cli.predict import load_actor_predictor
     from fisheye.inference.batch import local_batches
     from fisheye.inference.ray_engine import PredictActor, bundle_files, prepare_batch
+    from fisheye.monitoring.loading import load_predictor
 
     folder, good, bad = photos
     files = [*good[:3], *bad.values()]
-    load = functools.partial(load_actor_predictor, backend="auto", top_k=3)
+    load = functools.partial(load_predictor, backend="auto", top_k=3)
     predictor = load(tiny_bundle)
     prepared = prepare_batch({"path": np.asarray([str(f) for f in files])}, predictor.preparer)
     assert prepared["pixels"].shape[0] == len(files)

@@ -57,3 +57,9 @@ def load_model(
     )
     predictor.verify()
     return LoadedModel(predictor, monitor)
+
+
+def load_predictor(bundle_dir: Path, *, backend: str, top_k: int) -> Predictor:
+    """The Predictor of a bundle with its monitor, `top_k` candidates per photo (what one
+    Ray actor of `fisheye predict --engine ray` runs)."""
+    return load_model(bundle_dir, backend=backend, options=PredictionOptions(top_k=top_k))[0]
