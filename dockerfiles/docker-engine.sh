@@ -36,9 +36,12 @@ if ! docker compose version >/dev/null 2>&1; then
     tmp=$(mktemp -d)
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \
         >"$tmp/sources.list"
+    # Lists and cache in their own folders (apt needs their partial/ subfolders); the
+    # sandbox user _apt cannot read a mktemp folder, so apt fetches as root.
     opts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
-          -o "Dir::State::Lists=$tmp" -o "Dir::Cache=$tmp")
-    mkdir -p "$tmp/partial" "$tmp/archives/partial"
+          -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache"
+          -o APT::Sandbox::User=root)
+    mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial"
     { apt_quiet "${opts[@]}" update \
         && (cd "$tmp" && apt_quiet "${opts[@]}" download docker-compose) \
         && dpkg -i "$tmp"/docker-compose_*.deb >>/tmp/fisheye-docker-apt.log 2>&1; } \
