@@ -40,7 +40,7 @@ import yaml
 from tests.helpers.paths import REPO_ROOT
 
 KUBERNETES = REPO_ROOT / "deploy" / "kubernetes"
-KUSTOMIZATIONS = ("base", "overlays/cpu", "overlays/gpu")
+KUSTOMIZATIONS = ("base", "overlays/cpu", "overlays/gpu", "overlays/fleet")
 CHECKOV_VERSION = "3.3.30"
 
 

@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from fisheye.monitoring.prediction_log.db_url import is_postgres_url, redact
 from fisheye.serving.settings import ServeSettings
 from tests.helpers.deploy_tools import (
     KUSTOMIZATIONS,
@@ -310,7 +311,8 @@ def test_kubernetes_properties(name: str) -> None:
     assert env_from["configMapRef"]["name"] == config["metadata"]["name"]
     settings = _settings_from(config["data"])
     assert settings.host == "0.0.0.0" and settings.port == 8000
-    assert settings.prediction_db.parent == Path("/data")
+    if not is_postgres_url(settings.prediction_db):  # a SQLite log: on the pod's /data
+        assert settings.prediction_db.parent == Path("/data")
     assert {"FISHEYE_THREADS", "FISHEYE_MODEL_WORKERS", "FISHEYE_DECODE_WORKERS"} <= set(
         config["data"]
     ), "pools default to the node's cores, not the pod's CPU limit"
@@ -380,6 +382,20 @@ def test_kubernetes_overlays() -> None:
 
     base = find_object(render_kustomization("base"), "Deployment")
     assert "nvidia.com/gpu" not in str(base)
+
+    # The fleet: the CPU pods, every one writing to one PostgreSQL store whose password
+    # comes from a Secret (never from the ConfigMap), at least three of them.
+    fleet_objects = render_kustomization("overlays/fleet")
+    config = find_object(fleet_objects, "ConfigMap")["data"]
+    assert is_postgres_url(config["FISHEYE_PREDICTION_DB"])
+    assert redact(config["FISHEYE_PREDICTION_DB"]) == config["FISHEYE_PREDICTION_DB"]
+    fleet = find_object(fleet_objects, "Deployment")
+    (container,) = fleet["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    secret = env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert secret["name"] == "fisheye-postgres" and not secret.get("optional")
+    assert container["resources"] == cpu["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert find_object(fleet_objects, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 3
 
 
 # --- Cloud Run ------------------------------------------------------------------------------
