@@ -21,6 +21,7 @@ from tests.helpers.fleet import (
     haproxy_path,
     render_haproxy_config,
     run_fleet,
+    run_replicas,
     wait_until,
 )
 from tests.helpers.photos import encode, photo
@@ -163,6 +164,44 @@ def test_every_replica_reports_the_fleet_as_haproxy_does(fleet: Fleet, fleet_sto
             f"{server.url}/v1/monitoring/summary", params={**WINDOW, "replica": name}, timeout=30
         ).json()
         assert own["predictions"] == through_haproxy["replicas"][name]
+
+
+def test_every_replica_reports_the_same_fleet_drift_result(
+    postgres_server: PostgresServer, monitored_bundle: Path, tmp_path: Path
+) -> None:
+    """Two replicas of a bundle with a drift reference, each sent its own photos: one of
+    them tests the fleet's photos, and both report that result. (A fleet of its own: the
+    shared one serves a bundle without a drift reference.)"""
+    store = fresh_database(postgres_server, "fleet_drift")
+    quick = {
+        "FISHEYE_DRIFT_MIN_SAMPLES": "6",
+        "FISHEYE_DRIFT_EVERY_REQUESTS": "6",
+        "FISHEYE_DRIFT_MIN_INTERVAL_S": "0",
+    }
+    names = ["replica-a", "replica-b"]
+    with run_replicas(
+        monitored_bundle, tmp_path, names, FISHEYE_PREDICTION_DB=store, **quick
+    ) as replicas:
+        for i, server in enumerate(replicas.values()):
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                predict(client, 6, seed=500 + 10 * i)
+
+        def fleet_views() -> list[dict]:
+            return [
+                httpx.get(f"{server.url}/v1/monitoring/drift", timeout=30).json()["fleet"]
+                for server in replicas.values()
+            ]
+
+        def same_result() -> dict | None:
+            latest = [view["latest"] for view in fleet_views()]
+            if None in latest or len({result["id"] for result in latest}) > 1:
+                return None  # not tested yet, or a newer test reached one replica first
+            # The first test may come before the other replica's photos are written.
+            return latest[0] if len(latest[0]["window"]["replicas"]) == len(names) else None
+
+        result = wait_until(same_result, SETTLE_S, "one fleet drift result on every replica")
+        assert result["leader"] in names and result["window"]["replicas"] == dict.fromkeys(names, 6)
+        assert [view["leader"] for view in fleet_views()].count(True) == 1
 
 
 def test_a_killed_replica_is_routed_around_and_its_flushed_rows_stay(

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fisheye.monitoring.alarm_budget import AlarmBudget
 from fisheye.monitoring.drift import DriftDetector, DriftResult
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,8 @@ class DriftWindow:
     once the window holds at least `min_samples` photos.
 
     With `false_alarms_per_photo` (r), each test runs at level alpha = r x (photos not yet
-    spent): the levels of all tests over N photos add up to at most r x N, so on a healthy
-    stream the expected number of false alarms is at most r x N whatever the windows'
-    overlap or the test schedule (docs/monitoring.md). A test whose level is below what its
-    p-value can reach (1 / (permutations + 1)) cannot alarm, so it spends nothing: its
-    photos stay in the budget of the next test.
+    spent) (`AlarmBudget`): on a healthy stream the expected number of false alarms over N
+    photos is at most r x N whatever the windows' overlap or the test schedule.
     """
 
     def __init__(
@@ -65,6 +63,9 @@ class DriftWindow:
         self.nice = nice
         self.on_result = on_result
         self.false_alarms_per_photo = false_alarms_per_photo
+        self._budget = (
+            None if false_alarms_per_photo is None else AlarmBudget(false_alarms_per_photo)
+        )
         self._features: deque[np.ndarray] = deque(maxlen=size)
         self._ood: deque[bool] = deque(maxlen=size)
         self._times: deque[float] = deque(maxlen=size)
@@ -73,7 +74,6 @@ class DriftWindow:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._since_test = 0
-        self._unspent = 0  # photos whose share of the false-alarm budget no test used yet
         self._last_test = time.monotonic()
         self._last_run: float | None = None  # when the last test ran (the rate limit)
         self._thread: threading.Thread | None = None
@@ -178,10 +178,7 @@ class DriftWindow:
             }
             self._since_test = 0
             self._last_test = self._last_run = time.monotonic()
-        alpha = None
-        if self.false_alarms_per_photo is not None:
-            self._unspent += new_photos
-            alpha = min(0.5, self.false_alarms_per_photo * max(1, self._unspent))
+        alpha = None if self._budget is None else self._budget.alpha(new_photos)
         result = self.detector.test(
             feats,
             seed=self.tests,
@@ -190,9 +187,8 @@ class DriftWindow:
             labels=labels if (labels >= 0).all() else None,
         )
         self.tests += 1
-        level = result.alpha / (2 if result.class_mix_p_value is not None else 1)
-        if level >= 1 / (result.n_permutations + 1):
-            self._unspent = 0
+        if self._budget is not None:
+            self._budget.settle(result)
         self.latest, self.latest_window = result, window
         log.info(
             "drift test on the last %d photos: MMD %.4f, %s, class mix p = %s (alpha %.3g)%s",

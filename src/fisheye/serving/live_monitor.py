@@ -25,6 +25,7 @@ from fisheye.monitoring.monitor import Monitor
 from fisheye.monitoring.prediction_log import PredictionLog, PredictionRow, open_store
 from fisheye.monitoring.prediction_log.spool import Spool
 from fisheye.serving.drift_window import DriftWindow
+from fisheye.serving.fleet_drift import FleetDrift, fleet_drift_for
 from fisheye.serving.metrics import Metrics
 from fisheye.serving.settings import ServeSettings, default_prediction_db
 
@@ -129,6 +130,10 @@ class LiveMonitor:
                 false_alarms_per_photo=settings.drift_false_alarms_per_10k / 10_000,
                 on_result=_weak_callback(self._on_drift),
             )
+        # With a PostgreSQL store: the live model's share of the fleet's drift test.
+        self.fleet: FleetDrift | None = None
+        if self.monitor is not None and role == "live":
+            self.fleet = fleet_drift_for(settings, metrics, predictor, self.monitor)
         self.prediction_log = prediction_log
 
     @property
@@ -143,11 +148,15 @@ class LiveMonitor:
         """Start the background drift test (the app starts and stops the shared log)."""
         if self.window is not None:
             self.window.start()
+        if self.fleet is not None:
+            self.fleet.start()
 
     def stop(self) -> None:
         """Stop the background drift test."""
         if self.window is not None:
             self.window.stop()
+        if self.fleet is not None:
+            self.fleet.stop()
 
     def observe(self, items: list[Observation], latency_ms: float) -> None:
         """After answering: feed the drift window, count OOD photos, queue the log rows."""
@@ -159,7 +168,11 @@ class LiveMonitor:
             labels = np.array(
                 [self._class_index.get(it.label, -1) for it in items if it.features is not None]
             )
-            self.window.observe(np.stack(feats), flags, labels)
+            stacked = np.stack(feats)
+            self.window.observe(stacked, flags, labels)
+            if self.fleet is not None:
+                confidences = np.array([it.confidence for it in items if it.features is not None])
+                self.fleet.sampler.offer(stacked, ~flags, labels, confidences)
         n_ood = sum(it.in_distribution is False for it in items)
         if n_ood:
             self.metrics.ood_predictions.inc(n_ood)
@@ -212,6 +225,7 @@ class LiveMonitor:
             return {"enabled": False, "detail": "the model bundle has no drift reference"}
         latest = self.window.latest
         assert self.monitor is not None
+        fleet = {} if self.fleet is None else {"fleet": self.fleet.status()}
         return {
             "enabled": True,
             "status": self.status,
@@ -234,4 +248,5 @@ class LiveMonitor:
             "latest": None
             if latest is None
             else {**latest.to_dict(), "p_value_text": latest.p_text()},
+            **fleet,
         }

@@ -214,6 +214,53 @@ class Metrics:
             registry=r,
         )
 
+        # The fleet's drift test (fisheye.serving.fleet_drift): the same on every replica.
+        self.fleet_drift_score = Gauge(
+            "fisheye_fleet_drift_score",
+            "MMD score of the fleet's latest drift test (every replica's recent photos; NaN "
+            "before one).",
+            registry=r,
+        )
+        self.fleet_drift_p_value = Gauge(
+            "fisheye_fleet_drift_p_value",
+            "p-value of the fleet's latest MMD drift test (NaN before one).",
+            registry=r,
+        )
+        self.fleet_drift_alarm = Gauge(
+            "fisheye_fleet_drift_alarm",
+            "1 when the fleet's latest drift test (features or class mix) raised an alarm at "
+            "its level (the fleet's false-alarm budget), else 0.",
+            registry=r,
+        )
+        self.fleet_class_mix_p_value = Gauge(
+            "fisheye_fleet_class_mix_p_value",
+            "p-value of the fleet's latest class-mix test (NaN before one, or without a prior).",
+            registry=r,
+        )
+        self.fleet_estimated_accuracy = Gauge(
+            "fisheye_fleet_estimated_accuracy",
+            "Label-free accuracy estimate (mean calibrated confidence) of the photos of the "
+            "fleet's latest drift test (NaN before one).",
+            registry=r,
+        )
+        for gauge in (
+            self.fleet_drift_score,
+            self.fleet_drift_p_value,
+            self.fleet_class_mix_p_value,
+            self.fleet_estimated_accuracy,
+        ):
+            gauge.set(float("nan"))
+        self.fleet_drift_leader = Gauge(
+            "fisheye_fleet_drift_leader",
+            "1 on the replica that runs the fleet's drift test now (holds the lease), else 0.",
+            registry=r,
+        )
+        self.fleet_feature_rows = Counter(
+            "fisheye_fleet_feature_rows",
+            "Sampled feature rows this replica wrote to the store for the fleet's drift test.",
+            registry=r,
+        )
+
         # Scrapes at the same time share one rendering, in a thread: scrapers cost the
         # predictions at most one rendering at a time.
         self._scrapes: SharedResults[None, bytes] = SharedResults(

@@ -257,6 +257,19 @@ class ServeSettings(BaseSettings):
         description="Expected false drift alarms per 10,000 photos of a healthy stream: each "
         "test spends its share (the photos it adds) of this error budget (docs/monitoring.md).",
     )
+    fleet_features_per_s: float = Field(
+        20.0,
+        ge=0,
+        description="With a PostgreSQL log: photos a second (at most) whose features this "
+        "replica writes for the fleet's drift test, run by one elected replica "
+        "(docs/monitoring.md#fleet-drift). 0: no fleet drift test.",
+    )
+    fleet_feature_rows: int = Field(
+        10_000,
+        ge=1,
+        description="With a PostgreSQL log: sampled feature rows the store keeps for the "
+        "fleet's drift test (the oldest are deleted).",
+    )
     prediction_log: bool = Field(
         True, description="Log every prediction (SQLite, or PostgreSQL for a fleet)."
     )

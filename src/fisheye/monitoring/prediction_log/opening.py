@@ -1,11 +1,16 @@
-"""`open_store`: the prediction store a path or a URL names."""
+"""`open_store`: the prediction store a path or a URL names; `open_fleet_store`: its
+fleet-drift tables."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fisheye.monitoring.prediction_log.db_url import is_postgres_url
 from fisheye.monitoring.prediction_log.store import LogStore, SQLiteStore
+
+if TYPE_CHECKING:  # psycopg is imported only when a fleet store is opened
+    from fisheye.monitoring.prediction_log.fleet_store import FleetStore
 
 
 def open_store(db: Path | str, *, replica: str, readonly: bool = False) -> LogStore:
@@ -18,3 +23,10 @@ def open_store(db: Path | str, *, replica: str, readonly: bool = False) -> LogSt
         # A read-only opener (the report) reads once: no pool.
         return PostgresStore(str(db), replica=replica, pool_size=0 if readonly else 2)
     return SQLiteStore(Path(db), readonly=readonly, replica=replica)
+
+
+def open_fleet_store(url: str, *, replica: str) -> FleetStore:
+    """The fleet-drift tables of the PostgreSQL store at `url` (psycopg imported now)."""
+    from fisheye.monitoring.prediction_log.fleet_store import FleetStore
+
+    return FleetStore(url, replica=replica)

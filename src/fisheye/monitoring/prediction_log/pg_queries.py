@@ -208,6 +208,8 @@ _RETAINED = (
     ("feedback_corrections", "ts"),
     ("shadow", "ts"),
     ("drift", "ts"),
+    ("fleet_drift", "ts"),
+    ("fleet_features", "ts"),
 )
 
 

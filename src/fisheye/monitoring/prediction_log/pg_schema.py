@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 # pg_advisory_xact_lock's key for migrations (any bigint FishEye alone uses), and retention's.
 MIGRATION_LOCK = 0x46495348_45594531  # "FISHEYE1"
 RETENTION_LOCK = 0x46495348_45594532  # "FISHEYE2"
+FLEET_DRIFT_LOCK = 0x46495348_45594533  # "FISHEYE3": held by the replica that tests the fleet
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,54 @@ CREATE INDEX IF NOT EXISTS shadow_ts ON shadow (ts);
         """
 ALTER TABLE feedback ADD COLUMN IF NOT EXISTS received_by TEXT;
 CREATE INDEX IF NOT EXISTS predictions_replica_ts ON predictions (replica, ts);
+""",
+    ),
+    Migration(
+        3,
+        "a sample of each replica's photo features, and the fleet's drift tests",
+        """
+-- `photos`: the photos this row stands for (itself and those the sample skipped before it
+-- on its replica). `features`: float16, little-endian. `feature_space`: the bundle and the
+-- backend family whose features these are (the leader tests only its own).
+CREATE TABLE IF NOT EXISTS fleet_features (
+    id BIGSERIAL PRIMARY KEY,
+    ts DOUBLE PRECISION NOT NULL,
+    replica TEXT NOT NULL,
+    model_version TEXT,
+    feature_space TEXT NOT NULL,
+    photos INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    ood BOOLEAN NOT NULL,
+    confidence REAL,
+    features BYTEA NOT NULL
+);
+-- float16 features barely compress: stored as they are, without a try.
+ALTER TABLE fleet_features ALTER COLUMN features SET STORAGE EXTERNAL;
+CREATE INDEX IF NOT EXISTS fleet_features_space_ts ON fleet_features (feature_space, ts);
+CREATE INDEX IF NOT EXISTS fleet_features_space_id ON fleet_features (feature_space, id);
+CREATE INDEX IF NOT EXISTS fleet_features_ts ON fleet_features (ts);
+CREATE TABLE IF NOT EXISTS fleet_drift (
+    id BIGSERIAL PRIMARY KEY,
+    ts DOUBLE PRECISION NOT NULL,
+    leader TEXT NOT NULL,
+    model_version TEXT,
+    feature_space TEXT NOT NULL,
+    last_feature BIGINT NOT NULL,
+    new_photos BIGINT NOT NULL,
+    unspent BIGINT NOT NULL,
+    n INTEGER NOT NULL,
+    score DOUBLE PRECISION,
+    p_value DOUBLE PRECISION,
+    alpha DOUBLE PRECISION,
+    drift INTEGER NOT NULL,
+    class_mix_p_value DOUBLE PRECISION,
+    alarm INTEGER NOT NULL,
+    ood_fraction DOUBLE PRECISION,
+    estimated_accuracy DOUBLE PRECISION,
+    detail JSONB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fleet_drift_space_id ON fleet_drift (feature_space, id);
+CREATE INDEX IF NOT EXISTS fleet_drift_ts ON fleet_drift (ts);
 """,
     ),
 )

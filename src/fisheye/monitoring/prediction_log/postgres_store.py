@@ -88,12 +88,12 @@ class PostgresStore:
                 application_name=f"fisheye {self.replica}"[:63],
             )
         except psycopg.Error as exc:
-            raise _store_error(exc, self.url) from exc
+            raise store_error(exc, self.url) from exc
         try:
             migrate(conn, self.replica, self.migrations)
         except psycopg.Error as exc:
             conn.close()
-            raise _store_error(exc, self.url) from exc
+            raise store_error(exc, self.url) from exc
         self._writer = conn
         return conn
 
@@ -168,7 +168,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
                 self._writer = None
-            raise _store_error(exc, self.url) from exc
+            raise store_error(exc, self.url) from exc
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[psycopg.Connection]:
@@ -181,7 +181,7 @@ class PostgresStore:
                 ) as conn:
                     yield conn
             except psycopg.Error as exc:
-                raise _store_error(exc, self.url) from exc
+                raise store_error(exc, self.url) from exc
             return
         if self._pool is None:
             self._pool = ConnectionPool(
@@ -198,10 +198,10 @@ class PostgresStore:
         except PoolTimeout as exc:
             raise StoreError(f"cannot reach the prediction store {redact(self.url)}") from exc
         except psycopg.Error as exc:
-            raise _store_error(exc, self.url) from exc
+            raise store_error(exc, self.url) from exc
 
 
-def _store_error(exc: psycopg.Error, url: str) -> StoreError:
+def store_error(exc: psycopg.Error, url: str) -> StoreError:
     """StoreBusyError for a lock conflict, StoreUnavailableError when the server cannot be
     reached or the connection was lost (both: the same write succeeds later)."""
     kind: type[StoreError] = StoreError
