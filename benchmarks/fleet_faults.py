@@ -119,12 +119,8 @@ class LogWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
-            for name, server in list(self.fleet.replicas.items()):
-                try:
-                    text = httpx.get(f"{server.url}/metrics", timeout=2).text
-                except httpx.HTTPError:
-                    continue  # killed, or starting again
-                values = prom_values(text)
+            # A replica killed, or starting again, is left out.
+            for name, values in self.fleet.metrics().items():
                 if values.get("fisheye_prediction_log_degraded"):
                     self.degraded.setdefault(name, []).append(self.clock())
                 # A counter starts again at 0 in a restarted replica: keep the largest seen.
@@ -134,16 +130,6 @@ class LogWatch:
     def summary(self) -> str:
         spans = [f"{n} t={min(t):.1f}-{max(t):.1f} s" for n, t in sorted(self.degraded.items())]
         return ", ".join(spans) or "never"
-
-
-def prom_values(text: str) -> dict[str, float]:
-    """Prometheus exposition text: each unlabelled sample's value by name."""
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 def fault_action(scenario: str, fleet: Fleet, store: PostgresServer, pause_s: float, mark):

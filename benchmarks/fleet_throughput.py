@@ -1,19 +1,23 @@
 """Requests/s through HAProxy: three FishEye replicas against one, on the same host.
 
     python -m benchmarks.fleet_throughput                  # 16 clients, 30 s, 2 rounds
-    python -m benchmarks.fleet_throughput --configs 1 3 3:default
+    python -m benchmarks.fleet_throughput --configs 1 3 3:default --rounds 3
 
 Each configuration is N `fisheye serve` replicas of `--model` behind the same HAProxy
 config (deploy/haproxy/haproxy.cfg) logging to the same PostgreSQL store (Debian's
 `postgresql`, fsync on; a fresh database per run), loaded by the same `--clients` client
 threads posting real validation photos. "N" gives each replica its share of the host's cores
 (benchmarks/fleet_settings.py: FISHEYE_THREADS, FISHEYE_MODEL_WORKERS and
-FISHEYE_DECODE_WORKERS = cores / N, at least 1); "N:default" leaves every replica at its
-defaults (each sized for the whole host). After `--warmup` seconds the 200 answers of
-`--duration` seconds are counted, with the CPU time each part used meanwhile: the replicas
-(with their decode processes), PostgreSQL, HAProxy and the clients (this process). The
-configurations run in turn, in ABBA order over `--rounds`, and the table gives the median
-of each; the ratio compares each to the first.
+FISHEYE_DECODE_WORKERS = cores / N, at least 1); "N:default" leaves every replica at
+FishEye's defaults (each sized for the whole host); "N:T,M,D" sets the three explicitly.
+
+After `--warmup` seconds the 200 answers of `--duration` seconds are counted, with the CPU
+time each part used meanwhile: the replicas (with their decode processes), PostgreSQL,
+HAProxy and the clients (this process), and the host's cores that other work used. On a
+shared host req/s moves with that other work; CPU time per request does not, so the table
+also gives req/s per core (1000 / CPU ms per request, every part included). The
+configurations run in turn, in ABBA order over `--rounds`; the table gives the median of
+each, and ratios to the first configuration.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 from benchmarks.fleet_settings import per_replica_settings
 from fisheye.serving.settings import ServeSettings
 from tests.helpers.client_load import ClientLoad, failures, load_photos
-from tests.helpers.fleet import run_fleet
+from tests.helpers.fleet import Fleet, run_fleet
 from tests.helpers.paths import DEFAULT_MODEL
 from tests.helpers.postgres import PostgresServer, fresh_database, postgres_server
 from tests.helpers.process_tree import tree_cpu_s
@@ -43,6 +47,7 @@ class Run:
     failed: int
     cpu_ms: dict[str, float]  # CPU ms per answered request, by part
     cores: dict[str, float]  # the host's cores in use during the run: ours, others', idle
+    model: dict[str, float]  # the replicas' batches, model time and drift tests
 
 
 SETTING_NAMES = ("FISHEYE_THREADS", "FISHEYE_MODEL_WORKERS", "FISHEYE_DECODE_WORKERS")
@@ -105,8 +110,10 @@ def measure(config: str, store: PostgresServer, photos, work: Path, args, index:
             "host idle": lambda: host_cpu_s()[1],
         }
         cpu_before = {name: read() for name, read in parts.items()}
+        metrics_before = fleet_sums(fleet)
         time.sleep(max(0.0, total - load.elapsed()))
         cpu_after = {name: read() for name, read in parts.items()}
+        metrics = {k: v - metrics_before.get(k, 0.0) for k, v in fleet_sums(fleet).items()}
         requests = load.join()
     window = [r for r in requests if r.sent >= args.warmup]
     answered = sum(r.status == 200 for r in window)
@@ -118,7 +125,27 @@ def measure(config: str, store: PostgresServer, photos, work: Path, args, index:
         "idle": cpu_s["host idle"] / args.duration,
     }
     cpu_ms = {n: 1000 * cpu_s[n] / max(1, answered) for n in OURS}
-    return Run(config, answered / args.duration, sum(failures(window).values()), cpu_ms, cores)
+    photos_run = metrics.get("fisheye_batch_size_sum", 0.0)
+    model = {
+        "photos per model call": photos_run / max(1.0, metrics.get("fisheye_batch_size_count", 0)),
+        "model ms per photo": 1000
+        * metrics.get("fisheye_batch_inference_seconds_sum", 0.0)
+        / max(1.0, photos_run),
+        "drift tests": metrics.get("fisheye_drift_tests_total", 0.0),
+    }
+    rate = answered / args.duration
+    return Run(config, rate, sum(failures(window).values()), cpu_ms, cores, model)
+
+
+def fleet_sums(fleet: Fleet) -> dict[str, float]:
+    """The replicas' model and drift counters, summed over the fleet."""
+    names = ("fisheye_batch_size_sum", "fisheye_batch_size_count")
+    names += ("fisheye_batch_inference_seconds_sum", "fisheye_drift_tests_total")
+    sums: dict[str, float] = dict.fromkeys(names, 0.0)
+    for values in fleet.metrics().values():
+        for name in names:
+            sums[name] += values.get(name, 0.0)
+    return sums
 
 
 def abba(configs: list[str], rounds: int) -> list[str]:
@@ -153,9 +180,11 @@ def main() -> None:
             run = measure(config, store, photos, Path(tmp), args, i)
             cpu = ", ".join(f"{k} {v:.1f}" for k, v in run.cpu_ms.items())
             cores = ", ".join(f"{k} {v:.2f}" for k, v in run.cores.items())
+            model = ", ".join(f"{k} {v:.1f}" for k, v in run.model.items())
             print(
                 f"  {config:>10}: {run.rate:6.1f} req/s, {run.failed} failed; CPU ms per "
-                f"request: {cpu}; cores: {cores}; load average {os.getloadavg()[0]:.2f}"
+                f"request: {cpu}; {model}; cores: {cores}; load average "
+                f"{os.getloadavg()[0]:.2f}"
             )
             runs.append(run)
     print(

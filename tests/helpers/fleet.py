@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.paths import DEPLOY
 from tests.helpers.server import Server, fisheye_command, free_port
@@ -113,6 +114,21 @@ class Fleet:
 
     replicas: Replicas
     balancer: Balancer
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """Each answering replica's unlabelled Prometheus samples (a histogram's _sum and
+        _count, counters' _total, gauges), by replica."""
+        out = {}
+        for name, server in self.replicas.items():
+            with contextlib.suppress(httpx.HTTPError):
+                text = httpx.get(f"{server.url}/metrics", timeout=5).text
+                out[name] = {
+                    sample.name: sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                    if not sample.labels
+                }
+        return out
 
 
 def wait_until(condition, timeout: float, what: str, every: float = 0.1):
