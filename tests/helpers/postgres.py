@@ -3,7 +3,10 @@
 `postgres_server()` runs `initdb` in a fresh temporary folder and starts `postgres` on a free
 127.0.0.1 port (its unix socket in the same folder), as an unprivileged user when the tests
 run as root (PostgreSQL refuses to run as root); it stops the server and removes the folder
-afterwards. `fresh_database()` makes an empty database on it for one test.
+afterwards. `fresh_database()` makes an empty database on it for one test. For fault
+benchmarks and tests, a running server can be restarted (`restart`, PostgreSQL's fast
+shutdown then a start on the same port and data) and frozen (`paused`: SIGSTOP to the
+postmaster and every process it started, SIGCONT afterwards).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers.process_tree import descendants
 from tests.helpers.server import free_port
 
 START_TIMEOUT_S = 60.0
@@ -39,12 +43,51 @@ def postgres_bin_dir() -> Path | None:
 
 @dataclass
 class PostgresServer:
-    """A running server: the URL of its `postgres` database, its process and its log."""
+    """A running server: the URL of its `postgres` database, its process and its log.
+    `launch` starts the server process again (the same data folder, port and settings)."""
 
     url: str
     port: int
     process: subprocess.Popen
     log_path: Path
+    launch: Callable[[], subprocess.Popen] | None = None
+    bin_dir: Path | None = None
+
+    def stop(self) -> None:
+        """PostgreSQL's fast shutdown (SIGINT): clients are disconnected, the data is kept."""
+        _stop(self.process)
+
+    def start(self) -> None:
+        """Start the stopped server again and wait until it accepts connections."""
+        if self.launch is None:
+            raise RuntimeError("this server cannot be started again")
+        self.process = self.launch()
+        _wait_until_ready(self, self.bin_dir or postgres_bin_dir())
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server, keep it down for `down_s` seconds, start it again (as `pg_ctl
+        restart` does, fast mode)."""
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+    def processes(self) -> list[int]:
+        """The postmaster's pid and those of the processes it started (backends, writers)."""
+        return descendants(self.process.pid)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The whole server frozen (SIGSTOP) while the block runs: connections stay open
+        and nothing answers, as a store stalled by its host or its storage would."""
+        pids = self.processes()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def log_tail(self, n: int = 40) -> str:
         """The last lines of the server's log."""
@@ -76,7 +119,7 @@ def postgres_server(*, durable: bool = False) -> Iterator[PostgresServer]:
     if as_user:
         os.chown(root, as_user["user"], as_user["group"])
     env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-    process = None
+    server = None
     try:
         subprocess.run(
             [bin_dir / "initdb", "-D", data, "-U", SUPERUSER, "-A", "trust", "-E", "UTF8"]
@@ -88,34 +131,40 @@ def postgres_server(*, durable: bool = False) -> Iterator[PostgresServer]:
             **as_user,
         )
         port = free_port()
-        with open(log_path, "wb") as log_file:
-            fast = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-            process = subprocess.Popen(
-                [bin_dir / "postgres", "-D", data, "-p", str(port), "-k", root]
-                + ["-c", "listen_addresses=127.0.0.1"]
-                + ([] if durable else fast),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=root,
-                env=env,
-                **as_user,
-            )
-        server = PostgresServer(
-            f"postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres", port, process, log_path
-        )
+        fast = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        argv = [bin_dir / "postgres", "-D", data, "-p", str(port), "-k", root]
+        argv += ["-c", "listen_addresses=127.0.0.1"] + ([] if durable else fast)
+
+        def launch() -> subprocess.Popen:
+            with open(log_path, "ab") as log_file:
+                return subprocess.Popen(
+                    argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=root, env=env, **as_user
+                )
+
+        url = f"postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres"
+        server = PostgresServer(url, port, launch(), log_path, launch, bin_dir)
         _wait_until_ready(server, bin_dir)
         yield server
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
     finally:
-        if process is not None:
-            process.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if server is not None:
+            # Whatever a fault left it in: running, paused, or stopped.
+            if server.process.poll() is None:
+                os.kill(server.process.pid, signal.SIGCONT)
+            server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_until_ready(server: PostgresServer, bin_dir: Path) -> None:

@@ -1,7 +1,8 @@
 """A fleet on one machine: three `fisheye serve` replicas sharing one PostgreSQL prediction
 store, behind a real HAProxy running deploy/haproxy/haproxy.cfg (tests/helpers/fleet.py).
 
-The tests share one fleet and run in file order: the last one kills a replica.
+The tests share one fleet and run in file order: one kills a replica and starts it again,
+the last one kills a replica for good.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import httpx
 import psycopg
 import pytest
 
+from tests.helpers.client_load import ClientLoad, Photo
 from tests.helpers.fleet import (
+    SERVED_BY_LINE,
     Fleet,
     check_haproxy_config,
     haproxy_path,
@@ -56,7 +59,14 @@ def fleet(
 ) -> Iterator[Fleet]:
     workdir = tmp_path_factory.mktemp("fleet")
     # Summaries are not reused (1 s by default), so every answer reads the store as it is.
-    with run_fleet(tiny_bundle, fleet_store, workdir, FISHEYE_SUMMARY_CACHE_S="0") as running:
+    with run_fleet(
+        tiny_bundle,
+        fleet_store,
+        workdir,
+        # Each answer names its replica (a header), to follow predictions to their replica.
+        backend_lines=(SERVED_BY_LINE,),
+        FISHEYE_SUMMARY_CACHE_S="0",
+    ) as running:
         yield running
 
 
@@ -202,6 +212,48 @@ def test_every_replica_reports_the_same_fleet_drift_result(
         result = wait_until(same_result, SETTLE_S, "one fleet drift result on every replica")
         assert result["leader"] in names and result["window"]["replicas"] == dict.fromkeys(names, 6)
         assert [view["leader"] for view in fleet_views()].count(True) == 1
+
+
+def test_a_replica_killed_under_load_and_restarted_keeps_its_written_rows_and_takes_feedback(
+    fleet: Fleet, fleet_store: str
+) -> None:
+    victim = "replica-2"
+    photos = [Photo("Trout", f"p{i}.png", encode(photo(500 + i), "PNG")) for i in range(8)]
+    load = ClientLoad(fleet.balancer.url, photos, clients=4, seconds=SETTLE_S * 4).start()
+    try:
+        wait_until(lambda: len(load.answered(victim)) >= 10, SETTLE_S, f"{victim}'s answers")
+        written = [r.id for r in load.answered(victim)]
+        wait_until(lambda: all_stored(fleet_store, written), SETTLE_S, "its rows written")
+
+        fleet.replicas[victim].process.send_signal(signal.SIGKILL)
+        fleet.replicas[victim].process.wait(10)
+        killed_at = load.elapsed()
+        fleet.replicas.restart(victim, timeout=SETTLE_S)
+        wait_until(lambda: fleet.balancer.server_states()[victim] == "UP", SETTLE_S, f"{victim} UP")
+        answers = len(load.answered(victim))
+        wait_until(lambda: len(load.answered(victim)) >= answers + 3, SETTLE_S, "its answers")
+    finally:
+        load.stop()
+        requests = load.join()
+    answered = [r for r in requests if r.status == 200]
+    assert any(r.sent > killed_at and r.replica != victim for r in answered)
+
+    # Feedback through HAProxy on the killed replica's predictions: four labels in round
+    # robin reach every replica, the restarted one included.
+    with httpx.Client(base_url=fleet.balancer.url, timeout=30) as client:
+        for i in written[:4]:
+            res = client.post("/v1/feedback", json={"id": i, "label": "Trout"})
+            assert res.status_code == 200, res.text
+
+    # What the victim had written before the kill stays; every other answer (the other
+    # replicas', and the restarted victim's) reaches the store. Only rows the victim still
+    # held in memory when it was killed may be missing.
+    assert set(made_by(fleet_store, written).values()) == {victim}
+    others = [r.id for r in answered if r.replica != victim or r.sent > killed_at]
+    wait_until(lambda: all_stored(fleet_store, others), SETTLE_S, "every other row stored")
+    with psycopg.connect(fleet_store) as conn:
+        twice = conn.execute("SELECT id FROM predictions GROUP BY id HAVING count(*) > 1")
+        assert twice.fetchall() == []
 
 
 def test_a_killed_replica_is_routed_around_and_its_flushed_rows_stay(
