@@ -13,7 +13,12 @@ from fisheye.data.pipelines import load_dataset_rows
 from fisheye.data.preprocess import Preprocessing
 from fisheye.inference.predictor import Predictor
 from fisheye.training.features import _cache_key, default_preprocessing
-from fisheye.training.probe import fit_linear_head, out_of_fold_probabilities, train_probe
+from fisheye.training.probe import (
+    fit_linear_head,
+    out_of_fold_probabilities,
+    served_preprocessing,
+    train_probe,
+)
 from fisheye.training.records import predict_rows
 
 
@@ -120,3 +125,40 @@ def test_feature_cache_keys_differ_by_preprocessing(synthetic_dataset):
     assert _cache_key("efficientnet_lite0", "onnx", rows, spec=cropped) != plain
     bigger = Preprocessing(input_size=260)
     assert _cache_key("efficientnet_lite0", "onnx", rows, spec=bigger) != plain
+
+
+def test_probe_serves_a_tighter_crop_than_it_trained_on(tmp_path, synthetic_dataset):
+    rows = load_dataset_rows(synthetic_dataset, 0.25, 0.25, seed=0)
+    trained = Preprocessing(input_size=64, resize="center_crop", crop_fraction=0.875)
+    metrics = train_probe(
+        rows,
+        synthetic_dataset,
+        tmp_path / "b",
+        backend="torch",
+        preprocessing=trained,
+        serve_crop_fraction=0.75,
+    )
+    bundle = load_bundle(tmp_path / "b")
+    assert bundle.preprocessing == served_preprocessing(trained, 0.75)
+    assert bundle.preprocessing.crop_fraction == 0.75
+    assert bundle.meta["training"]["train_crop_fraction"] == 0.875
+    # Val was scored with the served crop: the recorded figure is what the bundle gives on
+    # the val photos as it serves them (and differs from the trained crop's).
+    val = [r for r in rows if r.split == "val"]
+    served_probs, labels, _ = predict_rows(Predictor(bundle, backend="torch"), val)
+    assert float((served_probs.argmax(1) == labels).mean()) == pytest.approx(metrics["val_acc"])
+    at_trained_crop = Predictor(bundle, backend="torch")
+    at_trained_crop.preprocessing = trained
+    trained_probs, _, _ = predict_rows(at_trained_crop, val)
+    assert not np.allclose(served_probs, trained_probs)
+    with pytest.raises(ValueError, match="centre-crop"):
+        served_preprocessing(Preprocessing(resize="squash"), 0.75)
+    with pytest.raises(ValueError, match=r"\[0.3, 1\]"):
+        served_preprocessing(trained, 1.5)
+
+
+def test_probe_cli_refuses_a_served_crop_without_centre_crop(tmp_path, synthetic_dataset):
+    args = ["probe", "--data", str(synthetic_dataset), "--out", str(tmp_path / "b")]
+    result = CliRunner().invoke(app, [*args, "--serve-crop-fraction", "0.75"])
+    assert result.exit_code == 2
+    assert "--serve-crop-fraction needs --resize center_crop" in result.output

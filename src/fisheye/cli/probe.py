@@ -51,6 +51,17 @@ def probe(
             "0.875; smaller zooms in on the middle of the photo).",
         ),
     ] = None,
+    serve_crop_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--serve-crop-fraction",
+            min=0.3,
+            max=1.0,
+            help="Serve the model with this centre-crop fraction instead of --crop-fraction "
+            "(val and test are scored with it; training views keep --crop-fraction). One more "
+            "feature pass over val and test.",
+        ),
+    ] = None,
     resize: Annotated[
         str,
         typer.Option(
@@ -122,6 +133,8 @@ def probe(
         if resize != "center_crop":
             raise fail(err, "--crop-fraction needs --resize center_crop")
         spec = dataclasses.replace(spec, crop_fraction=crop_fraction)
+    if serve_crop_fraction is not None and resize != "center_crop":
+        raise fail(err, "--serve-crop-fraction needs --resize center_crop")
     if val_fraction + test_fraction >= 1.0:
         raise fail(err, "--val-fraction + --test-fraction must leave photos for training")
     if not data.exists():
@@ -132,7 +145,8 @@ def probe(
             data, val_fraction, test_fraction, seed, progress=progress, resplit=resplit
         )
         passes = 1 + len(augment_view or []) + augment_corruptions + augment_composites
-        with progress.task("extracting features", len(rows) * passes) as advance:
+        held_out = sum(r.split in ("val", "test") for r in rows) if serve_crop_fraction else 0
+        with progress.task("extracting features", len(rows) * passes + held_out) as advance:
             metrics = train_probe(
                 rows,
                 data,
@@ -146,6 +160,7 @@ def probe(
                 augment_corruptions=augment_corruptions,
                 augment_composites=augment_composites,
                 preprocessing=spec,
+                serve_crop_fraction=serve_crop_fraction,
                 on_done=advance,
             )
     except (ValueError, OSError) as exc:

@@ -111,7 +111,8 @@ class Metrics:
         self.feedback_accuracy.set(float("nan"))
         self.log_lost_rows = Counter(
             "fisheye_prediction_log_lost_rows",
-            "Prediction-log rows dropped (disk full, database locked or read-only, queue or spool full).",
+            "Prediction-log rows dropped (disk full, database locked or read-only, queue or "
+            "spool full).",
             registry=r,
         )
         self.log_degraded = Gauge(

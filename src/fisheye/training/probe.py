@@ -9,6 +9,7 @@ out-of-fold probabilities that `fisheye data check` gives cleanlab.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
@@ -130,6 +131,15 @@ def _split_arrays(
     return feats.features[idx], labels, [feats.rows[i] for i in idx]
 
 
+def served_preprocessing(trained: Preprocessing, crop_fraction: float) -> Preprocessing:
+    """The preprocessing a probe trained with `trained` is served with, at `crop_fraction`."""
+    if trained.resize != "center_crop":
+        raise ValueError("a served crop fraction needs centre-crop preprocessing")
+    if not 0.3 <= crop_fraction <= 1.0:
+        raise ValueError(f"the served crop fraction must be in [0.3, 1], got {crop_fraction}")
+    return dataclasses.replace(trained, crop_fraction=crop_fraction)
+
+
 def train_probe(
     rows: Sequence[ManifestRow],
     root: Path,
@@ -145,6 +155,7 @@ def train_probe(
     augment_corruptions: int = 0,
     augment_composites: int = 0,
     preprocessing: Preprocessing | None = None,
+    serve_crop_fraction: float | None = None,
     on_done: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Fit a linear head on frozen ImageNet features of the train rows and write a bundle.
@@ -154,6 +165,8 @@ def train_probe(
     corrupted views of each (fisheye.data.corruptions), `augment_composites` that many views
     with each fish on a drawn background (fisheye.data.composites); val and test are scored
     as served (one plain view). `preprocessing` defaults to the backbone's own input size, squashed.
+    `serve_crop_fraction` (centre crop only) serves the model with a tighter crop than it was
+    trained on: val and test are scored, and the bundle records, that crop.
     C is chosen on val; the bundle records its training photos, its temperature
     (fitted on val) and the grouped test figures (when there are test rows). Returns its
     metrics.
@@ -184,11 +197,19 @@ def train_probe(
             for v in views
         ]
         net = predictor.bundle.build_model()
-        spec = predictor.preprocessing
+        spec = trained_spec = predictor.preprocessing
         config = dict(predictor.bundle.meta["architecture"]["config"])
+        served_feats = feats
+        if serve_crop_fraction is not None:
+            spec = served_preprocessing(trained_spec, serve_crop_fraction)
+            served = imagenet_predictor(
+                classes, arch, backend, spec=spec, work_dir=Path(work) / "served"
+            )
+            held_out = [r for r in feats.rows if r.split in ("val", "test")]
+            served_feats = backbone_features(served, held_out, cache_dir=cache_dir, on_done=on_done)
     x_train, y_train, _ = _split_arrays(feats, class_index, "train")
-    x_val, y_val, _ = _split_arrays(feats, class_index, "val")
-    x_test, y_test, test_rows = _split_arrays(feats, class_index, "test")
+    x_val, y_val, _ = _split_arrays(served_feats, class_index, "val")
+    x_test, y_test, test_rows = _split_arrays(served_feats, class_index, "test")
     if not len(y_train) or not len(y_val):
         raise ValueError("a probe needs train and val photos; split the data first")
     for view_feats in extra:
@@ -223,6 +244,7 @@ def train_probe(
                 "recipe": "linear_probe",
                 "command": command,
                 "backbone": f"{arch} ImageNet weights, frozen",
+                "train_crop_fraction": trained_spec.crop_fraction,
                 "head": "multinomial logistic regression on standardised pooled features",
                 "augment_views": list(augment_views),
                 "augment_corruptions": augment_corruptions,
