@@ -85,7 +85,7 @@ def test_retention_by_age_and_rows(tmp_path: Path) -> None:
     rows = [_row(i, ts=old if i < 3 else time.time() - i) for i in range(10)]
     with conn:
         conn.executemany(
-            "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             [tuple(vars(r).values()) for r in rows],
         )
     assert apply_retention(conn, retention_days=30, max_rows=5) == 5
@@ -101,7 +101,8 @@ def _fill_every_growing_table(conn: sqlite3.Connection, old: float, n: int) -> N
             ts = old if i < 3 else now - i
             row = _row(i, ts=ts)
             conn.execute(
-                "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)", tuple(vars(row).values())
+                "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                tuple(vars(row).values()),
             )
             conn.execute(
                 "INSERT INTO feedback VALUES (?,?,?,?,?,?)", (row.id, ts, "Trout", "Trout", ts, 1)
@@ -213,16 +214,6 @@ def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
     for i in range(5):
         log.record(_row(i))
     assert log.lost == 2
-
-
-def test_opt_in_image_storage(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path / "i.sqlite", image_dir=tmp_path / "images")
-    log.start()
-    log.record(_row(0), image=b"jpeg bytes")
-    log.flush()
-    log.stop()
-    stored = list((tmp_path / "images").rglob("*"))
-    assert any(p.is_file() and p.read_bytes() == b"jpeg bytes" for p in stored)
 
 
 def test_report_writes_html_and_plots(plog: PredictionLog, tmp_path: Path) -> None:

@@ -422,10 +422,45 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
     assert sorted(applied, key=len) == [[], [], [], [m.version for m in MIGRATIONS]]
 
 
+class _FirstVersionStore(PostgresStore):
+    """A replica of FishEye's first PostgreSQL version: schema migration 1 only, and rows
+    that name only the columns it had."""
+
+    def __init__(self, url: str, replica: str) -> None:
+        super().__init__(url, replica=replica, migrations=MIGRATIONS[:1])
+
+    def write(self, predictions: list[PredictionRow], drifts: list, shadows: list) -> None:
+        from fisheye.monitoring.prediction_log.pg_queries import add_to_rollups
+
+        with self._writing() as conn, conn.transaction():
+            for r in predictions:
+                inserted = conn.execute(
+                    "INSERT INTO predictions (id, ts, replica, model_version, backend, label, "
+                    "confidence, ood_score, in_distribution, latency_ms, sha256, image_path) "
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (id) DO NOTHING "
+                    "RETURNING ts, label, confidence, in_distribution, latency_ms",
+                    (
+                        r.id,
+                        r.ts,
+                        self.replica,
+                        r.model_version,
+                        r.backend,
+                        r.label,
+                        r.confidence,
+                        r.ood_score,
+                        int(bool(r.in_distribution)),
+                        r.latency_ms,
+                        r.sha256,
+                        None,
+                    ),
+                ).fetchall()
+                add_to_rollups(conn, self.replica, inserted)
+
+
 def test_a_database_of_the_previous_schema_is_upgraded_while_it_keeps_its_rows(
     postgres_url: str,
 ) -> None:
-    old = PostgresStore(postgres_url, replica="old-pod", migrations=MIGRATIONS[:1])
+    old = _FirstVersionStore(postgres_url, replica="old-pod")
     old.write([_row(i) for i in range(4)], [], [])
     with psycopg.connect(postgres_url) as conn:
         assert schema_versions(conn) == [1]
@@ -437,7 +472,7 @@ def test_a_database_of_the_previous_schema_is_upgraded_while_it_keeps_its_rows(
         # The old replica still writes after the upgrade (the change is additive), and one
         # of the old version starting now opens the newer schema as it is.
         old.write([_row(20)], [], [])
-        late = PostgresStore(postgres_url, replica="old-pod", migrations=MIGRATIONS[:1])
+        late = _FirstVersionStore(postgres_url, replica="old-pod")
         late.write([_row(21)], [], [])
         late.close()
         with psycopg.connect(postgres_url) as conn:

@@ -12,9 +12,8 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,19 +42,14 @@ class Observation:
     in_distribution: bool | None
     features: np.ndarray | None
     data: bytes | None
+    unsure: bool = False  # answered "not sure" (under the abstention threshold)
 
 
 def open_prediction_log(settings: ServeSettings, metrics: Metrics) -> PredictionLog | None:
     """The app's prediction log (shared by every loaded model), or None when it is off."""
     if not settings.prediction_log:
         return None
-    image_dir = None
-    db = settings.prediction_db
-    if settings.store_images:
-        # Beside the SQLite file; with PostgreSQL, in this replica's state folder.
-        beside = Path(f"{db}.images") if isinstance(db, Path) else None
-        image_dir = settings.image_dir or beside or default_prediction_db().with_name("images")
-    store = open_store(db, replica=settings.replica_id)
+    store = open_store(settings.prediction_db, replica=settings.replica_id)
     spool = None
     if getattr(store, "shared", False) and settings.log_spool_max_bytes > 0:
         # One file per replica, should replicas share a volume.
@@ -67,7 +61,6 @@ def open_prediction_log(settings: ServeSettings, metrics: Metrics) -> Prediction
         spool=spool,
         retention_days=settings.log_retention_days,
         max_rows=settings.log_max_rows,
-        image_dir=image_dir,
         on_lost=metrics.log_lost_rows.inc,
         on_degraded=lambda degraded: metrics.log_degraded.set(int(degraded)),
     )
@@ -158,8 +151,11 @@ class LiveMonitor:
         if self.fleet is not None:
             self.fleet.stop()
 
-    def observe(self, items: list[Observation], latency_ms: float) -> None:
-        """After answering: feed the drift window, count OOD photos, queue the log rows."""
+    def observe(
+        self, items: list[Observation], latency_ms: float, kept: Collection[str] = ()
+    ) -> None:
+        """After answering: feed the drift window, count OOD photos, queue the log rows (those
+        whose id is in `kept` name their photo, queued for the photo archive)."""
         feats = [it.features for it in items if it.features is not None]
         if self.window is not None and feats:
             flags = np.array(
@@ -181,6 +177,7 @@ class LiveMonitor:
         now = time.time()
         bundle = self.predictor.bundle
         for it in items:
+            sha256 = hashlib.sha256(it.data).hexdigest() if it.data is not None else ""
             row = PredictionRow(
                 id=it.id,
                 ts=now,
@@ -193,9 +190,10 @@ class LiveMonitor:
                 else 1e308,
                 in_distribution=it.in_distribution,
                 latency_ms=latency_ms,
-                sha256=hashlib.sha256(it.data).hexdigest() if it.data is not None else "",
+                sha256=sha256,
+                photo_sha256=sha256 if it.id in kept and sha256 else None,
             )
-            self.prediction_log.record(row, it.data if self.settings.store_images else None)
+            self.prediction_log.record(row)
 
     def _on_drift(self, result: DriftResult) -> None:
         version = self.predictor.bundle.version

@@ -120,6 +120,38 @@ class Metrics:
             "1 while the prediction log's store cannot be reached (rows wait in the queue).",
             registry=r,
         )
+        # The photo archive (fisheye.monitoring.photo_archive), when it is on.
+        self.archive_photos = Counter(
+            "fisheye_archive_photos",
+            "Photos put in the photo archive, by reason (ood, unsure, sample, feedback).",
+            ["reason"],
+            registry=r,
+        )
+        self.archive_written_bytes = Counter(
+            "fisheye_archive_written_bytes",
+            "Bytes written to the photo archive (a photo it holds already adds none).",
+            registry=r,
+        )
+        self.archive_errors = Counter(
+            "fisheye_archive_errors",
+            "Photos the archive could not keep, and its failures, by kind (write: the folder "
+            "or bucket refused a photo; queue_full: photos came faster than it writes; "
+            "feedback_lookup: the store could not be asked for feedback; prune; open: the "
+            "archive could not be opened at start, so none is kept).",
+            ["kind"],
+            registry=r,
+        )
+        self.archive_pruned = Counter(
+            "fisheye_archive_pruned_photos",
+            "Photos deleted from the archive for its age or size bound.",
+            registry=r,
+        )
+        self.archive_stored_bytes = Gauge(
+            "fisheye_archive_stored_bytes",
+            "Bytes in the photo archive after its latest prune (every replica's photos, when "
+            "they share it).",
+            registry=r,
+        )
 
         # Access control and rate limiting (fisheye.serving.auth, .rate_limit).
         self.auth_failures = Counter(

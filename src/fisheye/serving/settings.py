@@ -16,9 +16,11 @@ from fisheye.data.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
 from fisheye.inference.backends import AUTO, BackendChoice
 from fisheye.inference.options import PredictionOptions, RuntimeOptions
 from fisheye.monitoring.monitor import MonitorOptions
+from fisheye.monitoring.photo_archive import ArchiveError, KeepOptions, check_location
 from fisheye.tracking.model_registry import is_registry_uri
 
 MB = 1024 * 1024
+GB = 1024 * MB
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # FISHEYE_PREDICTION_DB as a URL
 
 
@@ -307,13 +309,47 @@ class ServeSettings(BaseSettings):
         description="At most this many bytes of spooled rows (about 250 bytes a row); rows "
         "beyond are dropped and counted. 0: no spool (rows wait in memory only).",
     )
+    # The photo archive (docs/monitoring.md#keeping-photos-for-the-next-model).
+    archive: str | None = Field(
+        None,
+        description="Opt-in: keep the photos that teach the next model (out of distribution, "
+        "unsure, a random sample, those that get feedback) in this folder or object-storage "
+        "URL (s3://bucket/prefix, gs://bucket/prefix: the archive extra), by sha256; "
+        "prediction rows name their kept photo. Unset: no photo is kept.",
+    )
+    archive_sample_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="With the archive: the share of the other answered photos kept at random.",
+    )
+    archive_max_gb: float = Field(
+        10.0, gt=0, description="With the archive: its size; the oldest photos beyond it go."
+    )
+    archive_max_age_days: float = Field(
+        30.0, gt=0, description="With the archive: photos older than this are deleted (days)."
+    )
+    archive_recent_mb: float = Field(
+        64.0,
+        ge=0,
+        description="With the archive: recent photos held in memory in case feedback names "
+        "them, in MiB (the oldest go first); feedback on a photo no longer held keeps none.",
+    )
+    archive_feedback_window_s: float = Field(
+        600.0,
+        ge=0,
+        description="With the archive: how long after its answer a photo is held for feedback.",
+    )
     store_images: bool = Field(
-        False, description="Opt-in: keep uploaded photos (e.g. for relabelling) by sha256."
+        False,
+        description="Deprecated: FISHEYE_ARCHIVE=<folder> with FISHEYE_ARCHIVE_SAMPLE_RATE=1 "
+        "(what this now means: every photo kept in FISHEYE_IMAGE_DIR, within the archive's "
+        "bounds).",
     )
     image_dir: Path | None = Field(
         None,
-        description="Where stored photos go (default: <prediction_db>.images/; with PostgreSQL, "
-        "$XDG_STATE_HOME/fisheye/images on each replica).",
+        description="Deprecated, with FISHEYE_STORE_IMAGES: the archive's folder (default: "
+        "<prediction_db>.images/; with PostgreSQL, $XDG_STATE_HOME/fisheye/images).",
     )
 
     @field_validator("model", mode="before")
@@ -329,6 +365,18 @@ class ServeSettings(BaseSettings):
         text = str(value)
         return text if text.startswith(POSTGRES_SCHEMES) else Path(text)
 
+    @field_validator("archive", mode="before")
+    @classmethod
+    def _usable_archive(cls, value: object) -> object:
+        """Unset when empty; a URL whose storage driver is missing is refused now, with what
+        to install (no network is reached)."""
+        if value is None or not str(value).strip():
+            return None
+        try:
+            return check_location(str(value).strip())
+        except ArchiveError as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -342,6 +390,11 @@ class ServeSettings(BaseSettings):
             raise ValueError(
                 f"max_queue ({self.max_queue}) must be at least max_files ({self.max_files}), "
                 "or a full batch request could never be accepted"
+            )
+        if self.archive is not None and not (self.monitoring and self.prediction_log):
+            raise ValueError(
+                "FISHEYE_ARCHIVE keeps photos named by the prediction log: it needs "
+                "FISHEYE_MONITORING=true and FISHEYE_PREDICTION_LOG=true"
             )
         if self.max_upload_memory_bytes < self.max_upload_bytes:
             raise ValueError(
@@ -372,6 +425,30 @@ class ServeSettings(BaseSettings):
         if not self.monitoring:
             return None
         return MonitorOptions(self.ood_false_alarm_rate, self.drift_permutations)
+
+    def keep_options(self) -> KeepOptions | None:
+        """Where and which photos the server keeps, or None when it keeps none. The deprecated
+        FISHEYE_STORE_IMAGES keeps every photo in FISHEYE_IMAGE_DIR (unless FISHEYE_ARCHIVE
+        is set: then it is ignored)."""
+        if not (self.monitoring and self.prediction_log):
+            return None
+        location, sample_rate = self.archive, self.archive_sample_rate
+        if location is None and self.store_images:
+            db = self.prediction_db
+            # Beside the SQLite file; with PostgreSQL, in this replica's state folder.
+            beside = Path(f"{db}.images") if isinstance(db, Path) else None
+            location = str(self.image_dir or beside or default_prediction_db().with_name("images"))
+            sample_rate = 1.0
+        if location is None:
+            return None
+        return KeepOptions(
+            location=location,
+            sample_rate=sample_rate,
+            max_bytes=int(self.archive_max_gb * GB),
+            max_age_days=self.archive_max_age_days,
+            recent_bytes=int(self.archive_recent_mb * MB),
+            feedback_window_s=self.archive_feedback_window_s,
+        )
 
     @property
     def max_decode_bytes(self) -> int:

@@ -1,4 +1,5 @@
-"""The app's shared objects (settings, metrics, slots, decode pool, prediction log) and their life.
+"""The app's shared objects (settings, metrics, slots, decode pool, prediction log, photo
+keeper) and their life.
 
 `load` (in a thread at start-up) opens the shared resources and the configured model;
 `close` stops them after the work they hold is done. Model changes after start-up are
@@ -13,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from fisheye.inference.predictor import Predictor
+from fisheye.monitoring.photo_archive import PhotoKeeper
 from fisheye.monitoring.prediction_log import PredictionLog
 from fisheye.serving.batcher import MicroBatcher
 from fisheye.serving.capacity import UploadBudget
@@ -22,6 +24,7 @@ from fisheye.serving.drift_window import lower_thread_priority
 from fisheye.serving.live_monitor import LiveMonitor, open_prediction_log
 from fisheye.serving.memory import return_large_buffers_to_the_os, trim_freed_memory
 from fisheye.serving.metrics import Metrics
+from fisheye.serving.photo_keeping import open_photo_keeper
 from fisheye.serving.settings import ServeSettings
 from fisheye.serving.slots import ModelSlot, Slots
 from fisheye.tracking.loading import INVALID, NOT_PINNED, ModelLoadError
@@ -59,6 +62,7 @@ class ServingState:
     decoder: DecodePool | None = None
     uploads: UploadBudget | None = None
     prediction_log: PredictionLog | None = None
+    photo_keeper: PhotoKeeper | None = None
     changes: ModelChanges | None = None
     ready: bool = False
     load_error: str | None = None
@@ -120,6 +124,9 @@ class ServingState:
             self.prediction_log = open_prediction_log(s, self.metrics)
             if self.prediction_log is not None:
                 self.prediction_log.start()
+            self.photo_keeper = open_photo_keeper(s, self.metrics, self.prediction_log)
+            if self.photo_keeper is not None:
+                self.photo_keeper.start()
         self.changes = ModelChanges(s, self.metrics, self.slots, self.decoder, self.prediction_log)
         slot = self.changes.load()
         self.ready = True
@@ -202,5 +209,7 @@ class ServingState:
             self.changes.close()
         if self.decoder is not None:
             self.decoder.close()
+        if self.photo_keeper is not None:  # before the log: it names the photos kept last
+            self.photo_keeper.stop()
         if self.prediction_log is not None:
             self.prediction_log.stop()

@@ -43,6 +43,7 @@ def insert_predictions(conn: Any, replica: str, rows: list[PredictionRow]) -> in
                     r.latency_ms,
                     r.sha256,
                     r.image_path,
+                    r.photo_sha256,
                 )
                 for r in rows
             ],
@@ -51,11 +52,11 @@ def insert_predictions(conn: Any, replica: str, rows: list[PredictionRow]) -> in
     )
     inserted = conn.execute(
         "INSERT INTO predictions (id, ts, replica, model_version, backend, label, confidence, "
-        "ood_score, in_distribution, latency_ms, sha256, image_path) "
-        "SELECT id, ts, %s, mv, be, label, conf, ood, ind, lat, sha, img FROM unnest("
+        "ood_score, in_distribution, latency_ms, sha256, image_path, photo_sha256) "
+        "SELECT id, ts, %s, mv, be, label, conf, ood, ind, lat, sha, img, photo FROM unnest("
         "%s::text[], %s::float8[], %s::text[], %s::text[], %s::text[], %s::float8[], "
-        "%s::float8[], %s::int[], %s::float8[], %s::text[], %s::text[]) "
-        "AS r(id, ts, mv, be, label, conf, ood, ind, lat, sha, img) "
+        "%s::float8[], %s::int[], %s::float8[], %s::text[], %s::text[], %s::text[]) "
+        "AS r(id, ts, mv, be, label, conf, ood, ind, lat, sha, img, photo) "
         "ON CONFLICT (id) DO NOTHING RETURNING ts, label, confidence, in_distribution, latency_ms",
         (replica, *[list(c) for c in columns]),
     ).fetchall()
@@ -145,6 +146,29 @@ def insert_shadow(conn: Any, replica: str, rows: list[ShadowRow]) -> None:
                 for s in rows
             ],
         )
+
+
+def reference_photos(conn: Any, refs: list[tuple[str, str]]) -> None:
+    """Name each (prediction id, photo sha256)'s kept photo in its prediction row."""
+    if not refs:
+        return
+    conn.execute(
+        "UPDATE predictions AS p SET photo_sha256 = r.sha FROM unnest(%s::text[], %s::text[]) "
+        "AS r(id, sha) WHERE p.id = r.id",
+        ([pid for pid, _ in refs], [sha for _, sha in refs]),
+    )
+
+
+def recent_feedback_ids(
+    conn: Any, replica: str, predicted_since: float, received_since: float
+) -> list[str]:
+    """Ids of `replica`'s predictions made after `predicted_since` that got feedback (through
+    any replica) after `received_since` (unix seconds)."""
+    rows = conn.execute(
+        "SELECT id FROM feedback WHERE replica = %s AND prediction_ts >= %s AND ts >= %s",
+        (replica, clamp_since(predicted_since), clamp_since(received_since)),
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def find_prediction(conn: Any, prediction_id: str) -> tuple[float, str] | None:

@@ -190,6 +190,13 @@ CREATE INDEX IF NOT EXISTS fleet_drift_space_id ON fleet_drift (feature_space, i
 CREATE INDEX IF NOT EXISTS fleet_drift_ts ON fleet_drift (ts);
 """,
     ),
+    Migration(
+        4,
+        "the kept photo of each prediction (its key in the photo archive)",
+        """
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS photo_sha256 TEXT;
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

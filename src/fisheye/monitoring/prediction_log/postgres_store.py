@@ -125,6 +125,19 @@ class PostgresStore:
         with self._writing() as conn:
             return pg_queries.find_prediction(conn, prediction_id)
 
+    def reference_photos(self, refs: list[tuple[str, str]]) -> None:
+        """Name each (prediction id, photo sha256)'s kept photo in its row."""
+        with self._writing() as conn, conn.transaction():
+            pg_queries.reference_photos(conn, refs)
+
+    def recent_feedback_ids(self, predicted_since: float, received_since: float) -> list[str]:
+        """Ids of this replica's predictions made after `predicted_since` that got feedback,
+        through any replica, after `received_since`."""
+        with self._reading() as conn:
+            return pg_queries.recent_feedback_ids(
+                conn, self.replica, predicted_since, received_since
+            )
+
     def add_feedback(
         self, prediction_id: str, label: str, predicted: str, prediction_ts: float
     ) -> tuple[bool, str, int, int]:

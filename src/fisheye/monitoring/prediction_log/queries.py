@@ -23,7 +23,9 @@ MAX_CORRECTIONS_PER_PREDICTION = 20  # conflicting feedback kept for audit, the 
 def insert_predictions(conn: sqlite3.Connection, rows: list[PredictionRow]) -> None:
     """Insert prediction rows and add them to the minute rollups (in the caller's transaction)."""
     conn.executemany(
-        "INSERT OR IGNORE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT OR IGNORE INTO predictions (id, ts, model_version, backend, label, confidence, "
+        "ood_score, in_distribution, latency_ms, sha256, image_path, photo_sha256) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         [astuple(r) for r in rows],
     )
     add_to_rollups(
@@ -56,6 +58,27 @@ def insert_drift(conn: sqlite3.Connection, results: list[dict[str, Any]]) -> Non
 def insert_shadow(conn: sqlite3.Connection, rows: list[ShadowRow]) -> None:
     """Insert a shadow challenger's answers."""
     conn.executemany("INSERT INTO shadow VALUES (?,?,?,?,?,?,?,?,?,?)", [astuple(s) for s in rows])
+
+
+def reference_photos(conn: sqlite3.Connection, refs: list[tuple[str, str]]) -> None:
+    """Name each (prediction id, photo sha256)'s kept photo in its prediction row."""
+    conn.executemany(
+        "UPDATE predictions SET photo_sha256 = ? WHERE id = ?", [(sha, pid) for pid, sha in refs]
+    )
+
+
+def recent_feedback_ids(
+    conn: sqlite3.Connection, predicted_since: float, received_since: float
+) -> list[str]:
+    """Ids of the predictions made after `predicted_since` that got feedback after
+    `received_since` (unix seconds)."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM feedback WHERE prediction_ts >= ? AND ts >= ?",
+            (clamp_since(predicted_since), clamp_since(received_since)),
+        )
+    ]
 
 
 def find_prediction(conn: sqlite3.Connection, prediction_id: str) -> tuple[float, str] | None:

@@ -33,7 +33,8 @@ class PredictionRow:
     in_distribution: bool | None
     latency_ms: float
     sha256: str
-    image_path: str | None = None
+    image_path: str | None = None  # no longer written (photos are kept in the photo archive)
+    photo_sha256: str | None = None  # the photo's key in the photo archive, when it is kept
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fisheye.monitoring.prediction_log.rollups import add_to_rollups
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     id TEXT PRIMARY KEY,
@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     in_distribution INTEGER,
     latency_ms REAL,
     sha256 TEXT,
-    image_path TEXT
+    image_path TEXT,
+    photo_sha256 TEXT  -- the photo's key in the photo archive, when it is kept
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 -- Per-minute rollups, written with the rows: a summary reads minutes, not rows.
@@ -125,6 +126,9 @@ def _create_or_migrate(conn: sqlite3.Connection) -> None:
         old_feedback = [r[1] for r in conn.execute("PRAGMA table_info(feedback)")]
         if old_feedback and "correct" not in old_feedback:
             conn.execute("ALTER TABLE feedback RENAME TO feedback_v1")
+        old_predictions = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")]
+        if old_predictions and "photo_sha256" not in old_predictions:  # before the archive
+            conn.execute("ALTER TABLE predictions ADD COLUMN photo_sha256 TEXT")
         old_drift = [r[1] for r in conn.execute("PRAGMA table_info(drift)")]
         if old_drift and "role" not in old_drift:  # before challengers: every test was live
             conn.execute("ALTER TABLE drift ADD COLUMN role TEXT NOT NULL DEFAULT 'live'")

@@ -48,6 +48,15 @@ class LogStore(Protocol):
         """(time, label) of a logged prediction, or None (the writer thread's connection)."""
         ...
 
+    def reference_photos(self, refs: list[tuple[str, str]]) -> None:
+        """Name each (prediction id, photo sha256)'s kept photo in its row (the writer's)."""
+        ...
+
+    def recent_feedback_ids(self, predicted_since: float, received_since: float) -> list[str]:
+        """Ids of this replica's predictions made after `predicted_since` that got feedback
+        after `received_since` (unix seconds; any thread)."""
+        ...
+
     def add_feedback(
         self, prediction_id: str, label: str, predicted: str, prediction_ts: float
     ) -> tuple[bool, str, int, int]:
@@ -109,6 +118,17 @@ class SQLiteStore:
         """(time, label) of a logged prediction, or None (the writer thread's connection)."""
         with self._writing() as conn:
             return queries.find_prediction(conn, prediction_id)
+
+    def reference_photos(self, refs: list[tuple[str, str]]) -> None:
+        """Name each (prediction id, photo sha256)'s kept photo in its row (the writer's)."""
+        with self._writing() as conn, conn:
+            queries.reference_photos(conn, refs)
+
+    def recent_feedback_ids(self, predicted_since: float, received_since: float) -> list[str]:
+        """Ids of the predictions made after `predicted_since` that got feedback after
+        `received_since` (the file holds this replica's rows only)."""
+        with self._reading() as conn:
+            return queries.recent_feedback_ids(conn, predicted_since, received_since)
 
     def add_feedback(
         self, prediction_id: str, label: str, predicted: str, prediction_ts: float

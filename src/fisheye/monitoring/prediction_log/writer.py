@@ -62,7 +62,6 @@ class PredictionLog(FeedbackWrites):
         retention_days: float = 30.0,
         max_rows: int = 1_000_000,
         max_queue: int = 10_000,
-        image_dir: Path | None = None,
         on_lost: Callable[[int], None] | None = None,
         retention_every_s: float = 60.0,
         linger_s: float = 0.05,
@@ -75,7 +74,6 @@ class PredictionLog(FeedbackWrites):
         self.store: LogStore = store if not isinstance(store, Path) else SQLiteStore(store)
         self.retention_days = retention_days
         self.max_rows = max_rows
-        self.image_dir = image_dir
         self.on_lost = on_lost
         self.on_degraded = on_degraded
         # Where batches go while a shared store cannot be reached (None: they wait in the
@@ -135,9 +133,14 @@ class PredictionLog(FeedbackWrites):
         self._thread.join(timeout + self.give_up_on_stop_s)
         self._thread = None
 
-    def record(self, row: PredictionRow, image: bytes | None = None) -> None:
+    def record(self, row: PredictionRow) -> None:
         """Queue a prediction for writing; never blocks (a full queue drops and counts it)."""
-        self._put(("prediction", row, image))
+        self._put(("prediction", row, None))
+
+    def reference_photos(self, refs: list[tuple[str, str]]) -> None:
+        """Queue (prediction id, photo sha256) pairs: each logged prediction's photo is now in
+        the photo archive (written after the rows queued before them)."""
+        self._put(("photos", refs, None))
 
     def record_drift(
         self, result: dict[str, Any], role: str = "live", model_version: str | None = None
@@ -209,7 +212,7 @@ class PredictionLog(FeedbackWrites):
         opened = self._open()
         stop = False
         while not stop:
-            rows, drifts, shadows, feedback, barriers = [], [], [], [], []
+            rows, drifts, shadows, feedback, barriers, photos = [], [], [], [], [], []
             for item in self._next_batch():
                 if item is None:
                     stop = True
@@ -218,16 +221,19 @@ class PredictionLog(FeedbackWrites):
                 elif isinstance(item, FeedbackRequest):
                     feedback.append(item)
                 elif item[0] == "prediction":
-                    rows.append((item[1], item[2]))
+                    rows.append(item[1])
+                elif item[0] == "photos":
+                    photos.extend(item[1])
                 elif item[0] == "shadow":
                     shadows.append(item[1])
                 else:
                     drifts.append(item[1])
-            if not opened and (rows or drifts or shadows or feedback):
+            if not opened and (rows or drifts or shadows or feedback or photos):
                 opened = self._open()
             if opened and self._spooling():
                 self._replay(force=stop)
             self._write(opened, rows, drifts, shadows)
+            self._reference_photos(opened, photos)
             # After the rows queued before them: feedback finds a prediction answered just now.
             for request in feedback:
                 self._answer(opened, request)
@@ -237,18 +243,16 @@ class PredictionLog(FeedbackWrites):
                 b.event.set()
         self.store.close()
 
-    def _save_image(self, row: PredictionRow, image: bytes) -> str | None:
-        assert self.image_dir is not None
+    def _reference_photos(self, opened: bool, refs: list[tuple[str, str]]) -> None:
+        if not refs:
+            return
+        if not opened:
+            self._count_lost(len(refs), "the database cannot be opened")
+            return
         try:
-            folder = self.image_dir / row.sha256[:2]
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / row.sha256
-            if not target.exists():
-                target.write_bytes(image)
-            return str(target)
-        except OSError as exc:
-            log.warning("could not store the photo of prediction %s: %s", row.id, exc)
-            return None
+            self._until_unlocked(lambda: self.store.reference_photos(refs))
+        except StoreError as exc:
+            self._count_lost(len(refs), str(exc))
 
     def _write(self, opened: bool, rows: list, drifts: list, shadows: list) -> None:
         if not rows and not drifts and not shadows:
@@ -257,10 +261,7 @@ class PredictionLog(FeedbackWrites):
         if not opened:
             self._count_lost(n, "the database cannot be opened")
             return
-        for row, image in rows:
-            if image is not None and self.image_dir is not None:
-                row.image_path = self._save_image(row, image)
-        predictions = [row for row, _ in rows]
+        predictions = rows
         if self._spooling():  # after the rows already there, in order
             self._to_spool((predictions, drifts, shadows), n)
             return

@@ -21,6 +21,7 @@ from fisheye.data.images import (
 )
 from fisheye.inference.backend import InferenceOutput
 from fisheye.inference.predictor import Predictor
+from fisheye.monitoring.photo_archive import PhotoKeeper
 from fisheye.serving.auth import require_api_key
 from fisheye.serving.batcher import BatcherStoppedError, QueueFullError
 from fisheye.serving.capacity import OverloadedError
@@ -140,6 +141,7 @@ def _answers(
                 pred.in_distribution,
                 out.features[i],
                 photos[i],
+                pred.unsure,
             )
         )
     return fields, seen
@@ -152,8 +154,8 @@ async def _observe(
     latency_ms: float,
     inputs: list[np.ndarray | None],
 ) -> None:
-    """Hand answered photos to monitoring (window, OOD metric, prediction log) and the shadow
-    share to a shadow challenger; never raises.
+    """Hand answered photos to monitoring (window, OOD metric, prediction log, photo archive)
+    and the shadow share to a shadow challenger; never raises.
 
     A coroutine, so the background task runs on the event loop right after the response is
     sent (a plain function would be sent to the thread pool and back).
@@ -162,12 +164,25 @@ async def _observe(
         return
     try:
         if slot.live_monitor is not None:
-            slot.live_monitor.observe(seen, latency_ms)
+            kept = _offer_photos(state.photo_keeper, seen)
+            slot.live_monitor.observe(seen, latency_ms, kept)
         challenger = state.slots.challenger
         if challenger is not None and slot is state.slots.live and state.decoder is not None:
             challenger.shadow(state.decoder, slot, seen, inputs)
     except Exception:  # monitoring must never fail a prediction
         log.exception("monitoring failed to record %d prediction(s)", len(seen))
+
+
+def _offer_photos(keeper: PhotoKeeper | None, seen: list[Observation]) -> set[str]:
+    """Offer the answered photos to the photo keeper; the ids of those it keeps now."""
+    if keeper is None:
+        return set()
+    return {
+        it.id
+        for it in seen
+        if it.data is not None
+        and keeper.offer(it.id, it.data, in_distribution=it.in_distribution, unsure=it.unsure)
+    }
 
 
 def _multipart_body(field_name: str, many: bool) -> dict[str, Any]:
