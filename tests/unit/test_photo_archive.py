@@ -33,8 +33,6 @@ from fisheye.monitoring.photo_archive import (
 from fisheye.monitoring.prediction_log import PredictionLog, PredictionRow, open_store
 from tests.helpers.photos import encode, photo
 
-fsspec = pytest.importorskip("fsspec")
-
 DAY = 86400.0
 
 
@@ -43,6 +41,7 @@ def _jpeg(seed: int) -> bytes:
 
 
 def _memory_archive() -> FsspecArchive:
+    fsspec = pytest.importorskip("fsspec", reason="the object-storage backend needs fsspec")
     fs = fsspec.filesystem("memory")
     return FsspecArchive(fs, f"/archive-{uuid.uuid4().hex}", location="memory://archive")
 
@@ -177,6 +176,7 @@ def test_photo_suffixes_follow_the_format() -> None:
 
 def test_open_archive_takes_a_folder_or_a_url(tmp_path: Path) -> None:
     assert isinstance(open_archive(tmp_path / "a"), LocalArchive)
+    pytest.importorskip("fsspec", reason="the object-storage backend needs fsspec")
     remote = open_archive(f"memory://archive-{uuid.uuid4().hex}")
     assert isinstance(remote, FsspecArchive)
     key = remote.put(_jpeg(7))
