@@ -115,26 +115,33 @@ def test_the_typer_command_is_built_from_the_same_declarations() -> None:
     assert set(verbose.opts) == set(VERBOSE.flags)
 
 
-def test_a_refused_bundle_is_reported_by_the_typer_command(
+def _plain_and_typer(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[tuple]:
+    """(exit status, stderr) of `argv` through `fisheye.cli:app` and through the Typer app."""
+    with pytest.raises(SystemExit) as exc:
+        app(argv, prog_name="fisheye")
+    plain = (exc.value.code, " ".join(capsys.readouterr().err.split()))
+    result = CliRunner().invoke(typer_app(), argv, prog_name="fisheye")
+    return [plain, (result.exit_code, " ".join(result.stderr.split()))]
+
+
+def test_a_refused_bundle_is_reported_as_the_typer_command_reports_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exc:
-        app(["serve", "--model", str(tmp_path / "no-such-bundle"), "--port", "0"])
-    assert exc.value.code == 2
-    err = " ".join(capsys.readouterr().err.split())
-    assert "error: cannot serve the model bundle" in err, err
-    assert "FishEye serving" not in err
+    argv = ["serve", "--model", str(tmp_path / "no-such-bundle"), "--port", "0"]
+    plain, typer_said = _plain_and_typer(argv, capsys)
+    assert plain == typer_said
+    assert plain[0] == 2 and "error: cannot serve the model bundle" in plain[1], plain
+    assert "FishEye serving" not in plain[1]
 
 
-def test_invalid_settings_from_the_environment_are_reported_by_the_typer_command(
+def test_invalid_settings_from_the_environment_are_reported_as_the_typer_command_does(
     tiny_bundle: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FISHEYE_MAX_QUEUE", "1")
-    with pytest.raises(SystemExit) as exc:
-        app(["serve", "--model", str(tiny_bundle)])
-    assert exc.value.code == 2
-    err = " ".join(capsys.readouterr().err.split())
-    assert "invalid server settings" in err and "max_queue (1) must be at least" in err, err
+    plain, typer_said = _plain_and_typer(["serve", "--model", str(tiny_bundle)], capsys)
+    assert plain == typer_said
+    assert plain[0] == 2, plain
+    assert "invalid server settings" in plain[1] and "max_queue (1) must be at least" in plain[1]
 
 
 def test_an_option_typer_refuses_gets_its_usage_error(

@@ -3,10 +3,11 @@
 A scale from zero waits for every import of the process; Typer and Rich took about a tenth
 of a second of it on 2 CPUs. The plain form is `fisheye [--verbose|-v] serve` followed by
 `serve`'s own options (`fisheye.cli.option_specs`), each given once as `--flag VALUE`,
-`-f VALUE` or `--flag=VALUE` with a value Typer would take as it is, settings that
-validate, and a bundle folder (not a registry URI) that passes `serve`'s checks. Anything
-else (`--help`, a mistake, a registry URI, a bundle that is refused) goes to the Typer app,
-which runs the same command and reports as it does for every command.
+`-f VALUE` or `--flag=VALUE` with a value Typer would take as it is, for a bundle folder
+(not a registry URI). Anything else (`--help`, a mistake in the command line, a registry
+URI) goes to the Typer app, which runs the same command and reports as it does for every
+command. Settings or a bundle that `serve`'s checks refuse get the Typer command's message
+and exit status.
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ def serve_if_plain(argv: Sequence[str]) -> None:
         if is_registry_uri(settings.model):
             return  # resolved through MLflow by the Typer command (its output is Rich's)
         check_bundle(settings)
-    except ServeStartError:
-        return  # the Typer command checks again and says what is wrong
+    except ServeStartError as exc:
+        from fisheye.cli.common import consoles, fail  # Typer and Rich: on this error path only
+
+        sys.exit(fail(consoles()[1], str(exc)).exit_code)  # as the Typer command reports it
     try:
         started = run_server(settings, settings.model)
     except KeyboardInterrupt:
