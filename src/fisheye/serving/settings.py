@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fisheye.bundle import default_bundle_dir
 from fisheye.data.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
 from fisheye.inference.backends import AUTO, BackendChoice
 from fisheye.inference.options import PredictionOptions, RuntimeOptions
 from fisheye.monitoring.monitor import MonitorOptions
-from fisheye.serving.env_settings import EnvSettings, ReadAsText
 from fisheye.tracking.model_registry import is_registry_uri
 
 MB = 1024 * 1024
@@ -35,10 +35,10 @@ def default_prediction_db() -> Path:
     return Path(state) / "fisheye" / "predictions.sqlite"
 
 
-class ServeSettings(EnvSettings):
+class ServeSettings(BaseSettings):
     """Settings for `fisheye serve`; e.g. FISHEYE_MAX_BATCH_SIZE=32 sets max_batch_size."""
 
-    env_prefix = "FISHEYE_"
+    model_config = SettingsConfigDict(env_prefix="FISHEYE_", extra="ignore")
 
     model: Path | str = Field(
         default_factory=default_bundle_dir,
@@ -189,7 +189,7 @@ class ServeSettings(EnvSettings):
     feedback_token: SecretStr | None = Field(
         None, description="Bearer token POST /v1/feedback requires (unset: feedback is open)."
     )
-    api_keys: Annotated[list[SecretStr], ReadAsText] = Field(
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API keys; when set, the prediction routes require one "
         "(`Authorization: Bearer KEY` or `X-API-Key: KEY`).",
