@@ -152,7 +152,6 @@ NOT_ON_THE_SERVE_PATH = (
     "fisheye.cli.common",
     "typer",
     "rich",
-    "pydantic_settings",
     "fisheye.cli.train",
     "fisheye.cli.data",
     "fisheye.cli.drift",
