@@ -189,8 +189,11 @@ PROBES = {
     "fisheye.serving.batcher": lambda m: once(m.MicroBatcher, "submit", "a photo's inference"),
     "uvicorn.server": lambda m: wrap(m.Server, "startup", "uvicorn startup (listening at end)"),
 }
-IMPORTS = ("fisheye.cli", "fisheye.cli.serve", "fisheye.serving.settings", "fastapi",
-           "onnxruntime", "uvicorn", "fisheye.serving.routes", "fisheye.serving.app")
+# fisheye.cli.serve: the Typer command (the plain form of `serve` goes through
+# fisheye.cli.plain_serve and fisheye.cli.serve_start instead, where they exist).
+IMPORTS = ("fisheye.cli", "fisheye.cli.serve", "fisheye.cli.plain_serve",
+           "fisheye.cli.serve_start", "fisheye.serving.settings", "fastapi", "onnxruntime",
+           "uvicorn", "fisheye.serving.routes", "fisheye.serving.app")
 
 class Probes(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -255,6 +258,26 @@ def import_breakdown(log: Path, top: int) -> list[tuple[float, float, int, str]]
     total = sum(r[0] for r in rows if r[2] == 0)
     rows.sort(reverse=True)
     return [(total, 0.0, -1, "(all top-level imports)"), *rows[:top]]
+
+
+# Imports a lean `fisheye serve` avoids or cannot avoid: the CLI's Typer and Rich, the
+# settings library, and what FastAPI (pydantic.v1, for its check of each route's models)
+# and uvicorn (click, for its own command line) import whoever runs them.
+WATCHED_IMPORTS = ("typer", "rich.console", "pydantic_settings", "pydantic.v1", "click")
+
+
+def watched_imports(log: Path, names: tuple[str, ...] = WATCHED_IMPORTS) -> dict[str, float]:
+    """Cumulative ms of each module in `names` where the server first imported it (absent:
+    not imported), from an importtime log."""
+    found: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("import time:") or "[us]" in line:
+            continue
+        _, cum_us, name = line.split("|", 2)
+        name = name.strip()
+        if name in names and name not in found:
+            found[name] = int(cum_us) / 1000
+    return found
 
 
 def fmt(x: float, digits: int = 2) -> str:
@@ -387,6 +410,14 @@ def main(argv: list[str] | None = None) -> int:
                 for cum, own, depth, module in import_breakdown(server.log, args.import_top):
                     shown = "" if depth < 0 else str(depth)
                     print(f"| {module} | {shown} | {cum:.0f} | {own:.0f} |")
+                watched = watched_imports(server.log)
+                print(
+                    "\nwatched imports (cumulative ms): "
+                    + ", ".join(
+                        f"{name} {watched[name]:.0f}" if name in watched else f"{name} not imported"
+                        for name in WATCHED_IMPORTS
+                    )
+                )
         finally:
             del os.environ["PYTHONPROFILEIMPORTTIME"]
     return 0

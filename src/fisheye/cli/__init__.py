@@ -1,116 +1,43 @@
-"""The `fisheye` command line: each command is a thin call into the packages below it.
+"""The `fisheye` command line (`fisheye.cli:app`, the console script).
 
-Commands import what they need when they run, and a command's module is imported only when
-that command runs (or help lists it): `fisheye serve` never imports the training, data or
-evaluation commands, and `fisheye --help` starts fast.
+Every command is the Typer app's (`fisheye.cli.commands`), imported when it runs; only
+`fisheye serve` in its plain form (`fisheye.cli.plain_serve`) starts the server without
+importing Typer or Rich, which a cold start would wait for.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-from collections.abc import Iterator, Mapping, MutableMapping
+import sys
+from collections.abc import Sequence
 from typing import Any
 
-import typer
-from rich.console import Console
-from rich.logging import RichHandler
-from typer.core import TyperGroup
 
-# name -> (module, attribute, command settings); the attribute is a command function, or a
-# Typer app of subcommands (settings None). In the order `fisheye --help` lists them.
-COMMANDS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
-    "train": (
-        "fisheye.cli.train",
-        "train",
-        {
-            "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
-            "add_help_option": False,
-        },
-    ),
-    "predict": ("fisheye.cli.predict", "predict", {}),
-    "probe": ("fisheye.cli.probe", "probe", {}),
-    "evaluate": ("fisheye.cli.evaluate", "evaluate", {}),
-    "serve": ("fisheye.cli.serve", "serve", {}),
-    "export": ("fisheye.cli.export", "export", {}),
-    "bench": ("fisheye.cli.bench", "bench", {}),
-    "profile": ("fisheye.cli.profile", "profile", {}),
-    "data": ("fisheye.cli.data", "data_app", None),
-    "drift": ("fisheye.cli.drift", "drift_app", None),
-    "monitor": ("fisheye.cli.monitor", "monitor_app", None),
-    "registry": ("fisheye.cli.registry", "registry_app", None),
-    "admin": ("fisheye.cli.admin", "admin_app", None),
-}
+def typer_app() -> Any:
+    """The Typer app of every command."""
+    from fisheye.cli.commands import app as commands_app
+
+    return commands_app
 
 
-def load_command(name: str) -> Any:
-    """Import one command's module and build its click command, as `app.command()` and
-    `app.add_typer()` would (through a one-command Typer and Typer's public converter)."""
-    module, attribute, settings = COMMANDS[name]
-    target = getattr(importlib.import_module(module), attribute)
-    holder = typer.Typer(add_completion=False)
-    holder.callback()(lambda: None)  # a group, so the command is built as a subcommand
-    if settings is None:
-        holder.add_typer(target, name=name)
-    else:
-        holder.command(name, **settings)(target)
-    return typer.main.get_command(holder).commands[name]  # type: ignore[attr-defined]
+class FisheyeApp:
+    """The `fisheye` command: called, it runs the Typer app (or `serve` in its plain form);
+    any attribute is the Typer app's, so Typer's `CliRunner` and `typer.main.get_command`
+    take it for the app itself."""
+
+    def __call__(
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> Any:
+        """Run `fisheye` with `args` (default: the process's arguments), as Typer's app does."""
+        if not extra:  # a caller's own click settings (e.g. standalone_mode): Typer's
+            from fisheye.cli.plain_serve import serve_if_plain
+
+            serve_if_plain(sys.argv[1:] if args is None else args)
+        return typer_app()(args=args, prog_name=prog_name, **extra)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(typer_app(), name)
 
 
-class _Commands(MutableMapping[str, Any]):
-    """Every command name; a command is built (its module imported) when it is looked up."""
-
-    def __init__(self, built: Mapping[str, Any]) -> None:
-        self._built = dict(built)
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._built and name in COMMANDS:
-            self._built[name] = load_command(name)
-        return self._built[name]
-
-    def __setitem__(self, name: str, command: Any) -> None:
-        self._built[name] = command
-
-    def __delitem__(self, name: str) -> None:
-        del self._built[name]
-
-    def __iter__(self) -> Iterator[str]:
-        yield from COMMANDS
-        yield from (name for name in self._built if name not in COMMANDS)
-
-    def __len__(self) -> int:
-        return len(set(COMMANDS) | set(self._built))
-
-
-class LazyCommands(TyperGroup):
-    """The `fisheye` group: names (help, "did you mean") need no import; running one command
-    imports that command's module only."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.commands = _Commands(self.commands)
-
-
-app = typer.Typer(
-    name="fisheye",
-    help="FishEye: recognise fish and seafood species from photos, and run the model.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    cls=LazyCommands,
-)
-
-
-@app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")):
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        # Logs go to stderr so stdout stays parseable (`--format json`, `evaluate --json`).
-        handlers=[
-            RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
-        ],
-    )
-
+app = FisheyeApp()
 
 __all__ = ["app"]

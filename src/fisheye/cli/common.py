@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from fisheye.bundle import DEFAULT_BUNDLE
+from fisheye.cli.option_specs import MODEL
 from fisheye.data.progress import Advance
 from fisheye.inference.backends import AUTO, NAMES, BackendChoice
 
@@ -108,15 +109,7 @@ ModelOption = Annotated[
     ),
 ]
 # Commands that only read a model (predict, serve) also take a registry URI.
-ModelRefOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Model bundle folder, or a registry URI models:/NAME@ALIAS or models:/NAME/VERSION "
-        "(default: $FISHEYE_MODEL, else models/default).",
-    ),
-]
+ModelRefOption = Annotated[str | None, typer.Option(*MODEL.flags, help=MODEL.help)]
 BackendOption = Annotated[
     BackendChoice,
     typer.Option(
