@@ -21,6 +21,8 @@ from fisheye.monitoring.prediction_log import (
     Spool,
     SQLiteStore,
     StoreError,
+    StoreUnavailableError,
+    open_fleet_store,
     open_store,
 )
 from fisheye.monitoring.prediction_log.queries import MAX_CORRECTIONS_PER_PREDICTION
@@ -397,6 +399,247 @@ def test_a_replica_stopped_while_the_store_is_away_keeps_its_rows_for_the_next_s
         again.stop()
 
 
+# -- a store that stops answering: every wait is bounded ----------------------------------------
+# A short timeout keeps these tests quick; each wait below has a generous safety net only.
+TIMEOUT_S = 1.0
+
+
+def _within(call, why: str, safety_net_s: float = 60.0):
+    """`call()`'s result (or the exception it raised), asserting it returned at all: a call
+    blocked on a frozen store would otherwise hang the test with the store frozen."""
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = call()
+        except BaseException as exc:  # handed to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(safety_net_s)
+    assert not thread.is_alive(), why
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["result"]
+
+
+def _stored_once(log: PredictionLog, n: int) -> None:
+    """The store holds `n` predictions, each once, and its rollups count each once."""
+    assert _query(log, "SELECT COUNT(*), COUNT(DISTINCT id) FROM predictions") == [(n, n)]
+    assert log.summary(3600)["predictions"] == n
+
+
+def test_a_frozen_store_degrades_the_log_its_rows_are_spooled_and_then_stored_once(
+    postgres_server, postgres_url: str, tmp_path: Path
+) -> None:
+    """The server stops (SIGSTOP) with the writer's connection open, for longer than the
+    timeout: no error comes from it, yet the writer gives up on the batch, says degraded,
+    spools the rows, and writes them once when the server runs again."""
+    spool = Spool(tmp_path / "spool.jsonl", max_bytes=1 << 20)
+    changes: list[bool] = []
+    log = PredictionLog(
+        open_store(postgres_url, replica="pod-a", timeout_s=TIMEOUT_S),
+        spool=spool,
+        linger_s=0.001,
+        on_degraded=changes.append,
+    )
+    log.start()
+    try:
+        for i in range(5):
+            log.record(_row(i))
+        assert log.flush()
+        with postgres_server.paused():
+            for i in range(5, 30):
+                log.record(_row(i))
+            _wait_until(lambda: log.degraded is not None, "a frozen store never said degraded")
+            assert "did not answer" in log.degraded
+            for i in range(30, 40):  # rows answered while degraded go straight to the spool
+                log.record(_row(i))
+            assert log.flush(timeout=60)  # the writer is not held by the store
+            assert spool.pending and log.lost == 0
+        _wait_until(lambda: not spool.pending, "the spool was not replayed")
+        assert log.flush()
+        assert log.degraded is None and changes == [True, False]
+        _stored_once(log, 40)
+        assert log.add_feedback("id-7", "Trout")["new"]
+    finally:
+        log.stop()
+    assert log.lost == 0
+
+
+def test_a_replica_stopped_while_its_store_is_frozen_keeps_its_rows_for_the_next_start(
+    postgres_server, postgres_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM during a freeze: the stop does not wait for the store, the rows stay in the
+    spool, and the next start stores them once."""
+    spool = Spool(tmp_path / "spool.jsonl", max_bytes=1 << 20)
+    log = PredictionLog(open_store(postgres_url, replica="pod-a", timeout_s=TIMEOUT_S), spool=spool)
+    log.start()
+    log.record(_row(0))
+    assert log.flush()
+    with postgres_server.paused():
+        for i in range(1, 10):
+            log.record(_row(i))
+        _wait_until(lambda: log.degraded is not None, "a frozen store never said degraded")
+        for i in range(10, 15):
+            log.record(_row(i))
+        writer = log._thread
+        assert writer is not None
+        _within(log.stop, "the stop waited for a frozen store")
+        assert not writer.is_alive() and log.lost == 0 and spool.pending
+    again = PredictionLog(open_store(postgres_url, replica="pod-a"), spool=spool)
+    again.start()
+    try:
+        _wait_until(lambda: not spool.pending, "the spool was not replayed")
+        _stored_once(again, 15)
+    finally:
+        again.stop()
+
+
+def test_a_statement_held_up_by_a_lock_fails_at_the_timeout_and_the_rows_wait_in_the_spool(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The server answers, but the write waits for a lock another session holds: it fails
+    at the timeout; rows are spooled and written once the lock is released."""
+    spool = Spool(tmp_path / "spool.jsonl", max_bytes=1 << 20)
+    log = PredictionLog(
+        open_store(postgres_url, replica="pod-a", timeout_s=TIMEOUT_S), spool=spool, linger_s=0.001
+    )
+    log.start()
+    try:
+        log.record(_row(0))
+        assert log.flush()
+        with psycopg.connect(postgres_url) as blocker:
+            blocker.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+            for i in range(1, 20):
+                log.record(_row(i))
+            # The server cancels it (statement timeout), or, were it too busy to, this side
+            # closes the connection a second later: either way the write fails.
+            _wait_until(lambda: log.degraded is not None, "a held-up write never failed")
+            assert log.flush(timeout=60) and spool.pending
+            blocker.rollback()
+        _wait_until(lambda: not spool.pending, "the spool was not replayed")
+        assert log.flush() and log.degraded is None
+        _stored_once(log, 20)
+    finally:
+        log.stop()
+    assert log.lost == 0
+
+
+class _AnswerLostOnce(PostgresStore):
+    """A store whose first write commits but whose answer never arrives (the connection cut
+    just after COMMIT was sent): the writer cannot tell it was written."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes = 0
+
+    def write(self, predictions, drifts, shadows) -> None:
+        super().write(predictions, drifts, shadows)
+        self.writes += 1
+        if self.writes == 1:
+            raise StoreUnavailableError("the answer to COMMIT was lost")
+
+
+def test_a_batch_whose_commit_went_unanswered_is_replayed_and_stored_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool.jsonl", max_bytes=1 << 20)
+    changes: list[bool] = []
+    store = _AnswerLostOnce(postgres_url, replica="pod-a", timeout_s=TIMEOUT_S)
+    log = PredictionLog(store, spool=spool, on_degraded=changes.append)
+    log.start()
+    try:
+        # One batch: predictions, a drift test and a shadow answer.
+        now = time.time()
+        log.record_drift(
+            {"computed_at": now, "n": 50, "score": 0.1, "p_value": 0.4, "drift": False}
+        )
+        log.record_shadow(ShadowRow("id-3", now, "v2", "Trout", 0.8, 1.0, True, 4.0, "Trout", True))
+        for i in range(10):
+            log.record(_row(i))
+        assert log.flush()
+        _wait_until(lambda: not spool.pending, "the spool was not replayed")
+        assert log.flush()
+        assert store.writes >= 2 and changes == [True, False]  # written twice, kept once:
+        _stored_once(log, 10)
+        assert _query(log, "SELECT COUNT(*) FROM drift") == [(1,)]
+        assert _query(log, "SELECT COUNT(*) FROM shadow") == [(1,)]
+    finally:
+        log.stop()
+
+
+def test_feedback_and_the_summary_answer_while_the_store_is_frozen(
+    postgres_server, postgres_url: str, tmp_path: Path
+) -> None:
+    """Neither waits for a frozen store: both fail with StoreError (the server: 503
+    log_unavailable), and both work again once it runs."""
+    spool = Spool(tmp_path / "spool.jsonl", max_bytes=1 << 20)
+    log = PredictionLog(open_store(postgres_url, replica="pod-a", timeout_s=TIMEOUT_S), spool=spool)
+    log.start()
+    try:
+        log.record(_row(0))
+        assert log.summary(3600)["predictions"] == 1  # the read pool holds a connection now
+        with postgres_server.paused():
+            for _ in range(2):  # the pooled connection, then a new one
+                with pytest.raises(StoreError):
+                    _within(lambda: log.summary(3600), "the summary waited for a frozen store")
+            with pytest.raises(StoreError):
+                _within(
+                    lambda: log.add_feedback("id-0", "Trout"),
+                    "feedback waited for a frozen store",
+                )
+            log.record(_row(1))
+        _wait_until(lambda: log.flush() and not spool.pending, "the spool was not replayed")
+        assert log.add_feedback("id-0", "Trout")["new"]
+        _stored_once(log, 2)
+    finally:
+        log.stop()
+
+
+def test_the_fleet_drift_connection_fails_instead_of_waiting_on_a_frozen_store(
+    postgres_server, postgres_url: str
+) -> None:
+    """The fleet drift leader's connection: a read on a frozen store fails (the lease goes
+    with the connection), and the lease is taken again once the store runs."""
+    fleet_store = open_fleet_store(postgres_url, replica="pod-a", timeout_s=TIMEOUT_S)
+    try:
+        assert fleet_store.try_lead()
+        with postgres_server.paused():
+            with pytest.raises(StoreError):
+                _within(
+                    lambda: fleet_store.latest_result(), "the fleet store waited for a frozen store"
+                )
+            assert not fleet_store.leading
+        _wait_until(fleet_store.try_lead, "the lease was not taken again")
+        assert fleet_store.latest_result() is None
+    finally:
+        fleet_store.close()
+
+
+def test_every_connection_to_the_store_bounds_its_waits(postgres_url: str) -> None:
+    """The writer's, the read pool's and the fleet store's connections: a statement timeout
+    on the server, a connect timeout, TCP keepalives and a TCP user timeout."""
+    store = PostgresStore(postgres_url, replica="pod-a", timeout_s=2.5)
+    fleet_store = open_fleet_store(postgres_url, replica="pod-a", timeout_s=2.5)
+    try:
+        store.write([_row(0)], [], [])
+        fleet_store.latest_result()
+        with store._reading() as reader:
+            conns = [store._writer, reader, fleet_store._conn]
+            for conn in conns:
+                assert conn is not None
+                assert conn.execute("SHOW statement_timeout").fetchone() == ("2500ms",)
+                params = conn.info.get_parameters()
+                assert params["connect_timeout"] == "3" and params["keepalives"] == "1"
+                assert int(params["tcp_user_timeout"]) > 2500
+                assert {"keepalives_idle", "keepalives_interval", "keepalives_count"} <= set(params)
+    finally:
+        store.close()
+        fleet_store.close()
+
+
 # -- migrations ------------------------------------------------------------------------------
 def test_migrations_applied_twice_change_nothing(postgres_url: str) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -602,6 +845,69 @@ def test_a_server_answers_while_its_store_is_away_and_says_the_log_is_degraded(
         res = client.post("/v1/feedback", json={"id": ids[0], "label": "Trout"})
         assert res.status_code == 200, res.text
         assert state.prediction_log.lost == 0
+
+
+def test_a_server_whose_store_freezes_keeps_answering_and_says_the_log_is_degraded(
+    postgres_server, postgres_url: str, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """The store frozen (SIGSTOP) under a running server: predictions are answered, /readyz
+    and the gauge say degraded, feedback and the summary answer 503 log_unavailable instead
+    of waiting; resumed, the spooled rows are stored once and all is well again."""
+    from fastapi.testclient import TestClient
+
+    from fisheye.serving.app import create_app
+    from fisheye.serving.settings import ServeSettings
+    from tests.helpers.photos import encode, photo
+
+    spool = tmp_path / "spool.jsonl"
+    settings = ServeSettings(
+        model=tiny_bundle,
+        threads=1,
+        model_workers=1,
+        prediction_db=postgres_url,
+        log_spool=spool,
+        store_timeout_s=TIMEOUT_S,
+        summary_cache_s=0,
+        fleet_features_per_s=0,
+    )
+    body = encode(photo(2), "PNG")
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.serving  # type: ignore[attr-defined]
+        state.wait_loaded(60)
+        plog = state.prediction_log
+
+        def predict() -> str:
+            res = client.post("/v1/predict", files={"file": ("p.png", body)})
+            assert res.status_code == 200, res.text
+            return res.json()["id"]
+
+        before = predict()
+        assert plog.flush()
+        assert client.get("/v1/monitoring/summary").status_code == 200
+        with postgres_server.paused():
+            during = [_within(predict, "a prediction waited for the store") for _ in range(3)]
+            _wait_until(lambda: plog.degraded is not None, "the log never said degraded")
+            ready = _within(lambda: client.get("/readyz"), "/readyz waited")
+            assert ready.status_code == 200 and ready.json()["prediction_log"] == "degraded"
+            metrics = _within(lambda: client.get("/metrics"), "/metrics waited").text
+            assert "fisheye_prediction_log_degraded 1.0" in metrics
+            for call in (
+                lambda: client.post("/v1/feedback", json={"id": before, "label": "Trout"}),
+                lambda: client.get("/v1/monitoring/summary"),
+            ):
+                res = _within(call, "a request waited for a frozen store")
+                assert res.status_code == 503 and res.json()["error"] == "log_unavailable"
+        _wait_until(lambda: not spool.exists(), "the spool was not replayed")
+        assert client.get("/readyz").json()["prediction_log"] == "ok"
+        assert "fisheye_prediction_log_degraded 0.0" in client.get("/metrics").text
+        res = client.post("/v1/feedback", json={"id": during[0], "label": "Trout"})
+        assert res.status_code == 200, res.text
+        assert client.get("/v1/monitoring/summary").json()["predictions"] == 4
+        assert plog.lost == 0
+    ids = [before, *during]
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute("SELECT id FROM predictions WHERE id = ANY(%s)", (ids,)).fetchall()
+    assert sorted(r[0] for r in rows) == sorted(ids)
 
 
 def test_the_report_command_reads_the_fleet_or_one_replica(fleet, tmp_path: Path) -> None:

@@ -301,7 +301,7 @@ def fleet_drift_for(
         f"{backends.family(predictor.backend_name)}",
     )
     return FleetDrift(
-        open_fleet_store(str(db), replica=settings.replica_id),
+        open_fleet_store(str(db), replica=settings.replica_id, timeout_s=settings.store_timeout_s),
         sampler,
         monitor.drift,
         size=settings.drift_window,

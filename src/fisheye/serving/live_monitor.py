@@ -49,7 +49,9 @@ def open_prediction_log(settings: ServeSettings, metrics: Metrics) -> Prediction
     """The app's prediction log (shared by every loaded model), or None when it is off."""
     if not settings.prediction_log:
         return None
-    store = open_store(settings.prediction_db, replica=settings.replica_id)
+    store = open_store(
+        settings.prediction_db, replica=settings.replica_id, timeout_s=settings.store_timeout_s
+    )
     spool = None
     if getattr(store, "shared", False) and settings.log_spool_max_bytes > 0:
         # One file per replica, should replicas share a volume.

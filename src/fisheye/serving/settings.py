@@ -340,6 +340,14 @@ class ServeSettings(BaseSettings):
         ge=0,
         description="With the archive: how long after its answer a photo is held for feedback.",
     )
+    store_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="With a PostgreSQL log: the longest a write, read or feedback waits for the "
+        "store (a frozen, stalled or cut-off store fails it: rows go to the spool, the log says "
+        "degraded, feedback and the summary answer 503).",
+    )
     store_images: bool = Field(
         False,
         description="Deprecated: FISHEYE_ARCHIVE=<folder> with FISHEYE_ARCHIVE_SAMPLE_RATE=1 "

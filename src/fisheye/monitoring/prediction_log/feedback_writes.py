@@ -98,10 +98,12 @@ class FeedbackWrites:
             " (it is kept and written later); retry"
         )
 
-    def _answer(self, opened: bool, request: FeedbackRequest) -> None:
+    def _answer(self, refused: StoreError | None, request: FeedbackRequest) -> None:
+        """Write `request` and hand its caller the result, or `refused` (the store cannot
+        take it now) without trying."""
         try:
-            if not opened:
-                raise StoreError("the database cannot be opened")
+            if refused is not None:
+                raise refused
             result = self._until_unlocked(
                 lambda: self._feedback(request.prediction_id, request.label)
             )

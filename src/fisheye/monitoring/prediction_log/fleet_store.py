@@ -6,7 +6,10 @@ connection: PostgreSQL releases it when the session ends, so when the leading re
 is killed, or loses its connection, another one takes it on its next try. The leader reads
 the window and writes its result on the same connection, so a result is written only while
 its writer still holds the lease. A peer that vanishes without closing its connection (a
-host lost, a network cut) is noticed by TCP keepalives after about KEEPALIVE_LOSS_S.
+host lost, a network cut) is noticed by the server's TCP keepalives after about
+KEEPALIVE_LOSS_S. Each use of the connection is bounded like the prediction store's
+(pg_connect.py): a store that does not answer within `timeout_s` fails it (StoreError), the
+connection is closed, and the lease with it.
 """
 
 from __future__ import annotations
@@ -20,13 +23,20 @@ import psycopg
 from fisheye.monitoring.prediction_log import pg_fleet
 from fisheye.monitoring.prediction_log.db_url import redact
 from fisheye.monitoring.prediction_log.fleet_rows import FeatureRow, FleetWindow
-from fisheye.monitoring.prediction_log.pg_schema import MIGRATIONS, migrate
-from fisheye.monitoring.prediction_log.postgres_store import CONNECT_TIMEOUT_S, store_error
+from fisheye.monitoring.prediction_log.opening import STORE_TIMEOUT_S
+from fisheye.monitoring.prediction_log.pg_connect import (
+    client_deadline_s,
+    connect,
+    ensure_schema,
+)
+from fisheye.monitoring.prediction_log.pg_deadline import bounded
+from fisheye.monitoring.prediction_log.pg_schema import MIGRATIONS
+from fisheye.monitoring.prediction_log.postgres_store import store_error
 from fisheye.monitoring.prediction_log.rows import StoreError
 
 T = TypeVar("T")
-# Keepalives on both ends: the server drops a vanished leader's session (and its lease) after
-# idle + interval x count seconds; this side notices a vanished server as fast.
+# The server's keepalives: it drops a vanished leader's session (and its lease) after
+# idle + interval x count seconds. (This side's are sized by the timeout: pg_connect.py.)
 KEEPALIVE = {"keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 KEEPALIVE_LOSS_S = 25
 _SERVER_KEEPALIVE = " ".join(f"-c tcp_{k}={v}" for k, v in KEEPALIVE.items())
@@ -35,9 +45,10 @@ _SERVER_KEEPALIVE = " ".join(f"-c tcp_{k}={v}" for k, v in KEEPALIVE.items())
 class FleetStore:
     """The fleet-drift tables of a PostgreSQL prediction store, through one connection."""
 
-    def __init__(self, url: str, *, replica: str) -> None:
+    def __init__(self, url: str, *, replica: str, timeout_s: float = STORE_TIMEOUT_S) -> None:
         self.url = url
         self.replica = replica
+        self.timeout_s = timeout_s
         self._conn: psycopg.Connection | None = None
         self.leading = False  # whether this connection holds the lease
 
@@ -100,28 +111,32 @@ class FleetStore:
             self.close()
             conn = self._conn = self._connect()
         try:
-            yield conn
+            with bounded(conn, client_deadline_s(self.timeout_s), self._what):
+                yield conn
         except psycopg.Error as exc:
+            raise store_error(exc, self.url) from exc
+        finally:
             if conn.broken or conn.closed:
                 self.close()
-            raise store_error(exc, self.url) from exc
+
+    @property
+    def _what(self) -> str:
+        return f"the prediction store {redact(self.url)}"
 
     def _connect(self) -> psycopg.Connection:
         try:
-            conn = psycopg.connect(
-                self.url,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                application_name=f"fisheye {self.replica} fleet"[:63],
-                keepalives=1,
-                options=_SERVER_KEEPALIVE,
-                **KEEPALIVE,
+            conn = connect(
+                self.url, self.timeout_s, f"fisheye {self.replica} fleet", _SERVER_KEEPALIVE
             )
         except psycopg.Error as exc:
             raise store_error(exc, self.url) from exc
         try:
-            migrate(conn, self.replica, MIGRATIONS)  # a no-op once the writer has applied them
+            # A quick read once the writer has applied them.
+            ensure_schema(conn, self.replica, MIGRATIONS, self.timeout_s, self._what)
         except psycopg.Error as exc:
             conn.close()
             raise store_error(exc, self.url) from exc
+        except StoreError:
+            conn.close()
+            raise
         return conn

@@ -95,13 +95,22 @@ def add_to_rollups(conn: Any, replica: str, rows: list[Any]) -> None:
 
 
 def insert_drift(conn: Any, replica: str, results: list[dict[str, Any]]) -> None:
-    """Insert drift-test results (of the live model or of a challenger)."""
+    """Insert drift-test results (of the live model or of a challenger); one this replica
+    already logged (the same time, model, role and figures: a batch written again after its
+    commit went unanswered) is skipped."""
     if not results:
         return
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO drift (ts, replica, n, score, p_value, p_value_is_bound, drift, "
-            "ood_fraction, role, model_version) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            "ood_fraction, role, model_version) SELECT * FROM (VALUES (%s::float8, %s, "
+            "%s::int, %s::float8, %s::float8, %s::int, %s::int, %s::float8, %s, %s)) "
+            "AS r(ts, replica, n, score, p_value, bound, drift, ood, role, mv) "
+            "WHERE NOT EXISTS (SELECT 1 FROM drift d WHERE d.ts = r.ts "
+            "AND d.replica = r.replica AND d.role = r.role "
+            "AND d.model_version IS NOT DISTINCT FROM r.mv AND d.n IS NOT DISTINCT FROM r.n "
+            "AND d.score IS NOT DISTINCT FROM r.score "
+            "AND d.p_value IS NOT DISTINCT FROM r.p_value)",
             [
                 (
                     d["computed_at"],
@@ -121,14 +130,18 @@ def insert_drift(conn: Any, replica: str, results: list[dict[str, Any]]) -> None
 
 
 def insert_shadow(conn: Any, replica: str, rows: list[ShadowRow]) -> None:
-    """Insert a shadow challenger's answers."""
+    """Insert a shadow challenger's answers; one already logged (the same prediction, time
+    and challenger: a batch written again after its commit went unanswered) is skipped."""
     if not rows:
         return
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO shadow (id, ts, replica, model_version, label, confidence, ood_score, "
-            "in_distribution, latency_ms, live_label, agree) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            "in_distribution, latency_ms, live_label, agree) SELECT * FROM (VALUES (%s, "
+            "%s::float8, %s, %s, %s, %s::float8, %s::float8, %s::int, %s::float8, %s, "
+            "%s::int)) AS r(id, ts, replica, mv, label, conf, ood, ind, lat, live, agree) "
+            "WHERE NOT EXISTS (SELECT 1 FROM shadow s WHERE s.ts = r.ts AND s.id = r.id "
+            "AND s.model_version IS NOT DISTINCT FROM r.mv)",
             [
                 (
                     s.id,

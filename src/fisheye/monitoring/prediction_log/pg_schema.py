@@ -1,10 +1,11 @@
 """The PostgreSQL schema of the prediction log, as numbered migrations.
 
-Every replica of a fleet opens the same database. On start each one takes an advisory lock,
-reads which migrations `fisheye_schema_migrations` says are applied, and applies the ones it
-knows and the database lacks, in one transaction. Migrations are additive only (new tables,
-new nullable columns, new indexes), and every statement names its columns, so replicas of
-the previous version keep writing while a newer one migrates, and after it.
+Every replica of a fleet opens the same database. On start each one reads which migrations
+`fisheye_schema_migrations` says are applied; when one it knows is missing, it takes an
+advisory lock, reads again, and applies the ones the database lacks, in one transaction.
+Migrations are additive only (new tables, new nullable columns, new indexes), and every
+statement names its columns, so replicas of the previous version keep writing while a newer
+one migrates, and after it.
 """
 
 from __future__ import annotations
@@ -214,6 +215,9 @@ def migrate(conn: Any, replica: str, migrations: tuple[Migration, ...] = MIGRATI
     """Apply the migrations the database lacks (under the advisory lock, in one transaction);
     returns the versions applied now. `conn` is a psycopg connection in autocommit mode."""
     with conn.transaction():
+        # Waiting for another replica's migration, or building an index on a large table,
+        # takes what it takes: not bounded by the connection's statement timeout.
+        conn.execute("SET LOCAL statement_timeout = 0")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         conn.execute(_MIGRATIONS_TABLE)
         applied = {r[0] for r in conn.execute("SELECT version FROM fisheye_schema_migrations")}
@@ -228,10 +232,23 @@ def migrate(conn: Any, replica: str, migrations: tuple[Migration, ...] = MIGRATI
                 (m.version, m.description, replica),
             )
             done.append(m.version)
-    newest = max(applied | set(done), default=0)
-    known = migrations[-1].version if migrations else 0
     if done:
         log.info("prediction store: applied schema migration(s) %s", done)
+    _note_newer(max(applied | set(done), default=0), migrations)
+    return done
+
+
+def pending_migrations(conn: Any, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
+    """The versions in `migrations` the database lacks (a quick read, no lock)."""
+    if conn.execute("SELECT to_regclass('fisheye_schema_migrations')").fetchone()[0] is None:
+        return [m.version for m in migrations]
+    applied = {r[0] for r in conn.execute("SELECT version FROM fisheye_schema_migrations")}
+    _note_newer(max(applied, default=0), migrations)
+    return [m.version for m in migrations if m.version not in applied]
+
+
+def _note_newer(newest: int, migrations: tuple[Migration, ...]) -> None:
+    known = migrations[-1].version if migrations else 0
     if newest > known:
         log.info(
             "prediction store: schema version %d is newer than this replica's %d; "
@@ -239,7 +256,6 @@ def migrate(conn: Any, replica: str, migrations: tuple[Migration, ...] = MIGRATI
             newest,
             known,
         )
-    return done
 
 
 def schema_versions(conn: Any) -> list[int]:

@@ -6,9 +6,15 @@ replica that wrote it. The schema comes from numbered, additive migrations (pg_s
 applied when the writer first connects. psycopg is imported only here, so a server with a
 SQLite log never loads it.
 
-Errors: a lock conflict or deadlock is StoreBusyError, a server that cannot be reached or a
-lost connection StoreUnavailableError (for both the writer keeps the batch and tries again,
-reconnecting, until the store answers); anything else StoreError.
+Every wait on the server is bounded (pg_connect.py): a write, a read or a feedback that the
+store does not finish within `timeout_s` (FISHEYE_STORE_TIMEOUT_S) fails, whether the server
+cancels it (a statement waiting for a lock) or this side cuts the connection (a server that
+does not answer at all: frozen, its host or disk stalled, the network cut).
+
+Errors: a lock conflict or deadlock is StoreBusyError, a server that cannot be reached, a
+lost connection or a wait past the timeout StoreUnavailableError (for both the writer keeps
+the batch, in its spool or its queue, and tries again, reconnecting, until the store
+answers); anything else StoreError.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from fisheye.monitoring.prediction_log import pg_queries
 from fisheye.monitoring.prediction_log.db_url import redact
-from fisheye.monitoring.prediction_log.pg_schema import (
-    MIGRATIONS,
-    RETENTION_LOCK,
-    Migration,
-    migrate,
+from fisheye.monitoring.prediction_log.opening import STORE_TIMEOUT_S
+from fisheye.monitoring.prediction_log.pg_connect import (
+    client_deadline_s,
+    connect,
+    connect_kwargs,
+    ensure_schema,
 )
+from fisheye.monitoring.prediction_log.pg_deadline import bounded
+from fisheye.monitoring.prediction_log.pg_schema import MIGRATIONS, RETENTION_LOCK, Migration
 from fisheye.monitoring.prediction_log.rows import (
     PredictionRow,
     ShadowRow,
@@ -39,8 +48,9 @@ from fisheye.monitoring.prediction_log.rows import (
 )
 
 log = logging.getLogger(__name__)
-CONNECT_TIMEOUT_S = 5
-READ_TIMEOUT_S = 5.0  # how long a read waits for a pooled connection
+# Retention deletes a minute's rows, or at its first run a backlog: it may take longer than a
+# write, and the writer's rows wait in its queue meanwhile.
+RETENTION_TIMEOUT_S = 60.0
 _CONFLICTS = (
     pg_errors.DeadlockDetected,
     pg_errors.SerializationFailure,
@@ -60,11 +70,13 @@ class PostgresStore:
         replica: str,
         migrations: tuple[Migration, ...] = MIGRATIONS,
         pool_size: int = 2,
+        timeout_s: float = STORE_TIMEOUT_S,
     ) -> None:
         self.url = url
         self.replica = replica
         self.migrations = migrations
         self.pool_size = pool_size
+        self.timeout_s = timeout_s
         self._writer: psycopg.Connection | None = None
         self._pool: ConnectionPool | None = None
 
@@ -81,21 +93,23 @@ class PostgresStore:
 
     def _connect_writer(self) -> psycopg.Connection:
         try:
-            conn = psycopg.connect(
-                self.url,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                application_name=f"fisheye {self.replica}"[:63],
-            )
+            conn = connect(self.url, self.timeout_s, f"fisheye {self.replica}")
         except psycopg.Error as exc:
             raise store_error(exc, self.url) from exc
         try:
-            migrate(conn, self.replica, self.migrations)
+            ensure_schema(conn, self.replica, self.migrations, self.timeout_s, self._what)
         except psycopg.Error as exc:
             conn.close()
             raise store_error(exc, self.url) from exc
+        except StoreError:
+            conn.close()
+            raise
         self._writer = conn
         return conn
+
+    @property
+    def _what(self) -> str:
+        return f"the prediction store {redact(self.url)}"
 
     def write(
         self,
@@ -112,7 +126,9 @@ class PostgresStore:
     def retain(self, retention_days: float, max_rows: int) -> int:
         """Delete what is older than the retention age or beyond the row limit; one replica
         at a time does it (the others skip this round)."""
-        with self._writing() as conn, conn.transaction():
+        bound = max(RETENTION_TIMEOUT_S, self.timeout_s)
+        with self._writing(bound) as conn, conn.transaction():
+            conn.execute(f"SET LOCAL statement_timeout = {int(bound * 1000)}")
             locked = conn.execute(
                 "SELECT pg_try_advisory_xact_lock(%s)", (RETENTION_LOCK,)
             ).fetchone()[0]
@@ -170,28 +186,35 @@ class PostgresStore:
             self._pool = None
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[psycopg.Connection]:
-        """The writer connection (reconnected after a loss), its errors as StoreError."""
+    def _writing(self, timeout_s: float | None = None) -> Iterator[psycopg.Connection]:
+        """The writer connection (reconnected after a loss) for one operation of at most
+        `timeout_s` (default: the store's), its errors as StoreError."""
         conn = self._writer
         if conn is None or conn.closed or conn.broken:
             self._writer = None
             conn = self._connect_writer()
+        deadline = client_deadline_s(self.timeout_s if timeout_s is None else timeout_s)
         try:
-            yield conn
+            with bounded(conn, deadline, self._what):
+                yield conn
         except psycopg.Error as exc:
+            raise store_error(exc, self.url) from exc
+        finally:
             if conn.broken or conn.closed:
                 self._writer = None
-            raise store_error(exc, self.url) from exc
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[psycopg.Connection]:
         """A pooled connection for one read, from any thread (without a pool: a connection of
         its own, for one-off readers such as the report)."""
+        deadline = client_deadline_s(self.timeout_s)
+        name = f"fisheye {self.replica} read"
         if self.pool_size == 0:
             try:
-                with psycopg.connect(
-                    self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-                ) as conn:
+                with (
+                    connect(self.url, self.timeout_s, name) as conn,
+                    bounded(conn, deadline, self._what),
+                ):
                     yield conn
             except psycopg.Error as exc:
                 raise store_error(exc, self.url) from exc
@@ -201,15 +224,21 @@ class PostgresStore:
                 self.url,
                 min_size=0,
                 max_size=self.pool_size,
-                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                kwargs=connect_kwargs(self.timeout_s, name),
                 open=True,
                 name="fisheye-log-read",
             )
         try:
-            with self._pool.connection(timeout=READ_TIMEOUT_S) as conn:
+            # A connection cut or lost is not taken back into the pool.
+            with (
+                self._pool.connection(timeout=self.timeout_s) as conn,
+                bounded(conn, deadline, self._what),
+            ):
                 yield conn
         except PoolTimeout as exc:
-            raise StoreError(f"cannot reach the prediction store {redact(self.url)}") from exc
+            raise StoreUnavailableError(
+                f"cannot reach {self._what} within {self.timeout_s:g} s"
+            ) from exc
         except psycopg.Error as exc:
             raise store_error(exc, self.url) from exc
 

@@ -9,10 +9,11 @@ the writer keeps the batch and tries again until it is written. Rows are dropped
 cannot be opened, the queue overflows, or the log stops while the lock is still held. The
 prediction itself is never delayed or failed.
 
-With a PostgreSQL store shared by replicas: while the store cannot be reached, batches go to
-a bounded spool file (spool.py) and are replayed in order when it answers (`degraded` says
-why meanwhile); feedback on an id not found is looked up again for SHARED_STORE_GRACE_S,
-as the replica that answered it may still be writing it.
+With a PostgreSQL store shared by replicas: while the store cannot be reached or does not
+answer within its timeout, batches go to a bounded spool file (spool.py) and are replayed in
+order when it answers (`degraded` says why meanwhile); feedback on an id not found is
+looked up again for SHARED_STORE_GRACE_S, as the replica that answered it may still be
+writing it.
 """
 
 from __future__ import annotations
@@ -230,14 +231,16 @@ class PredictionLog(FeedbackWrites):
                     drifts.append(item[1])
             if not opened and (rows or drifts or shadows or feedback or photos):
                 opened = self._open()
-            if opened and self._spooling():
+            # Stopping while the store does not answer: the spool waits for the next start
+            # (another try could outlast the stop's grace).
+            if opened and self._spooling() and not (stop and self.degraded):
                 self._replay(force=stop)
             self._write(opened, rows, drifts, shadows)
             self._reference_photos(opened, photos)
             # After the rows queued before them: feedback finds a prediction answered just now.
             for request in feedback:
-                self._answer(opened, request)
-            if opened:
+                self._answer(self._refusal(opened), request)
+            if opened and not self._spooling():  # not while the store does not answer
                 self._maybe_retain()
             for b in barriers:
                 b.event.set()
@@ -246,8 +249,10 @@ class PredictionLog(FeedbackWrites):
     def _reference_photos(self, opened: bool, refs: list[tuple[str, str]]) -> None:
         if not refs:
             return
-        if not opened:
-            self._count_lost(len(refs), "the database cannot be opened")
+        # While rows are spooled, their rows are not in the store to take a reference.
+        refused = self._refusal(opened)
+        if refused is not None:
+            self._count_lost(len(refs), str(refused))
             return
         try:
             self._until_unlocked(lambda: self.store.reference_photos(refs))
@@ -275,6 +280,19 @@ class PredictionLog(FeedbackWrites):
                 self._to_spool((predictions, drifts, shadows), n)
         except StoreError as exc:
             self._count_lost(n, str(exc))
+
+    def _refusal(self, opened: bool) -> StoreError | None:
+        """Why feedback cannot be written now, or None. While rows are spooled, the store
+        did not take the last replay (the next is at most REPLAY_EVERY_S away): feedback
+        fails at once rather than wait for a store that does not answer."""
+        if not opened:
+            return StoreError("the database cannot be opened")
+        if self._spooling():
+            return StoreUnavailableError(
+                "the prediction store cannot take writes now "
+                f"({self.degraded or 'rows wait in the spool'}); retry shortly"
+            )
+        return None
 
     def _spooling(self) -> bool:
         return self.spool is not None and self.spool.pending
@@ -336,7 +354,8 @@ class PredictionLog(FeedbackWrites):
                 time.sleep(wait)
                 wait = min(longest, wait * 2)
             else:
-                if self.degraded is not None:
+                # With rows still spooled, the replay says when the store is back.
+                if self.degraded is not None and not self._spooling():
                     log.warning("prediction log: the store is back; queued rows are written")
                     self._set_degraded(None)
                 return result
@@ -371,7 +390,8 @@ class PredictionLog(FeedbackWrites):
     def summary(self, window_s: float, replica: str | None = None) -> dict[str, Any]:
         """Counts per class, confidence, OOD rate, feedback accuracy, latency, drift: of every
         replica writing to the store (PostgreSQL), or of `replica` only."""
-        self.flush()  # include the rows still queued
+        if self.degraded is None:  # include the rows still queued (else they are spooled)
+            self.flush()
         return self.store.summary(time.time() - window_s, replica)
 
 
