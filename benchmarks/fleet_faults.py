@@ -14,7 +14,10 @@ answered). `--clients` client threads post real validation photos through HAProx
               would); HAProxy takes it back once its /readyz answers.
 - pg-restart: PostgreSQL is restarted (fast shutdown, then start: `pg_ctl restart`).
 - pg-pause:   PostgreSQL is frozen for `--pause` seconds (SIGSTOP of the postmaster and
-              every process it started, then SIGCONT).
+              every process it started, then SIGCONT). Just before it each replica is
+              asked for the monitoring summary (so it holds a pooled read connection, as
+              one asked in the last minutes does); a third of the way into the pause, for
+              /readyz, the summary and feedback: what each answered, and how long it took.
 - none:       no fault (the baseline).
 
 After the load, feedback is posted through HAProxy for a sample of the predictions replica-1
@@ -79,6 +82,7 @@ class Outcome:
     duplicates: int = 0
     exit_codes: dict[str, int | None] = field(default_factory=dict)
     bytes_per_row: dict[str, float] = field(default_factory=dict)
+    probes: list[Probe] = field(default_factory=list)
 
     @property
     def answered(self) -> list[Request]:
@@ -95,6 +99,63 @@ class Outcome:
     def extra(self) -> int:
         """Rows in the store that no client received as an answer."""
         return len(set(self.stored) - {r.id for r in self.answered})
+
+
+@dataclass
+class Probe:
+    """One request to one replica while the store was frozen."""
+
+    replica: str
+    route: str
+    sent: float
+    seconds: float
+    answer: str
+
+
+class PauseProbes:
+    """Asks every replica, all at once, for /readyz, the summary and feedback (on an id no
+    replica made: the store must be read to answer it)."""
+
+    CALLS = (
+        ("/readyz", "GET", None),
+        ("/v1/monitoring/summary", "GET", None),
+        ("/v1/feedback", "POST", {"id": "00000000-0000-4000-8000-000000000000", "label": "other"}),
+    )
+
+    def __init__(self, fleet: Fleet, clock) -> None:
+        self.fleet, self.clock = fleet, clock
+        self.probes: list[Probe] = []
+        self._threads: list[threading.Thread] = []
+        for server in fleet.replicas.values():  # each replica's read pool holds a connection
+            httpx.get(f"{server.url}/v1/monitoring/summary", timeout=30).raise_for_status()
+
+    def start(self, delay_s: float) -> None:
+        """Send every request `delay_s` from now, each in its own thread."""
+        self._threads = [
+            threading.Thread(target=self._run, args=(name, server.url, call, delay_s), daemon=True)
+            for name, server in self.fleet.replicas.items()
+            for call in self.CALLS
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, name: str, url: str, call, delay_s: float) -> None:
+        route, method, body = call
+        time.sleep(delay_s)
+        sent = self.clock()
+        try:
+            res = httpx.request(method, f"{url}{route}", json=body, timeout=BACK_UP_S)
+            detail = res.json().get("prediction_log") or res.json().get("error", "")
+            answer = f"{res.status_code} {detail}".strip()
+        except (httpx.TransportError, ValueError) as exc:
+            answer = type(exc).__name__
+        self.probes.append(Probe(name, route, sent, self.clock() - sent, answer))
+
+    def join(self) -> list[Probe]:
+        for t in self._threads:
+            t.join()
+        order = [route for route, _, _ in self.CALLS]
+        return sorted(self.probes, key=lambda p: (p.replica, order.index(p.route)))
 
 
 class LogWatch:
@@ -132,8 +193,11 @@ class LogWatch:
         return ", ".join(spans) or "never"
 
 
-def fault_action(scenario: str, fleet: Fleet, store: PostgresServer, pause_s: float, mark):
-    """Apply `scenario`'s fault now; `mark(text)` notes each step's time."""
+def fault_action(
+    scenario: str, fleet: Fleet, store: PostgresServer, pause_s: float, mark, clock
+) -> list[Probe]:
+    """Apply `scenario`'s fault now; `mark(text)` notes each step's time. Returns the
+    requests made to the replicas during a pause."""
     if scenario == "kill":
         victim = fleet.replicas[VICTIM]
         victim.process.send_signal(signal.SIGKILL)
@@ -152,10 +216,14 @@ def fault_action(scenario: str, fleet: Fleet, store: PostgresServer, pause_s: fl
         store.restart()
         mark("PostgreSQL accepting connections again")
     elif scenario == "pg-pause":
+        probes = PauseProbes(fleet, clock)
         with store.paused():
             mark(f"PostgreSQL paused (SIGSTOP) for {pause_s:g} s")
+            probes.start(pause_s / 3)
             time.sleep(pause_s)
         mark("PostgreSQL resumed (SIGCONT)")
+        return probes.join()
+    return []
 
 
 def post_feedback(url: str, sample: list[Request]) -> Counter[str]:
@@ -208,7 +276,7 @@ def run_scenario(
 
         with LogWatch(fleet, load.elapsed) as watch:
             time.sleep(max(0.0, fault_at - load.elapsed()))
-            fault_action(scenario, fleet, store, args.pause, mark)
+            probes = fault_action(scenario, fleet, store, args.pause, mark, load.elapsed)
             requests = load.join()
         seconds = load.ended - load.started
         counters = haproxy_counters(fleet)
@@ -222,6 +290,7 @@ def run_scenario(
         feedback = post_feedback(fleet.balancer.url, sample)
     # Leaving run_fleet stopped every replica with SIGTERM and waited for it.
     outcome = Outcome(scenario, requests, seconds, events, counters, feedback, watch)
+    outcome.probes = probes
     outcome.exit_codes = {n: s.process.returncode for n, s in fleet.replicas.items()}
     count_store(db_url, outcome)
     return outcome
@@ -257,6 +326,11 @@ def print_details(o: Outcome, args) -> None:
     print(f"   haproxy backend counters: {o.haproxy}")
     print(f"   prediction log degraded (store unreachable, rows spooled): {o.watch.summary()}")
     print(f"   rows the replicas counted as lost: {dict(sorted(o.watch.lost.items()))}")
+    for p in o.probes:
+        print(
+            f"   during the pause, {p.replica} {p.route} (sent t={p.sent:.1f} s): {p.answer} "
+            f"after {p.seconds:.2f} s"
+        )
     slowest = max((r.took for r in o.answered), default=0.0)
     print(f"   slowest 200 answer: {slowest:.2f} s")
     per_replica = Counter(r.replica for r in o.answered)
