@@ -23,13 +23,12 @@ import psycopg
 from fisheye.monitoring.prediction_log import pg_fleet
 from fisheye.monitoring.prediction_log.db_url import redact
 from fisheye.monitoring.prediction_log.fleet_rows import FeatureRow, FleetWindow
-from fisheye.monitoring.prediction_log.opening import STORE_TIMEOUT_S
 from fisheye.monitoring.prediction_log.pg_connect import (
     client_deadline_s,
     connect,
     ensure_schema,
 )
-from fisheye.monitoring.prediction_log.pg_deadline import bounded
+from fisheye.monitoring.prediction_log.pg_deadline import STORE_TIMEOUT_S, bounded
 from fisheye.monitoring.prediction_log.pg_schema import MIGRATIONS
 from fisheye.monitoring.prediction_log.postgres_store import store_error
 from fisheye.monitoring.prediction_log.rows import StoreError

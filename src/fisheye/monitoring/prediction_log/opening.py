@@ -7,14 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fisheye.monitoring.prediction_log.db_url import is_postgres_url
+from fisheye.monitoring.prediction_log.pg_deadline import READONLY_TIMEOUT_S, STORE_TIMEOUT_S
 from fisheye.monitoring.prediction_log.store import LogStore, SQLiteStore
 
 if TYPE_CHECKING:  # psycopg is imported only when a fleet store is opened
     from fisheye.monitoring.prediction_log.fleet_store import FleetStore
-
-STORE_TIMEOUT_S = 5.0  # how long a PostgreSQL store's use may wait (FISHEYE_STORE_TIMEOUT_S)
-# A one-off reader (`fisheye monitor report`) may read every row of the retention period.
-READONLY_TIMEOUT_S = 300.0
 
 
 def open_store(

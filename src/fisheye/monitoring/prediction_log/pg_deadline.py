@@ -23,6 +23,10 @@ from typing import Any
 
 from fisheye.monitoring.prediction_log.rows import StoreUnavailableError
 
+STORE_TIMEOUT_S = 5.0  # how long a PostgreSQL store's use may wait (FISHEYE_STORE_TIMEOUT_S)
+# A one-off reader (`fisheye monitor report`) may read every row of the retention period.
+READONLY_TIMEOUT_S = 300.0
+
 log = logging.getLogger(__name__)
 
 

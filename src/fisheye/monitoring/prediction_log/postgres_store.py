@@ -30,14 +30,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from fisheye.monitoring.prediction_log import pg_queries
 from fisheye.monitoring.prediction_log.db_url import redact
-from fisheye.monitoring.prediction_log.opening import STORE_TIMEOUT_S
 from fisheye.monitoring.prediction_log.pg_connect import (
     client_deadline_s,
     connect,
     connect_kwargs,
     ensure_schema,
 )
-from fisheye.monitoring.prediction_log.pg_deadline import bounded
+from fisheye.monitoring.prediction_log.pg_deadline import STORE_TIMEOUT_S, bounded
 from fisheye.monitoring.prediction_log.pg_schema import MIGRATIONS, RETENTION_LOCK, Migration
 from fisheye.monitoring.prediction_log.rows import (
     PredictionRow,

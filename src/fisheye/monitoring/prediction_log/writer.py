@@ -47,11 +47,6 @@ UNAVAILABLE_BACKOFF_S = 1.0  # the longest wait between tries while the store ca
 SHARED_STORE_GRACE_S = 2.0  # how long feedback looks for a prediction of another replica
 
 
-class _Barrier:
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-
 class PredictionLog(FeedbackWrites):
     """Asynchronous prediction log (SQLite or PostgreSQL) with retention and lost-row
     accounting."""
@@ -165,12 +160,12 @@ class PredictionLog(FeedbackWrites):
         """Wait until rows queued so far are written (or dropped); False on timeout."""
         if not self.running:
             return False
-        barrier = _Barrier()
+        barrier = threading.Event()  # set once the rows queued before it are written
         try:
             self._queue.put(barrier, timeout=timeout)
         except queue.Full:
             return False
-        return barrier.event.wait(timeout)
+        return barrier.wait(timeout)
 
     def _count_lost(self, n: int, why: str) -> None:
         self.lost += n
@@ -217,7 +212,7 @@ class PredictionLog(FeedbackWrites):
             for item in self._next_batch():
                 if item is None:
                     stop = True
-                elif isinstance(item, _Barrier):
+                elif isinstance(item, threading.Event):
                     barriers.append(item)
                 elif isinstance(item, FeedbackRequest):
                     feedback.append(item)
@@ -243,7 +238,7 @@ class PredictionLog(FeedbackWrites):
             if opened and not self._spooling():  # not while the store does not answer
                 self._maybe_retain()
             for b in barriers:
-                b.event.set()
+                b.set()
         self.store.close()
 
     def _reference_photos(self, opened: bool, refs: list[tuple[str, str]]) -> None:
@@ -398,4 +393,4 @@ class PredictionLog(FeedbackWrites):
 def _ends_batch(item: Any) -> bool:
     """Whether the writer should stop gathering after `item`: the log stops, or a caller
     waits for it (a flush or a feedback)."""
-    return item is None or isinstance(item, _Barrier | FeedbackRequest)
+    return item is None or isinstance(item, threading.Event | FeedbackRequest)
